@@ -1,0 +1,79 @@
+"""The drip newsletter service: `create_app()` wires configuration, extensions and blueprints."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from newsletter.config import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app (and its Celery app). No network, no database work, only wiring."""
+    settings = settings or load_settings()
+    app = Flask(
+        __name__,
+        instance_path=str(settings.instance_dir),
+        template_folder="web/templates",
+        static_folder="web/static",
+    )
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=64 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,
+        RATELIMIT_STORAGE_URI=_limiter_storage(settings),
+        # The limiter must never take signups down with it: without its store it counts in
+        # memory and logs the error.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_HEADERS_ENABLED=True,
+    )
+    _register_extensions(app, settings)
+    _register_blueprints(app, settings)
+    _register_cli(app)
+    _configure_logging()
+    return app
+
+
+def _limiter_storage(settings: Settings) -> str:
+    from newsletter import embedded
+
+    if settings.redis_url == "embedded":
+        return embedded.limiter_url(settings.instance_dir)
+    return settings.redis_url
+
+
+def _register_extensions(app: Flask, settings: Settings) -> None:
+    from newsletter.celery_app import celery_init_app
+    from newsletter.db import db
+    from newsletter.extensions import csrf, limiter
+    from newsletter.runtime import Runtime
+
+    db.configure(settings.database_url)
+    app.extensions["newsletter"] = Runtime.build(settings)
+    csrf.init_app(app)
+    limiter.init_app(app)
+    celery_init_app(app, settings)
+
+
+def _register_blueprints(app: Flask, settings: Settings) -> None:
+    from newsletter.web import public
+
+    app.register_blueprint(public.bp)
+    if settings.dev_mail_dir is not None:
+        from newsletter.web import devmail
+
+        app.register_blueprint(devmail.bp)
+
+
+def _register_cli(app: Flask) -> None:
+    from newsletter import cli
+
+    cli.register(app)
+
+
+def _configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -1,0 +1,64 @@
+"""Celery wired to the Flask app, in the shape the Flask docs recommend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import worker_process_init
+from flask import Flask
+
+from newsletter import embedded
+from newsletter.config import Settings
+from newsletter.db import db
+
+
+def resolved_broker_url(settings: Settings) -> str:
+    """BROKER_URL with `embedded` turned into the embedded server's socket URL."""
+    if settings.broker_is_embedded:
+        return embedded.broker_url(settings.instance_dir)
+    return settings.broker_url
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    """Create the Celery app whose tasks run inside `app`'s context."""
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.conf.update(
+        broker_url=resolved_broker_url(settings),
+        broker_connection_retry_on_startup=True,
+        # Tasks carry ids only and are safe to run twice (the delivery state decides), so a
+        # message is acknowledged after the task, and a killed worker's work is redelivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=4,
+        # No long ETAs ever sit in the broker; this only bounds redelivery of unacked work.
+        broker_transport_options={"visibility_timeout": 3600},
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        beat_schedule={
+            "dispatch-due-deliveries": {
+                "task": "newsletter.dispatch_due",
+                "schedule": settings.dispatch_interval_seconds,
+                # A tick that waited longer than its interval is superseded by the next one.
+                "options": {"expires": max(settings.dispatch_interval_seconds * 2, 5.0)},
+            }
+        },
+        beat_schedule_filename=str(settings.instance_dir / "celerybeat-schedule"),
+        worker_hijack_root_logger=False,
+        imports=("newsletter.tasks",),
+    )
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A forked pool child must not share the parent's pooled database sockets.
+    db.dispose()

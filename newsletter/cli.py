@@ -1,0 +1,95 @@
+"""Operator commands: `flask --app web init | import-article | dev | mailcatcher | dispatch`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+from flask import Flask
+
+from newsletter.db import db
+from newsletter.runtime import runtime
+from newsletter.services import sequences
+from newsletter.services.article import ArticleError
+
+
+def _print_report(report: sequences.ImportReport) -> None:
+    seq = report.sequence
+    click.echo(f"sequence {seq.slug!r}: {seq.title} ({report.parts} parts)")
+    for step in seq.steps:
+        click.echo(f"  part {step.position} (day {step.day_offset}): {step.subject}")
+    for dropped in report.dropped:
+        click.echo(f"  dropped boilerplate: {dropped!r}")
+    for warning in report.warnings:
+        click.secho(f"  warning: {warning}", fg="yellow", err=True)
+
+
+@click.command("init")
+def init_command() -> None:
+    """Create or upgrade the database schema and import the shipped sequence if none exists."""
+    from newsletter.migrate import upgrade
+
+    upgrade(runtime().settings.database_url)
+    with db.transaction() as session:
+        report = sequences.ensure_seed(session)
+    if report is None:
+        click.echo("database is up to date; sequences already present")
+    else:
+        _print_report(report)
+
+
+@click.command("import-article")
+@click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--slug", help="URL name of the sequence (default: from the file name).")
+@click.option("--parts", type=click.IntRange(min=1), help="Number of parts (default: by reading time).")
+@click.option("--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet.")
+def import_article_command(path: Path, slug: str | None, parts: int | None, replace: bool) -> None:
+    """Turn a plain-text or Markdown article into a sequence."""
+    try:
+        with db.transaction() as session:
+            report = sequences.import_article(session, path, slug=slug, parts=parts, replace=replace)
+            _print_report(report)
+    except ArticleError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("dispatch")
+def dispatch_command() -> None:
+    """Run one dispatch tick now (claims due mail and queues it for the workers)."""
+    from newsletter.tasks import dispatch_due
+
+    click.echo(f"dispatched {dispatch_due.run()} deliveries")
+
+
+@click.command("mailcatcher")
+@click.option("--port", default=1025, show_default=True)
+@click.option("--dir", "folder", type=click.Path(path_type=Path), help="Maildir to keep mail in.")
+def mailcatcher_command(port: int, folder: Path | None) -> None:
+    """Run the development SMTP catcher on 127.0.0.1 until interrupted."""
+    from newsletter import mailcatcher
+
+    folder = folder or runtime().settings.instance_dir / "mail"
+    controller = mailcatcher.start(folder, port=port)
+    click.echo(f"catching mail on 127.0.0.1:{port} into {folder}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        controller.stop()
+
+
+@click.command("dev")
+@click.option("--port", default=5000, show_default=True, help="Web port on 127.0.0.1.")
+def dev_command(port: int) -> None:
+    """Run the whole product on this machine: web, worker, beat, embedded broker, mail catcher."""
+    from newsletter import devserver
+
+    raise SystemExit(devserver.run(runtime().settings, port=port))
+
+
+def register(app: Flask) -> None:
+    """Attach the commands to the app's CLI."""
+    for command in (init_command, import_article_command, dispatch_command,
+                    mailcatcher_command, dev_command):
+        app.cli.add_command(command)

@@ -1,0 +1,175 @@
+"""Settings read from the environment (and `.env`), validated once at start.
+
+Every setting of the configuration contract has a default that makes the embedded run work;
+a value that is present but wrong stops the process with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+from urllib.parse import urlsplit
+
+EMBEDDED = "embedded"
+SMTP_SECURITY_CHOICES = ("none", "starttls", "tls")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one process."""
+
+    instance_dir: Path
+    database_url: str
+    broker_url: str
+    redis_url: str
+    smtp_host: str
+    smtp_port: int
+    smtp_username: str
+    smtp_password: str
+    smtp_security: str
+    smtp_timeout: float
+    mail_from: str
+    site_url: str
+    secret_key: str
+    postal_address: str
+    drip_day_seconds: float
+    dispatch_interval_seconds: float
+    confirm_max_age_seconds: int
+    claim_timeout_seconds: float
+    dispatch_batch_size: int
+    dev_mail_dir: Path | None
+    signup_rate_limit: str
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        """True when Celery should use the embedded Redis server."""
+        return self.broker_url == EMBEDDED
+
+    @property
+    def real_days(self) -> bool:
+        """Send hours only make sense when a drip day is a calendar day."""
+        return self.drip_day_seconds == 86400
+
+    @property
+    def mail_from_domain(self) -> str:
+        """The domain of MAIL_FROM, used for Message-ID and List-Id."""
+        return parseaddr(self.mail_from)[1].rpartition("@")[2]
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {raw!r}")
+    return value
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = _number(env, name, default, minimum=minimum)
+    if value != int(value):
+        raise ConfigError(f"{name} must be a whole number, got {env.get(name)!r}")
+    return int(value)
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip() or default
+    if value == EMBEDDED and EMBEDDED in schemes:
+        return value
+    scheme = urlsplit(value).scheme.split("+")[0]
+    if scheme not in schemes:
+        allowed = ", ".join(s for s in schemes)
+        raise ConfigError(f"{name} must be a URL with one of the schemes {allowed}; got {value!r}")
+    return value
+
+
+def _secret_key(env: Mapping[str, str], instance_dir: Path) -> str:
+    value = env.get("SECRET_KEY", "").strip()
+    if value:
+        if len(value) < 16:
+            raise ConfigError("SECRET_KEY must be at least 16 characters long")
+        return value
+    # The embedded run keeps a generated key in the instance folder so that links in mail
+    # already sent stay valid across restarts; production sets SECRET_KEY explicitly.
+    key_file = instance_dir / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def _mail_from(env: Mapping[str, str]) -> str:
+    value = env.get("MAIL_FROM", "").strip() or "Emotional Safety Course <course@newsletter.localhost>"
+    _, address = parseaddr(value)
+    if "@" not in address or "\n" in value or "\r" in value:
+        raise ConfigError(f"MAIL_FROM must be an address like 'Name <me@example.com>', got {value!r}")
+    return value
+
+
+def _rate_limit(env: Mapping[str, str]) -> str:
+    value = env.get("SIGNUP_RATE_LIMIT", "").strip() or "20 per minute; 200 per hour"
+    from limits import parse_many  # the same parser Flask-Limiter uses
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"SIGNUP_RATE_LIMIT is not a rate limit like '20 per minute': {value!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from `env` (default: the process environment), raising ConfigError."""
+    env = os.environ if env is None else env
+    instance_dir = Path(env.get("INSTANCE_DIR", "").strip() or "instance").resolve()
+    security = env.get("SMTP_SECURITY", "").strip().lower() or "none"
+    if security not in SMTP_SECURITY_CHOICES:
+        raise ConfigError(f"SMTP_SECURITY must be one of none, starttls, tls; got {security!r}")
+    broker_url = _url(env, "BROKER_URL", EMBEDDED, (EMBEDDED, "redis", "rediss", "amqp", "sqla"))
+    default_redis = broker_url if urlsplit(broker_url).scheme.startswith("redis") else EMBEDDED
+    site_url = _url(env, "SITE_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
+    dev_mail = env.get("DEV_MAIL_DIR", "").strip()
+    return Settings(
+        instance_dir=instance_dir,
+        database_url=_url(
+            env,
+            "DATABASE_URL",
+            f"sqlite:///{instance_dir / 'newsletter.db'}",
+            ("sqlite", "postgresql", "postgres"),
+        ),
+        broker_url=broker_url,
+        redis_url=_url(env, "REDIS_URL", default_redis, (EMBEDDED, "redis", "rediss", "memory")),
+        smtp_host=env.get("SMTP_HOST", "").strip() or "127.0.0.1",
+        smtp_port=_integer(env, "SMTP_PORT", 1025, minimum=1),
+        smtp_username=env.get("SMTP_USERNAME", ""),
+        smtp_password=env.get("SMTP_PASSWORD", ""),
+        smtp_security=security,
+        smtp_timeout=_number(env, "SMTP_TIMEOUT_SECONDS", 30.0, minimum=0.1),
+        mail_from=_mail_from(env),
+        site_url=site_url,
+        secret_key=_secret_key(env, instance_dir),
+        postal_address=env.get("POSTAL_ADDRESS", "").strip()
+        or "Set POSTAL_ADDRESS to your postal address",
+        drip_day_seconds=_number(env, "DRIP_DAY_SECONDS", 86400.0, minimum=1.0),
+        dispatch_interval_seconds=_number(env, "DISPATCH_INTERVAL_SECONDS", 5.0, minimum=0.1),
+        confirm_max_age_seconds=_integer(env, "CONFIRM_MAX_AGE_SECONDS", 7 * 86400, minimum=60),
+        claim_timeout_seconds=_number(env, "CLAIM_TIMEOUT_SECONDS", 600.0, minimum=1.0),
+        dispatch_batch_size=_integer(env, "DISPATCH_BATCH_SIZE", 500, minimum=1),
+        dev_mail_dir=Path(dev_mail).resolve() if dev_mail else None,
+        signup_rate_limit=_rate_limit(env),
+    )

@@ -1,0 +1,191 @@
+"""Builds the messages: Jinja2 layouts from `emails/`, Markdown bodies, inlined CSS, headers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+import css_inline
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from newsletter.config import Settings
+from newsletter.models import Sequence, Step, Subscriber
+from newsletter.services.tokens import Tokens
+
+log = logging.getLogger(__name__)
+
+EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
+MAX_HEADER_LENGTH = 998
+_MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+
+
+class HeaderError(ValueError):
+    """A header value would break the message (CR/LF, or longer than RFC 5322 allows)."""
+
+
+def checked_header(name: str, value: str) -> str:
+    """Return `value` if it is safe as a header value; otherwise raise HeaderError."""
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise HeaderError(f"{name} header contains a line break")
+    if len(name) + 2 + len(value) > MAX_HEADER_LENGTH:
+        raise HeaderError(f"{name} header is longer than {MAX_HEADER_LENGTH} characters")
+    return value
+
+
+def markdown_to_text(source: str) -> str:
+    """Readable plain text from Markdown: headings underlined, links with their URLs."""
+    lines: list[str] = []
+    for line in source.splitlines():
+        heading = re.match(r"^(#{1,6})\s+(.*)$", line)
+        if heading:
+            title = heading.group(2).strip()
+            lines.extend([title, ("=" if len(heading.group(1)) == 1 else "-") * len(title)])
+            continue
+        line = _MD_LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", line)
+        line = re.sub(r"\\([\\`*_{}\[\]()#+\-.!>])", r"\1", line)
+        lines.append(line)
+    return "\n".join(lines).strip() + "\n"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A subject and both bodies of one mail."""
+
+    subject: str
+    text: str
+    html: str
+
+
+class Composer:
+    """Renders system mails and sequence steps into complete EmailMessages."""
+
+    def __init__(self, settings: Settings, tokens: Tokens, emails_dir: Path = EMAILS_DIR) -> None:
+        self.settings = settings
+        self.tokens = tokens
+        self.layouts = Environment(
+            loader=FileSystemLoader(emails_dir),
+            autoescape=select_autoescape(["html"]),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        # Text written by admins goes through the sandbox: no attribute access to internals,
+        # no config, no environment.
+        self.sandbox = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+        self.markdown = MarkdownIt("commonmark", {"html": False, "typographer": False})
+        self.inliner = css_inline.CSSInliner(keep_style_tags=True)
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def _page(self, name: str, context: dict[str, Any]) -> tuple[str, str]:
+        html = self.layouts.get_template(f"{name}.html").render(**context)
+        text = self.layouts.get_template(f"{name}.txt").render(**context)
+        return self.inliner.inline(html), text.strip() + "\n"
+
+    def _common(self, subscriber: Subscriber) -> dict[str, Any]:
+        return {
+            "site_url": self.settings.site_url,
+            "postal_address": self.settings.postal_address,
+            "first_name": subscriber.first_name or "",
+        }
+
+    def unsubscribe_url(self, subscriber_id: int) -> str:
+        """The one-click unsubscribe URL for a subscriber."""
+        return f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
+
+    def confirm_url(self, subscriber: Subscriber) -> str:
+        """The signed confirmation URL for a pending subscriber."""
+        token = self.tokens.confirm_token(subscriber.id, subscriber.email)
+        return f"{self.settings.site_url}/confirm/{token}"
+
+    def personalise(self, source: str, subscriber: Subscriber) -> str:
+        """Fill admin-written text with the subscriber's fields, inside the sandbox."""
+        if "{" not in source:
+            return source
+        return self.sandbox.from_string(source).render(first_name=subscriber.first_name or "")
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def confirmation(self, subscriber: Subscriber, sequence: Sequence | None) -> Rendered:
+        """The double opt-in mail."""
+        title = sequence.title if sequence else "the newsletter"
+        context = self._common(subscriber) | {
+            "confirm_url": self.confirm_url(subscriber),
+            "sequence_title": title,
+            "preheader": f"One click to start {title}.",
+            "valid_days": max(1, self.settings.confirm_max_age_seconds // 86400),
+        }
+        html, text = self._page("system/confirm", context)
+        return Rendered(subject=f"Confirm your subscription to {title}", text=text, html=html)
+
+    def step(self, subscriber: Subscriber, step: Step, sequence: Sequence, total: int) -> Rendered:
+        """One part of a series, with its Part k of N header, teaser and closing resources."""
+        body_md = self.personalise(step.body_md, subscriber)
+        resources = [dict(r) for r in (step.resources or [])]
+        for resource in resources:
+            if not resource.get("url"):
+                log.warning(
+                    "sending %s step %d with a resource link that has no URL: %r",
+                    sequence.slug,
+                    step.position,
+                    resource.get("title"),
+                )
+        context = self._common(subscriber) | {
+            "subject": self.personalise(step.subject, subscriber),
+            "preheader": self.personalise(step.preheader, subscriber),
+            "sequence_title": sequence.title,
+            "part": step.position,
+            "total": total,
+            "body_html": Markup(self.markdown.render(body_md)),
+            "body_text": markdown_to_text(body_md),
+            "teaser": step.teaser,
+            "resources": resources,
+            "resources_intro": step.resources_intro,
+            "unsubscribe_url": self.unsubscribe_url(subscriber.id),
+        }
+        html, text = self._page("layouts/step", context)
+        return Rendered(subject=context["subject"], text=text, html=html)
+
+    def message(
+        self,
+        rendered: Rendered,
+        subscriber: Subscriber,
+        now: datetime,
+        *,
+        list_id: str | None = None,
+        unsubscribe_url: str | None = None,
+    ) -> EmailMessage:
+        """Wrap a rendered mail into a multipart/alternative message with checked headers."""
+        domain = self.settings.mail_from_domain
+        msg = EmailMessage(policy=policy.SMTP)
+        msg["From"] = checked_header("From", self.settings.mail_from)
+        display = subscriber.first_name or ""
+        local, _, host = subscriber.email.rpartition("@")
+        msg["To"] = Address(checked_header("To", display), local, host)
+        msg["Subject"] = checked_header("Subject", rendered.subject)
+        msg["Date"] = format_datetime(now)
+        msg["Message-ID"] = make_msgid(domain=domain)
+        if list_id:
+            msg["List-Id"] = checked_header("List-Id", list_id)
+        if unsubscribe_url:
+            msg["List-Unsubscribe"] = checked_header("List-Unsubscribe", f"<{unsubscribe_url}>")
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg.set_content(rendered.text)
+        msg.add_alternative(rendered.html, subtype="html")
+        return msg
+
+    def list_id(self, sequence: Sequence) -> str:
+        """The List-Id of a sequence: its title and `<slug.domain>`."""
+        title = sequence.title.replace('"', "'")
+        return f'"{title}" <{sequence.slug}.{self.settings.mail_from_domain}>'

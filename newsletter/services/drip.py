@@ -1,0 +1,162 @@
+"""The delivery state machine: schedule, claim, reap, and advance enrollments.
+
+Every mail exists as a `deliveries` row with a due time before any task is queued; the broker
+only carries ids. The claim below is the one place that moves rows from scheduled to claimed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
+    Step,
+)
+from newsletter.services.schedule import step_due_at
+
+log = logging.getLogger(__name__)
+
+OPEN_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY, DeliveryState.CLAIMED)
+CLAIMABLE_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
+
+
+def _schedule_step(
+    session: Session,
+    enrollment: Enrollment,
+    step: Step,
+    now: datetime,
+    previous_sent_at: datetime | None,
+    day_seconds: float,
+) -> Delivery:
+    started = enrollment.started_at or now
+    due = step_due_at(
+        started_at=started,
+        day_offset=step.day_offset,
+        time_zone=enrollment.subscriber.time_zone,
+        send_hour=enrollment.sequence.send_hour,
+        day_seconds=day_seconds,
+        previous_sent_at=previous_sent_at,
+    )
+    delivery = Delivery(
+        kind=DeliveryKind.STEP,
+        subscriber_id=enrollment.subscriber_id,
+        enrollment_id=enrollment.id,
+        step_id=step.id,
+        due_at=due,
+        state=DeliveryState.SCHEDULED,
+        created_at=now,
+    )
+    session.add(delivery)
+    return delivery
+
+
+def start_enrollment(
+    session: Session, enrollment: Enrollment, now: datetime, day_seconds: float
+) -> Delivery | None:
+    """Activate an enrollment and schedule its first step, due at once."""
+    enrollment.status = EnrollmentStatus.ACTIVE
+    enrollment.started_at = now
+    first = session.scalars(
+        select(Step).where(Step.sequence_id == enrollment.sequence_id).order_by(Step.position)
+    ).first()
+    if first is None:
+        enrollment.status = EnrollmentStatus.COMPLETED
+        enrollment.ended_at = now
+        return None
+    return _schedule_step(session, enrollment, first, now, None, day_seconds)
+
+
+def advance(
+    session: Session, delivery: Delivery, now: datetime, day_seconds: float
+) -> Delivery | None:
+    """After a step was sent: schedule the next one, or complete the enrollment."""
+    enrollment = delivery.enrollment
+    step = delivery.step
+    if enrollment is None or step is None:
+        return None
+    if enrollment.status is not EnrollmentStatus.ACTIVE:
+        return None
+    following = session.scalars(
+        select(Step)
+        .where(Step.sequence_id == enrollment.sequence_id, Step.position > step.position)
+        .order_by(Step.position)
+        .limit(1)
+    ).first()
+    if following is None:
+        enrollment.status = EnrollmentStatus.COMPLETED
+        enrollment.ended_at = now
+        return None
+    already = session.scalar(
+        select(Delivery.id).where(
+            Delivery.enrollment_id == enrollment.id, Delivery.step_id == following.id
+        )
+    )
+    if already is not None:
+        return None
+    return _schedule_step(session, enrollment, following, now, delivery.sent_at, day_seconds)
+
+
+def skip_pending(session: Session, subscriber_id: int, reason: str) -> int:
+    """Mark every unsent delivery of a subscriber skipped; returns how many."""
+    result = session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.state.in_(OPEN_STATES))
+        .values(state=DeliveryState.SKIPPED, last_error=reason)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
+    """Claim up to `limit` due deliveries, oldest first, and return their ids.
+
+    Two dispatchers can never claim the same row: on PostgreSQL the candidate rows are locked
+    with FOR UPDATE SKIP LOCKED (a second dispatcher takes the next rows instead of waiting);
+    on SQLite the UPDATE ... WHERE id IN (SELECT ...) is one atomic statement under the
+    database's single writer lock. Served by ix_deliveries_state_due.
+    """
+    candidates = (
+        select(Delivery.id)
+        .where(Delivery.state.in_(CLAIMABLE_STATES), Delivery.due_at <= now)
+        .order_by(Delivery.due_at, Delivery.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    claimed = session.scalars(
+        update(Delivery)
+        .where(Delivery.id.in_(candidates.scalar_subquery()))
+        .where(Delivery.state.in_(CLAIMABLE_STATES))
+        .values(state=DeliveryState.CLAIMED, claimed_at=now)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted(claimed)
+
+
+def reap_stale(session: Session, now: datetime, timeout_seconds: float) -> int:
+    """Return claims older than the timeout (lost task, killed worker) to the queue."""
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    result = session.execute(
+        update(Delivery)
+        .where(
+            and_(
+                Delivery.state == DeliveryState.CLAIMED,
+                or_(Delivery.claimed_at.is_(None), Delivery.claimed_at < cutoff),
+            )
+        )
+        .values(state=DeliveryState.RETRY, last_error="claim expired; returned by the reaper")
+        .execution_options(synchronize_session=False)
+    )
+    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if count:
+        log.warning("reaper returned %d stale claims to the queue", count)
+    return count

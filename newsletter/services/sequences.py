@@ -1,0 +1,124 @@
+"""Turning article files into sequences, and finding the sequence a signup belongs to."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from newsletter.models import Delivery, Sequence, Step
+from newsletter.services.article import ArticleError, load_sidecar, split_article
+from newsletter.services.compose import EMAILS_DIR
+
+log = logging.getLogger(__name__)
+
+SEED_ARTICLE = EMAILS_DIR / "articles" / "emotional-distance.txt"
+_SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+
+@dataclass
+class ImportReport:
+    """What an import created, and what the operator should look at."""
+
+    sequence: Sequence
+    parts: int
+    warnings: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+
+def slug_for(path: Path) -> str:
+    """A URL-safe slug from a file name."""
+    slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")
+    return slug or "article"
+
+
+def import_article(
+    session: Session,
+    path: Path,
+    *,
+    slug: str | None = None,
+    parts: int | None = None,
+    replace: bool = False,
+) -> ImportReport:
+    """Split the article at `path` into a new sequence (or replace an existing one's steps).
+
+    The sidecar `<stem>.toml` beside it gives the title, description, link targets and
+    optionally the number of parts. Raises ArticleError with a clear message on bad input,
+    before anything is written.
+    """
+    if not path.is_file():
+        raise ArticleError(f"no article file at {path}")
+    slug = slug or slug_for(path)
+    if not _SLUG.match(slug):
+        raise ArticleError(f"slug {slug!r} must be lower-case letters, digits and dashes")
+    sidecar = load_sidecar(path.with_suffix(".toml"))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ArticleError(f"{path} is not UTF-8 text") from None
+    result = split_article(
+        text,
+        markdown=path.suffix.lower() in (".md", ".markdown"),
+        title=sidecar.title,
+        parts=parts or sidecar.parts,
+        minutes_per_part=sidecar.minutes_per_part or 2.5,
+        links=sidecar.links,
+        sidecar_name=path.with_suffix(".toml").name,
+    )
+    sequence = session.scalar(select(Sequence).where(Sequence.slug == slug))
+    if sequence is not None and not replace:
+        raise ArticleError(f"a sequence with slug {slug!r} exists; pass --replace to rebuild it")
+    if sequence is None:
+        has_any = session.scalar(select(func.count(Sequence.id))) or 0
+        sequence = Sequence(slug=slug, title=result.title, is_default=has_any == 0)
+        session.add(sequence)
+    else:
+        in_use = session.scalar(
+            select(func.count(Delivery.id))
+            .join(Step, Step.id == Delivery.step_id)
+            .where(Step.sequence_id == sequence.id)
+        )
+        if in_use:
+            # Rebuilding would orphan the history of mail already sent from these steps.
+            raise ArticleError(
+                f"sequence {slug!r} already has deliveries; import under a new --slug instead"
+            )
+        sequence.steps.clear()
+        session.flush()
+    sequence.title = result.title
+    sequence.description = sidecar.description or ""
+    for index, part in enumerate(result.parts):
+        sequence.steps.append(
+            Step(
+                position=part.number,
+                day_offset=index,
+                subject=part.subject,
+                preheader=part.preheader,
+                body_md=part.body_md,
+                teaser=part.teaser,
+                resources=[
+                    {"title": r.title, "blurb": r.blurb, "url": r.url} for r in part.resources
+                ],
+                resources_intro=part.resources_intro,
+            )
+        )
+    session.flush()
+    for warning in result.warnings:
+        log.warning("import %s: %s", slug, warning)
+    return ImportReport(
+        sequence=sequence,
+        parts=len(result.parts),
+        warnings=list(result.warnings),
+        dropped=list(result.dropped_boilerplate),
+    )
+
+
+def ensure_seed(session: Session) -> ImportReport | None:
+    """Import the shipped article when the database has no sequence yet."""
+    if session.scalar(select(func.count(Sequence.id))):
+        return None
+    return import_article(session, SEED_ARTICLE)

@@ -1,0 +1,241 @@
+"""The subscriber lifecycle: signup (double opt-in), confirm, unsubscribe.
+
+No outcome is visible to the person signing up: new, pending, active and suppressed addresses
+all get the same response from the web edge, so the form cannot be used to probe the list.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    Sequence,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
+from newsletter.services import drip
+from newsletter.services.schedule import valid_time_zone
+
+log = logging.getLogger(__name__)
+
+# A pending address asking again within this window gets no second confirmation mail, so the
+# form cannot be used to flood someone's inbox.
+CONFIRM_RESEND_INTERVAL = timedelta(minutes=5)
+MAX_NAME_LENGTH = 100
+
+
+class SignupError(ValueError):
+    """The signup input itself is invalid (shown to the person next to the field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SignupOutcome(enum.Enum):
+    """What a signup did; for logs and tests, never shown to the person."""
+
+    CREATED = "created"
+    RESENT = "resent"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class SignupRequest:
+    """What the signup form collected, plus the consent context of the request."""
+
+    email: str
+    first_name: str | None = None
+    time_zone: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    form: str = "signup-page"
+    sequence_slug: str | None = None
+
+
+def normalise_email(raw: str) -> str:
+    """A syntactically valid, normalised, lower-cased address, or SignupError."""
+    if any(c in raw for c in "\r\n\x00"):
+        raise SignupError("email", "Enter a valid email address.")
+    try:
+        result = validate_email(raw.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise SignupError("email", f"Enter a valid email address: {exc}") from None
+    return result.normalized.lower()
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A first name without control characters, or None."""
+    if raw is None:
+        return None
+    name = " ".join(raw.split())
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SignupError("first_name", "The name contains characters that are not allowed.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise SignupError("first_name", f"Keep the name under {MAX_NAME_LENGTH} characters.")
+    return name or None
+
+
+def _sequence_for(session: Session, slug: str | None) -> Sequence | None:
+    query = select(Sequence)
+    if slug:
+        query = query.where(Sequence.slug == slug)
+    else:
+        query = query.order_by(Sequence.is_default.desc(), Sequence.id)
+    return session.scalars(query.limit(1)).first()
+
+
+def _queue_confirmation(session: Session, subscriber: Subscriber, now: datetime) -> Delivery:
+    delivery = Delivery(
+        kind=DeliveryKind.CONFIRM,
+        subscriber_id=subscriber.id,
+        due_at=now,
+        state=DeliveryState.SCHEDULED,
+        created_at=now,
+    )
+    session.add(delivery)
+    return delivery
+
+
+def _last_confirmation_at(session: Session, subscriber_id: int) -> datetime | None:
+    return session.scalar(
+        select(Delivery.created_at)
+        .where(Delivery.subscriber_id == subscriber_id, Delivery.kind == DeliveryKind.CONFIRM)
+        .order_by(Delivery.created_at.desc())
+        .limit(1)
+    )
+
+
+def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOutcome:
+    """Record a signup and queue the confirmation mail when one is due.
+
+    Raises SignupError for bad input, before anything is written.
+    """
+    email = normalise_email(request.email)
+    first_name = clean_name(request.first_name)
+    time_zone = valid_time_zone(request.time_zone)
+    sequence = _sequence_for(session, request.sequence_slug)
+    if sequence is None:
+        raise SignupError("sequence", "There is no series to sign up for yet.")
+
+    if session.scalar(select(Suppression.id).where(Suppression.email == email)) is not None:
+        log.info("signup for suppressed address ignored")
+        return SignupOutcome.IGNORED
+
+    subscriber = session.scalar(select(Subscriber).where(Subscriber.email == email))
+    if subscriber is None:
+        subscriber = Subscriber(email=email, status=SubscriberStatus.PENDING, created_at=now)
+        session.add(subscriber)
+        outcome = SignupOutcome.CREATED
+    elif subscriber.status in (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED):
+        return SignupOutcome.IGNORED
+    elif subscriber.status is SubscriberStatus.ACTIVE:
+        # Already receiving mail: a second signup changes nothing (and says nothing).
+        return SignupOutcome.IGNORED
+    elif subscriber.status is SubscriberStatus.PENDING:
+        last = _last_confirmation_at(session, subscriber.id)
+        if last is not None and now - last < CONFIRM_RESEND_INTERVAL:
+            return SignupOutcome.IGNORED
+        outcome = SignupOutcome.RESENT
+    else:  # unsubscribed: they may come back, through a fresh double opt-in
+        subscriber.status = SubscriberStatus.PENDING
+        outcome = SignupOutcome.RESENT
+
+    subscriber.first_name = first_name or subscriber.first_name
+    subscriber.time_zone = time_zone
+    subscriber.consent_at = now
+    subscriber.consent_ip = request.ip
+    subscriber.consent_user_agent = (request.user_agent or "")[:512] or None
+    subscriber.consent_form = request.form[:100]
+    session.flush()
+
+    enrollment = session.scalar(
+        select(Enrollment).where(
+            Enrollment.subscriber_id == subscriber.id, Enrollment.sequence_id == sequence.id
+        )
+    )
+    if enrollment is None:
+        session.add(
+            Enrollment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now)
+        )
+    _queue_confirmation(session, subscriber, now)
+    session.add(
+        Event(
+            subscriber_id=subscriber.id,
+            kind="signup",
+            data={"form": subscriber.consent_form, "sequence": sequence.slug},
+            created_at=now,
+        )
+    )
+    return outcome
+
+
+def confirm(
+    session: Session, subscriber_id: int, email: str, now: datetime, day_seconds: float
+) -> Subscriber | None:
+    """Activate a pending subscriber and start their pending enrollments.
+
+    Confirming twice is harmless: an active subscriber is returned unchanged. Returns None when
+    the token names nobody (deleted, or the address changed), or someone who has since left.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None or subscriber.email != email:
+        return None
+    if subscriber.status is SubscriberStatus.ACTIVE:
+        return subscriber
+    if subscriber.status is not SubscriberStatus.PENDING:
+        return None
+    subscriber.status = SubscriberStatus.ACTIVE
+    subscriber.confirmed_at = now
+    session.add(Event(subscriber_id=subscriber.id, kind="confirm", created_at=now))
+    pending = session.scalars(
+        select(Enrollment).where(
+            Enrollment.subscriber_id == subscriber.id,
+            Enrollment.status == EnrollmentStatus.PENDING,
+        )
+    )
+    for enrollment in pending:
+        drip.start_enrollment(session, enrollment, now, day_seconds)
+    return subscriber
+
+
+def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str) -> bool:
+    """Unsubscribe and skip every delivery not yet sent. Returns False for an unknown id.
+
+    Idempotent: a second call changes nothing. A delivery already claimed by a worker is
+    skipped too; the worker re-checks the subscriber just before sending and drops it.
+    """
+    subscriber = session.get(Subscriber, subscriber_id, with_for_update=True)
+    if subscriber is None:
+        return False
+    if subscriber.status is SubscriberStatus.UNSUBSCRIBED:
+        return True
+    subscriber.status = SubscriberStatus.UNSUBSCRIBED
+    subscriber.unsubscribed_at = now
+    session.execute(
+        update(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+        )
+        .values(status=EnrollmentStatus.STOPPED, ended_at=now)
+    )
+    drip.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
+    session.add(
+        Event(subscriber_id=subscriber_id, kind="unsubscribe", data={"source": source}, created_at=now)
+    )
+    return True

@@ -1,0 +1,55 @@
+"""Signed, URL-safe tokens for confirm and unsubscribe links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+
+
+class TokenError(ValueError):
+    """A token is forged, malformed or expired."""
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Makes and checks the tokens of one deployment (one SECRET_KEY)."""
+
+    secret_key: str
+    confirm_max_age: int
+
+    def _confirm(self) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(self.secret_key, salt="confirm-subscription")
+
+    def _unsubscribe(self) -> URLSafeSerializer:
+        return URLSafeSerializer(self.secret_key, salt="unsubscribe")
+
+    def confirm_token(self, subscriber_id: int, email: str) -> str:
+        """A token that confirms this address for this subscriber; it expires."""
+        return self._confirm().dumps([subscriber_id, email])
+
+    def read_confirm(self, token: str) -> tuple[int, str]:
+        """The (subscriber id, email) a confirm token was made for."""
+        try:
+            sid, email = self._confirm().loads(token, max_age=self.confirm_max_age)
+        except SignatureExpired:
+            raise TokenError("this confirmation link has expired") from None
+        except (BadSignature, ValueError, TypeError):
+            raise TokenError("this confirmation link is not valid") from None
+        if not isinstance(sid, int) or not isinstance(email, str):
+            raise TokenError("this confirmation link is not valid")
+        return sid, email
+
+    def unsubscribe_token(self, subscriber_id: int) -> str:
+        """A token that unsubscribes this subscriber; it never expires (old mail keeps working)."""
+        return self._unsubscribe().dumps(subscriber_id)
+
+    def read_unsubscribe(self, token: str) -> int:
+        """The subscriber id an unsubscribe token was made for."""
+        try:
+            sid = self._unsubscribe().loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise TokenError("this unsubscribe link is not valid") from None
+        if not isinstance(sid, int):
+            raise TokenError("this unsubscribe link is not valid")
+        return sid

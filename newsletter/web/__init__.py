@@ -1,0 +1,1 @@
+"""The web edge: blueprints that parse requests, call services and render pages."""

@@ -1,0 +1,70 @@
+"""Development only: read the local mail catcher's mailbox in the browser.
+
+Registered only when DEV_MAIL_DIR is set (the embedded run sets it); production never has it.
+"""
+
+from __future__ import annotations
+
+import mailbox
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+
+from flask import Blueprint, Response, abort, render_template
+
+from newsletter.runtime import runtime
+
+bp = Blueprint("devmail", __name__, url_prefix="/_dev/mail")
+
+
+def _mailbox() -> mailbox.Maildir:
+    folder = runtime().settings.dev_mail_dir
+    assert folder is not None
+    return mailbox.Maildir(Path(folder), create=True)
+
+
+def _parse(box: mailbox.Maildir, key: str) -> EmailMessage:
+    try:
+        raw = box.get_bytes(key)
+    except KeyError:
+        abort(404)
+    message = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+@bp.get("/")
+def inbox() -> str:
+    """Every caught message, newest first."""
+    box = _mailbox()
+    rows = []
+    for key in box.keys():
+        msg = _parse(box, key)
+        rows.append({"key": key, "to": msg["To"], "subject": msg["Subject"], "date": msg["Date"]})
+    # Maildir keys begin with the delivery time, so they sort in arrival order.
+    rows.sort(key=lambda r: r["key"], reverse=True)
+    return render_template("dev/inbox.html", rows=rows)
+
+
+@bp.get("/<key>")
+def show(key: str) -> str:
+    """One message: headers, the text part, and the HTML part in a frame."""
+    msg = _parse(_mailbox(), key)
+    text = msg.get_body(("plain",))
+    headers = [(k, str(v)) for k, v in msg.items()]
+    body = text.get_content() if text is not None else ""
+    return render_template("dev/message.html", key=key, headers=headers, text=body,
+                           subject=msg["Subject"])
+
+
+@bp.get("/<key>/html")
+def html(key: str) -> Response:
+    """The HTML part as the mail client would get it."""
+    part = _parse(_mailbox(), key).get_body(("html",))
+    if part is None:
+        abort(404)
+    response = Response(part.get_content(), mimetype="text/html")
+    # The mail is shown as-is but may not run scripts or reach the page around it.
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:"
+    return response

@@ -1,0 +1,127 @@
+"""Public pages: signup, confirm, unsubscribe."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from sqlalchemy import select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.extensions import csrf, limiter
+from newsletter.models import Sequence, Subscriber
+from newsletter.runtime import runtime
+from newsletter.services import subscriptions
+from newsletter.services.tokens import TokenError
+from newsletter.tasks import kick
+from newsletter.web.forms import SignupForm, UnsubscribeForm
+
+bp = Blueprint("public", __name__)
+
+
+def _default_sequence() -> Sequence | None:
+    with db.session() as session:
+        return session.scalars(
+            select(Sequence).order_by(Sequence.is_default.desc(), Sequence.id).limit(1)
+        ).first()
+
+
+@bp.get("/")
+def signup_page() -> str:
+    """The signup form."""
+    return render_template("signup.html", form=SignupForm(), sequence=_default_sequence())
+
+
+@bp.post("/")
+@limiter.limit(lambda: runtime().settings.signup_rate_limit)
+def signup() -> Response | tuple[str, int]:
+    """Create (or refresh) a pending subscriber and queue the confirmation mail."""
+    form = SignupForm()
+    if form.validate_on_submit():
+        req = subscriptions.SignupRequest(
+            email=form.email.data or "",
+            first_name=form.first_name.data,
+            time_zone=form.time_zone.data,
+            ip=request.remote_addr,
+            user_agent=request.user_agent.string,
+            form=request.args.get("form", "signup-page"),
+            sequence_slug=request.args.get("sequence"),
+        )
+        try:
+            with db.transaction() as session:
+                subscriptions.signup(session, req, clock.now())
+        except subscriptions.SignupError as exc:
+            field = getattr(form, exc.field, None)
+            if field is not None:
+                field.errors = [*field.errors, str(exc)]
+            else:
+                form.form_errors.append(str(exc))
+        else:
+            kick()
+            # One response whatever the address's state, so the form reveals nothing.
+            return redirect(url_for("public.thanks"), code=303)
+    page = render_template("signup.html", form=form, sequence=_default_sequence())
+    return page, 400
+
+
+@bp.get("/thanks")
+def thanks() -> str:
+    """Check your inbox."""
+    return render_template("thanks.html")
+
+
+@bp.get("/confirm/<token>")
+def confirm(token: str) -> str | tuple[str, int]:
+    """Activate the subscription; part 1 is queued at once."""
+    rt = runtime()
+    try:
+        subscriber_id, email = rt.tokens.read_confirm(token)
+    except TokenError as exc:
+        return render_template("message.html", title="That link did not work", message=str(exc),
+                               show_signup=True), 400
+    with db.transaction() as session:
+        subscriber = subscriptions.confirm(
+            session, subscriber_id, email, clock.now(), rt.settings.drip_day_seconds
+        )
+    if subscriber is None:
+        return render_template("message.html", title="That link did not work",
+                               message="This confirmation link is no longer valid.",
+                               show_signup=True), 400
+    kick()
+    return render_template("confirmed.html")
+
+
+def _unsubscribe_target(token: str) -> int:
+    try:
+        return runtime().tokens.read_unsubscribe(token)
+    except TokenError:
+        abort(404)
+
+
+@bp.get("/unsubscribe/<token>")
+def unsubscribe_page(token: str) -> str:
+    """Ask for a click: link scanners follow GETs, so a GET never unsubscribes."""
+    subscriber_id = _unsubscribe_target(token)
+    with db.session() as session:
+        subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        abort(404)
+    return render_template("unsubscribe.html", form=UnsubscribeForm(), email=subscriber.email)
+
+
+@bp.post("/unsubscribe/<token>")
+@csrf.exempt
+def unsubscribe(token: str) -> str:
+    """Unsubscribe: the page's button, or an RFC 8058 one-click POST from the mail client."""
+    subscriber_id = _unsubscribe_target(token)
+    source = "one-click" if request.form.get("List-Unsubscribe") == "One-Click" else "page"
+    with db.transaction() as session:
+        found = subscriptions.unsubscribe(session, subscriber_id, clock.now(), source)
+    if not found:
+        abort(404)
+    return render_template("unsubscribed.html")
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness probe."""
+    return {"status": "ok"}
