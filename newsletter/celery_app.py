@@ -38,8 +38,16 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
         worker_prefetch_multiplier=4,
-        # No long ETAs ever sit in the broker; this only bounds redelivery of unacked work.
-        broker_transport_options={"visibility_timeout": 3600},
+        broker_transport_options={
+            # No long ETAs ever sit in the broker; this only bounds redelivery of unacked work.
+            "visibility_timeout": 3600,
+            # Publishing gives up quickly when the broker is away: the rows are already in the
+            # database and the next tick (or the reaper) offers them again.
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         beat_schedule={
             "dispatch-due-deliveries": {

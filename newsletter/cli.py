@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from flask import Flask
+from flask.cli import with_appcontext
 
 from newsletter.db import db
 from newsletter.runtime import runtime
@@ -26,6 +27,7 @@ def _print_report(report: sequences.ImportReport) -> None:
 
 
 @click.command("init")
+@with_appcontext
 def init_command() -> None:
     """Create or upgrade the database schema and import the shipped sequence if none exists."""
     from newsletter.migrate import upgrade
@@ -40,6 +42,7 @@ def init_command() -> None:
 
 
 @click.command("import-article")
+@with_appcontext
 @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--slug", help="URL name of the sequence (default: from the file name).")
 @click.option("--parts", type=click.IntRange(min=1), help="Number of parts (default: by reading time).")
@@ -55,6 +58,7 @@ def import_article_command(path: Path, slug: str | None, parts: int | None, repl
 
 
 @click.command("dispatch")
+@with_appcontext
 def dispatch_command() -> None:
     """Run one dispatch tick now (claims due mail and queues it for the workers)."""
     from newsletter.tasks import dispatch_due
@@ -63,6 +67,7 @@ def dispatch_command() -> None:
 
 
 @click.command("mailcatcher")
+@with_appcontext
 @click.option("--port", default=1025, show_default=True)
 @click.option("--dir", "folder", type=click.Path(path_type=Path), help="Maildir to keep mail in.")
 def mailcatcher_command(port: int, folder: Path | None) -> None:
@@ -80,6 +85,7 @@ def mailcatcher_command(port: int, folder: Path | None) -> None:
 
 
 @click.command("dev")
+@with_appcontext
 @click.option("--port", default=5000, show_default=True, help="Web port on 127.0.0.1.")
 def dev_command(port: int) -> None:
     """Run the whole product on this machine: web, worker, beat, embedded broker, mail catcher."""

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
 MAX_HEADER_LENGTH = 998
+# Headers are written unfolded up to RFC 5322's hard limit: folding a List-Unsubscribe URL
+# leaves whitespace that some receivers keep, and folded headers are fragile under DKIM.
+MESSAGE_POLICY = policy.SMTP.clone(max_line_length=MAX_HEADER_LENGTH)
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
@@ -168,7 +171,7 @@ class Composer:
     ) -> EmailMessage:
         """Wrap a rendered mail into a multipart/alternative message with checked headers."""
         domain = self.settings.mail_from_domain
-        msg = EmailMessage(policy=policy.SMTP)
+        msg = EmailMessage(policy=MESSAGE_POLICY)
         msg["From"] = checked_header("From", self.settings.mail_from)
         display = subscriber.first_name or ""
         local, _, host = subscriber.email.rpartition("@")

@@ -1,0 +1,112 @@
+"""The claim: two dispatchers never win the same row; stale claims come back."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from flask import Flask
+from sqlalchemy import func, select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Subscriber,
+    SubscriberStatus,
+)
+from newsletter.services import dispatch, drip
+
+
+def make_due(count: int) -> None:
+    now = clock.now()
+    with db.transaction() as session:
+        for index in range(count):
+            sub = Subscriber(email=f"s{index}@example.org", status=SubscriberStatus.PENDING)
+            session.add(sub)
+            session.flush()
+            session.add(Delivery(kind=DeliveryKind.CONFIRM, subscriber_id=sub.id,
+                                 due_at=now - timedelta(seconds=index)))
+
+
+def test_concurrent_claims_never_overlap(app: Flask) -> None:
+    make_due(400)
+    results: list[list[int]] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def claimer() -> None:
+        try:
+            barrier.wait()
+            mine: list[int] = []
+            while True:
+                with db.transaction() as session:
+                    batch = drip.claim_due(session, clock.now(), 25)
+                if not batch:
+                    break
+                mine.extend(batch)
+            results.append(mine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    claimed = [i for batch in results for i in batch]
+    assert len(claimed) == len(set(claimed)) == 400
+    with db.session() as session:
+        states = set(session.scalars(select(Delivery.state)))
+    assert states == {DeliveryState.CLAIMED}
+
+
+def test_claim_takes_only_due_rows_oldest_first(app: Flask) -> None:
+    make_due(5)
+    with db.transaction() as session:
+        future = session.scalars(select(Delivery).order_by(Delivery.id)).first()
+        assert future is not None
+        future.due_at = clock.now() + timedelta(hours=1)
+    with db.transaction() as session:
+        ids = drip.claim_due(session, clock.now(), 2)
+    with db.session() as session:
+        dues = [session.get(Delivery, i).due_at for i in ids]  # type: ignore[union-attr]
+        rest = session.scalars(
+            select(Delivery.due_at).where(Delivery.state == DeliveryState.SCHEDULED, Delivery.id != future.id)
+        ).all()
+    assert len(ids) == 2 and max(dues) <= min(rest)
+
+
+def test_reaper_returns_stale_claims(app: Flask) -> None:
+    make_due(3)
+    with db.transaction() as session:
+        ids = drip.claim_due(session, clock.now() - timedelta(minutes=30), 10)
+    assert ids == []  # nothing was due half an hour ago
+    with db.transaction() as session:
+        ids = drip.claim_due(session, clock.now(), 10)
+    with db.transaction() as session:
+        assert drip.reap_stale(session, clock.now(), 600) == 0  # fresh claims stay
+        assert drip.reap_stale(session, clock.now() + timedelta(minutes=11), 600) == 3
+    with db.session() as session:
+        assert set(session.scalars(select(Delivery.state))) == {DeliveryState.RETRY}
+
+
+def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
+    make_due(10)
+    queued: list[int] = []
+
+    def flaky_enqueue(delivery_id: int) -> None:
+        if len(queued) == 4:
+            raise ConnectionError("broker went away")
+        queued.append(delivery_id)
+
+    handed = dispatch.dispatch(db.session, clock.now(), batch_size=100, claim_timeout_seconds=600,
+                               enqueue=flaky_enqueue)
+    assert handed == 4
+    with db.session() as session:
+        claimed = session.scalar(select(func.count()).where(Delivery.state == DeliveryState.CLAIMED))
+        scheduled = session.scalar(select(func.count()).where(Delivery.state == DeliveryState.SCHEDULED))
+    assert (claimed, scheduled) == (4, 6)

@@ -1,0 +1,95 @@
+"""Operator commands: init (twice), import-article, and the side-effect-free factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from newsletter import create_app
+from newsletter.config import load_settings
+from newsletter.db import db
+from newsletter.models import Sequence, Step
+from tests.conftest import base_env
+
+
+@pytest.fixture
+def bare_app(tmp_path: Path, database_url: str) -> Flask:
+    """An app whose database has no schema yet."""
+    app = create_app(load_settings(base_env(tmp_path, database_url, None)))
+    return app
+
+
+def test_factory_touches_no_database(tmp_path: Path) -> None:
+    env = base_env(tmp_path, "postgresql://nobody@127.0.0.1:1/none", None,
+                   BROKER_URL="redis://127.0.0.1:1/0")
+    app = create_app(load_settings(env))  # would raise if it connected anywhere
+    assert "public" in app.blueprints and "devmail" not in app.blueprints
+
+
+def test_init_is_safe_to_run_twice(bare_app: Flask) -> None:
+    runner = bare_app.test_cli_runner()
+    first = runner.invoke(args=["init"])
+    assert first.exit_code == 0, first.output
+    assert "emotional-distance" in first.output and "4 parts" in first.output
+    second = runner.invoke(args=["init"])
+    assert second.exit_code == 0, second.output
+    assert "up to date" in second.output
+    with db.session() as session:
+        assert session.scalar(select(func.count(Sequence.id))) == 1
+        assert session.scalar(select(func.count(Step.id))) == 4
+        seq = session.scalars(select(Sequence)).one()
+        assert seq.is_default
+        last = seq.steps[-1]
+        assert [r["url"] for r in last.resources] == ["", ""]
+
+
+def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> None:
+    runner = bare_app.test_cli_runner()
+    assert runner.invoke(args=["init"]).exit_code == 0
+    article = tmp_path / "habits.md"
+    article.write_text(
+        "# Small Habits\n\nIntro paragraph one. It has two sentences.\n\n"
+        + "".join(f"## Habit {n}\n\nHabit {n} body text goes here and explains things.\n\n" for n in range(1, 7))
+        + "## Further Reading\n\nIf you want more, this goes deeper:\n\n[The long guide](https://example.org/guide)\n"
+    )
+    result = runner.invoke(args=["import-article", str(article), "--slug", "habits", "--parts", "3"])
+    assert result.exit_code == 0, result.output
+    assert "sequence 'habits'" in result.output and "(3 parts)" in result.output
+    with db.session() as session:
+        seq = session.scalars(select(Sequence).where(Sequence.slug == "habits")).one()
+        assert not seq.is_default
+        assert [s.day_offset for s in seq.steps] == [0, 1, 2]
+        assert seq.steps[-1].resources == [
+            {"title": "The long guide", "blurb": "If you want more, this goes deeper:",
+             "url": "https://example.org/guide"}
+        ]
+    again = runner.invoke(args=["import-article", str(article), "--slug", "habits"])
+    assert again.exit_code != 0 and "--replace" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["import-article", "/nonexistent/file.txt"], "does not exist"),
+        (["import-article", "{empty}"], "empty"),
+        (["import-article", "{ok}", "--slug", "Bad Slug!"], "slug"),
+        (["import-article", "{ok}", "--parts", "0"], "0"),
+    ],
+)
+def test_import_article_errors_change_nothing(bare_app: Flask, tmp_path: Path, args: list[str],
+                                              message: str) -> None:
+    runner = bare_app.test_cli_runner()
+    assert runner.invoke(args=["init"]).exit_code == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    ok = tmp_path / "ok.txt"
+    ok.write_text("A Title Line\nSome text here.\n")
+    args = [a.format(empty=empty, ok=ok) for a in args]
+    result = runner.invoke(args=args)
+    assert result.exit_code != 0
+    assert message in result.output
+    with db.session() as session:
+        assert session.scalar(select(func.count(Sequence.id))) == 1

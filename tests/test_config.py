@@ -1,0 +1,78 @@
+"""Settings: working defaults, and a clear error naming each invalid variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import ConfigError, load_settings
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    settings = load_settings({"INSTANCE_DIR": str(tmp_path)})
+    assert settings.database_url == f"sqlite:///{tmp_path / 'newsletter.db'}"
+    assert settings.broker_is_embedded and settings.redis_url == "embedded"
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == ("127.0.0.1", 1025, "none")
+    assert settings.drip_day_seconds == 86400 and settings.real_days
+    # A generated secret key is kept, so links in mail already sent stay valid after restart.
+    assert load_settings({"INSTANCE_DIR": str(tmp_path)}).secret_key == settings.secret_key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://x"),
+        ("BROKER_URL", "kafka://x"),
+        ("REDIS_URL", "http://x"),
+        ("SMTP_PORT", "smtp"),
+        ("SMTP_PORT", "0"),
+        ("SMTP_SECURITY", "ssl3"),
+        ("MAIL_FROM", "nobody"),
+        ("MAIL_FROM", "A <a@example.org>\r\nBcc: b@example.org"),
+        ("SITE_URL", "ftp://example.org"),
+        ("SECRET_KEY", "short"),
+        ("DRIP_DAY_SECONDS", "-5"),
+        ("DISPATCH_INTERVAL_SECONDS", "often"),
+        ("SIGNUP_RATE_LIMIT", "lots"),
+    ],
+)
+def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings({"INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "x" * 32, name: value})
+
+
+def test_production_values(tmp_path: Path) -> None:
+    settings = load_settings({
+        "INSTANCE_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://u@db/newsletter",
+        "BROKER_URL": "redis://redis:6379/0",
+        "SMTP_SECURITY": "STARTTLS",
+        "SITE_URL": "https://news.example.org/",
+        "SECRET_KEY": "k" * 40,
+        "DRIP_DAY_SECONDS": "5",
+    })
+    assert settings.redis_url == "redis://redis:6379/0"  # defaults to the broker's Redis
+    assert settings.smtp_security == "starttls"
+    assert settings.site_url == "https://news.example.org"
+    assert not settings.real_days
+    assert not (tmp_path / "secret_key").exists()
+
+
+def test_web_entry_point_reports_bad_setting(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import web"],
+        cwd=ROOT,
+        env={"INSTANCE_DIR": str(tmp_path), "SMTP_PORT": "not-a-port", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "configuration error: SMTP_PORT must be a number" in result.stderr

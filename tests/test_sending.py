@@ -1,0 +1,194 @@
+"""Sending one delivery through the real SMTP server: success, retry, bounce, skip."""
+
+from __future__ import annotations
+
+from email import policy
+from email.parser import BytesParser
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Sequence,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+)
+from newsletter.runtime import Runtime
+from newsletter.services import drip, sending, subscriptions
+from newsletter.services.compose import HeaderError, checked_header
+from newsletter.services.mailer import SmtpTransport
+from tests.conftest import SmtpSink
+from tests.mailparse import html_of, part_number, text_of
+
+
+def runtime_of(app: Flask) -> Runtime:
+    value = app.extensions["newsletter"]
+    assert isinstance(value, Runtime)
+    return value
+
+
+def active_subscriber(email: str, name: str | None = "Ann") -> int:
+    """A confirmed subscriber whose part 1 is scheduled; returns the subscriber id."""
+    now = clock.now()
+    with db.transaction() as session:
+        subscriptions.signup(session, subscriptions.SignupRequest(email=email, first_name=name), now)
+    with db.transaction() as session:
+        sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+        subscriptions.confirm(session, sub.id, sub.email, now, 86400)
+        return sub.id
+
+
+def claim_all() -> list[int]:
+    with db.transaction() as session:
+        return drip.claim_due(session, clock.now(), 100)
+
+
+def deliver(app: Flask, delivery_id: int, transport: SmtpTransport | None = None) -> sending.Outcome:
+    rt = runtime_of(app)
+    with app.app_context():
+        return sending.deliver(db.session, rt.composer, transport or SmtpTransport(rt.settings),
+                               delivery_id, clock.now, 86400)
+
+
+def delivery(delivery_id: int) -> Delivery:
+    with db.session() as session:
+        row = session.get(Delivery, delivery_id)
+        assert row is not None
+        return row
+
+
+def test_part_one_is_sent_recorded_and_part_two_scheduled(app: Flask, smtp_sink: SmtpSink) -> None:
+    active_subscriber("ann@example.org")
+    ids = claim_all()
+    kinds = {delivery(i).kind for i in ids}
+    assert kinds == {DeliveryKind.CONFIRM, DeliveryKind.STEP}
+    step_id = next(i for i in ids if delivery(i).kind is DeliveryKind.STEP)
+    confirm_id = next(i for i in ids if i != step_id)
+    # The confirmation mail is skipped: the person confirmed before it went out.
+    assert deliver(app, confirm_id) is sending.Outcome.SKIPPED
+    assert deliver(app, step_id) is sending.Outcome.SENT
+
+    row = delivery(step_id)
+    assert row.state is DeliveryState.SENT and row.sent_at is not None and row.attempts == 1
+    [msg] = smtp_sink.messages
+    assert str(msg["Message-ID"]) == row.message_id
+    assert part_number(msg) == (1, 4)
+    assert str(msg["To"]) == "Ann <ann@example.org>"
+    assert "Hi Ann," in text_of(msg)
+    with db.session() as session:
+        following = session.scalars(
+            select(Delivery).where(Delivery.kind == DeliveryKind.STEP, Delivery.id != step_id)
+        ).one()
+    assert following.state is DeliveryState.SCHEDULED
+    assert following.due_at > clock.now()  # tomorrow at the send hour, not now
+    # Handing the same id in again (a redelivered task) sends nothing more.
+    assert deliver(app, step_id) is sending.Outcome.NOT_CLAIMED
+    assert len(smtp_sink.messages) == 1
+
+
+def test_rendered_mail_structure(app: Flask, smtp_sink: SmtpSink) -> None:
+    sub_id = active_subscriber("hdr@example.org", name=None)
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    deliver(app, step_id)
+    [msg] = smtp_sink.messages
+    raw = msg.as_bytes(policy=policy.SMTP)
+    strict = BytesParser(policy=policy.strict).parsebytes(raw)
+    assert strict.get_content_type() == "multipart/alternative"
+    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
+                   "List-Unsubscribe-Post"):
+        assert strict[header], header
+    assert str(msg["Message-ID"]).endswith("@example.test>")
+    assert "emotional-distance.example.test" in str(msg["List-Id"])
+    token = runtime_of(app).tokens.unsubscribe_token(sub_id)
+    assert str(msg["List-Unsubscribe"]) == f"<https://news.example.test/unsubscribe/{token}>"
+    html = html_of(msg)
+    assert '<html lang="en"' in html and 'role="presentation"' in html
+    assert "Part 1 of 4" in html and 'style="' in html  # CSS inlined
+    assert f"/unsubscribe/{token}" in html and "1 Test Street, Testville" in html
+    assert "Hi ," not in text_of(msg)
+
+
+def test_unsubscribe_while_claimed_wins(app: Flask, smtp_sink: SmtpSink) -> None:
+    sub_id = active_subscriber("late@example.org")
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    with db.transaction() as session:
+        subscriptions.unsubscribe(session, sub_id, clock.now(), "page")
+    assert deliver(app, step_id) is sending.Outcome.NOT_CLAIMED
+    assert smtp_sink.messages == []
+    assert delivery(step_id).state is DeliveryState.SKIPPED
+
+
+def test_transient_refusal_is_retried_later(app: Flask, smtp_sink: SmtpSink) -> None:
+    active_subscriber("busy@example.org")
+    smtp_sink.handler.refuse["busy@example.org"] = "451 4.3.0 Try again later"
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    assert deliver(app, step_id) is sending.Outcome.RETRY
+    row = delivery(step_id)
+    assert row.state is DeliveryState.RETRY and row.attempts == 1
+    assert "451" in (row.last_error or "") and row.due_at > clock.now()
+    # Once the server takes mail again and the retry is due, it goes out once.
+    smtp_sink.handler.refuse.clear()
+    with db.transaction() as session:
+        session.get(Delivery, step_id).due_at = clock.now()  # type: ignore[union-attr]
+    assert claim_all() == [step_id]
+    assert deliver(app, step_id) is sending.Outcome.SENT
+    assert delivery(step_id).attempts == 2 and len(smtp_sink.messages) == 1
+
+
+def test_server_421_on_data_is_transient(app: Flask, smtp_sink: SmtpSink) -> None:
+    active_subscriber("d@example.org")
+    smtp_sink.handler.data_reply = "421 4.7.0 Closing connection"
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    assert deliver(app, step_id) is sending.Outcome.RETRY
+    assert delivery(step_id).state is DeliveryState.RETRY
+
+
+def test_hard_bounce_fails_suppresses_and_stops(app: Flask, smtp_sink: SmtpSink) -> None:
+    sub_id = active_subscriber("gone@example.org")
+    smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 No such user"
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    assert deliver(app, step_id) is sending.Outcome.FAILED
+    row = delivery(step_id)
+    assert row.state is DeliveryState.FAILED and "550" in (row.last_error or "")
+    with db.session() as session:
+        assert session.get(Subscriber, sub_id).status is SubscriberStatus.BOUNCED  # type: ignore[union-attr]
+        assert session.scalars(select(Suppression.email)).all() == ["gone@example.org"]
+        steps = session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.STEP)).all()
+    assert len(steps) == 1  # no next part was scheduled
+
+
+def test_smtp_server_down_is_transient(app: Flask) -> None:
+    active_subscriber("down@example.org")
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    # The app's SMTP_PORT points at the sink; build a transport aimed at a closed port.
+    from dataclasses import replace
+
+    from tests.conftest import free_port
+
+    settings = replace(runtime_of(app).settings, smtp_port=free_port())
+    assert deliver(app, step_id, SmtpTransport(settings)) is sending.Outcome.RETRY
+    assert "Connection refused" in (delivery(step_id).last_error or "")
+
+
+@pytest.mark.parametrize("value", ["a\r\nBcc: x@example.org", "a\nb", "x" * 1000])
+def test_bad_header_values_are_refused(value: str) -> None:
+    with pytest.raises(HeaderError):
+        checked_header("Subject", value)
+
+
+def test_subject_with_line_break_never_becomes_a_header(app: Flask, smtp_sink: SmtpSink) -> None:
+    with db.transaction() as session:
+        sequence = session.scalars(select(Sequence)).one()
+        sequence.steps[0].subject = "Hello\r\nBcc: victim@example.org"
+    active_subscriber("inj@example.org")
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    with pytest.raises(HeaderError):
+        deliver(app, step_id)
+    assert smtp_sink.messages == []

@@ -1,0 +1,222 @@
+"""Signup, confirm and unsubscribe through the web edge, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flask import Flask
+from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import func, select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    Subscriber,
+    SubscriberStatus,
+)
+from newsletter.runtime import Runtime
+from newsletter.services import subscriptions
+
+
+def csrf(client: FlaskClient, path: str = "/") -> str:
+    page = client.get(path).get_data(as_text=True)
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert match
+    return match.group(1)
+
+
+def post_signup(client: FlaskClient, email: str, **fields: str) -> tuple[int, str, str]:
+    data = {"csrf_token": csrf(client), "email": email, **fields}
+    response = client.post("/", data=data)
+    return response.status_code, response.headers.get("Location", ""), response.get_data(as_text=True)
+
+
+def rt(app: Flask) -> Runtime:
+    value = app.extensions["newsletter"]
+    assert isinstance(value, Runtime)
+    return value
+
+
+def subscriber(email: str) -> Subscriber:
+    with db.session() as session:
+        return session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+
+
+def count(model: type) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_signup_records_pending_subscriber_with_consent(app: Flask) -> None:
+    client = app.test_client()
+    status, location, _ = post_signup(
+        client, "  Ann@Example.ORG ", first_name="Ann", time_zone="America/Chicago"
+    )
+    assert (status, location) == (303, "/thanks")
+    ann = subscriber("ann@example.org")
+    assert ann.status is SubscriberStatus.PENDING
+    assert ann.time_zone == "America/Chicago"
+    assert ann.first_name == "Ann"
+    assert ann.consent_at is not None and ann.consent_ip == "127.0.0.1"
+    assert ann.consent_form == "signup-page"
+    with db.session() as session:
+        confirm = session.scalars(select(Delivery).where(Delivery.subscriber_id == ann.id)).one()
+        assert confirm.kind is DeliveryKind.CONFIRM and confirm.state is DeliveryState.SCHEDULED
+        enrollment = session.scalars(select(Enrollment)).one()
+        assert enrollment.status is EnrollmentStatus.PENDING
+
+
+def test_same_response_for_new_pending_active_and_unknown_states(app: Flask) -> None:
+    client = app.test_client()
+    first = post_signup(client, "new@example.org")
+    again_pending = post_signup(client, "new@example.org")
+    with db.transaction() as session:
+        new = session.scalars(select(Subscriber)).one()
+        subscriptions.confirm(session, new.id, new.email, clock.now(), 86400)
+    again_active = post_signup(client, "new@example.org")
+    other = post_signup(client, "other@example.org")
+    assert first[:2] == again_pending[:2] == again_active[:2] == other[:2] == (303, "/thanks")
+    assert first[2] == again_pending[2] == again_active[2] == other[2]
+    # The second signup inside the resend window queued no second confirmation mail.
+    with db.session() as session:
+        confirmations = session.scalar(
+            select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.CONFIRM)
+        )
+    assert confirmations == 2  # one for new@, one for other@
+
+
+def test_invalid_address_is_an_error_and_writes_nothing(app: Flask) -> None:
+    client = app.test_client()
+    for bad in ("not-an-address", "a@b", "x@example.org\r\nBcc: evil@example.org", ""):
+        status, _, body = post_signup(client, bad)
+        assert status == 400
+        assert 'role="alert"' in body
+    status, _, body = post_signup(client, "ok@example.org", first_name="x" * 101)
+    assert status == 400
+    assert count(Subscriber) == 0 and count(Delivery) == 0 and count(Event) == 0
+
+
+def test_signup_without_csrf_token_is_refused(app: Flask) -> None:
+    response = app.test_client().post("/", data={"email": "csrf@example.org"})
+    assert response.status_code == 400
+    assert count(Subscriber) == 0
+
+
+def test_unknown_time_zone_falls_back_to_utc(app: Flask) -> None:
+    post_signup(app.test_client(), "tz@example.org", time_zone="Mars/Olympus_Mons")
+    assert subscriber("tz@example.org").time_zone == "UTC"
+
+
+def test_confirm_activates_and_schedules_part_one_now(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "c@example.org")
+    sub = subscriber("c@example.org")
+    token = rt(app).tokens.confirm_token(sub.id, sub.email)
+    before = clock.now()
+    response = client.get(f"/confirm/{token}")
+    assert response.status_code == 200 and "You're in" in response.get_data(as_text=True)
+    assert subscriber("c@example.org").status is SubscriberStatus.ACTIVE
+    with db.session() as session:
+        step_rows = session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.STEP)).all()
+    assert len(step_rows) == 1
+    assert step_rows[0].step_id is not None
+    assert step_rows[0].due_at <= clock.now() and step_rows[0].due_at >= before
+    # Confirming twice is harmless: still one scheduled part.
+    assert client.get(f"/confirm/{token}").status_code == 200
+    with db.session() as session:
+        assert session.scalar(
+            select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.STEP)
+        ) == 1
+
+
+def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "t@example.org")
+    sub = subscriber("t@example.org")
+    token = rt(app).tokens.confirm_token(sub.id, sub.email)
+    payload, stamp, signature = token.split(".")
+    forged_other_id = rt(app).tokens.confirm_token(sub.id + 1, sub.email).split(".")[0]
+    for bad in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+                f"{forged_other_id}.{stamp}.{signature}", "garbage", f"{payload}.{stamp}"):
+        response = client.get(f"/confirm/{bad}")
+        assert response.status_code == 400, bad
+        assert "not valid" in response.get_data(as_text=True)
+    assert subscriber("t@example.org").status is SubscriberStatus.PENDING
+
+
+def test_expired_confirm_link_is_refused(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "old@example.org")
+    sub = subscriber("old@example.org")
+    settings = rt(app).settings
+
+    class EightDaysAgo(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(time.time()) - 8 * 86400
+
+    old = URLSafeTimedSerializer(settings.secret_key, salt="confirm-subscription", signer=EightDaysAgo)
+    token = old.dumps([sub.id, sub.email])
+    response = client.get(f"/confirm/{token}")
+    assert response.status_code == 400
+    assert "expired" in response.get_data(as_text=True)
+    assert subscriber("old@example.org").status is SubscriberStatus.PENDING
+
+
+def test_confirm_link_from_another_deployment_is_refused(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "k@example.org")
+    sub = subscriber("k@example.org")
+    foreign = URLSafeTimedSerializer("another-secret-key-xxxxxxxx", salt="confirm-subscription")
+    assert client.get(f"/confirm/{foreign.dumps([sub.id, sub.email])}").status_code == 400
+    assert subscriber("k@example.org").status is SubscriberStatus.PENDING
+
+
+def test_unsubscribe_get_shows_a_button_and_changes_nothing(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "u@example.org")
+    sub = subscriber("u@example.org")
+    with db.transaction() as session:
+        subscriptions.confirm(session, sub.id, sub.email, clock.now(), 86400)
+    path = f"/unsubscribe/{rt(app).tokens.unsubscribe_token(sub.id)}"
+    page = client.get(path)
+    assert page.status_code == 200 and "<button" in page.get_data(as_text=True)
+    assert subscriber("u@example.org").status is SubscriberStatus.ACTIVE
+    response = client.post(path, data={"csrf_token": csrf(client, path)})
+    assert response.status_code == 200
+    gone = subscriber("u@example.org")
+    assert gone.status is SubscriberStatus.UNSUBSCRIBED and gone.unsubscribed_at is not None
+    with db.session() as session:
+        states = set(session.scalars(select(Delivery.state).where(Delivery.subscriber_id == sub.id)))
+        enrollment = session.scalars(select(Enrollment)).one()
+    assert states == {DeliveryState.SKIPPED}
+    assert enrollment.status is EnrollmentStatus.STOPPED
+    # A second POST (a client retrying the one-click) is harmless.
+    assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+
+
+def test_forged_unsubscribe_token_is_not_found(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "f@example.org")
+    token = rt(app).tokens.unsubscribe_token(subscriber("f@example.org").id)
+    assert client.post(f"/unsubscribe/{token}x", data={"List-Unsubscribe": "One-Click"}).status_code == 404
+    assert client.get("/unsubscribe/nonsense").status_code == 404
+    assert subscriber("f@example.org").status is SubscriberStatus.PENDING
+
+
+def test_unsubscribed_person_can_come_back_through_double_opt_in(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "back@example.org")
+    sub = subscriber("back@example.org")
+    with db.transaction() as session:
+        subscriptions.confirm(session, sub.id, sub.email, clock.now(), 86400)
+        subscriptions.unsubscribe(session, sub.id, clock.now(), "page")
+    post_signup(client, "back@example.org")
+    assert subscriber("back@example.org").status is SubscriberStatus.PENDING
