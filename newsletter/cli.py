@@ -45,13 +45,19 @@ def init_command() -> None:
 @with_appcontext
 @click.argument("path", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--slug", help="URL name of the sequence (default: from the file name).")
-@click.option("--parts", type=click.IntRange(min=1), help="Number of parts (default: by reading time).")
-@click.option("--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet.")
+@click.option(
+    "--parts", type=click.IntRange(min=1), help="Number of parts (default: by reading time)."
+)
+@click.option(
+    "--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet."
+)
 def import_article_command(path: Path, slug: str | None, parts: int | None, replace: bool) -> None:
     """Turn a plain-text or Markdown article into a sequence."""
     try:
         with db.transaction() as session:
-            report = sequences.import_article(session, path, slug=slug, parts=parts, replace=replace)
+            report = sequences.import_article(
+                session, path, slug=slug, parts=parts, replace=replace
+            )
             _print_report(report)
     except ArticleError as exc:
         raise click.ClickException(str(exc)) from None
@@ -96,6 +102,11 @@ def dev_command(port: int) -> None:
 
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
-    for command in (init_command, import_article_command, dispatch_command,
-                    mailcatcher_command, dev_command):
+    for command in (
+        init_command,
+        import_article_command,
+        dispatch_command,
+        mailcatcher_command,
+        dev_command,
+    ):
         app.cli.add_command(command)

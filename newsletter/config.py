@@ -14,6 +14,8 @@ from email.utils import parseaddr
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from limits import parse_many  # the parser Flask-Limiter itself uses
+
 EMBEDDED = "embedded"
 SMTP_SECURITY_CHOICES = ("none", "starttls", "tls")
 
@@ -115,21 +117,24 @@ def _secret_key(env: Mapping[str, str], instance_dir: Path) -> str:
 
 
 def _mail_from(env: Mapping[str, str]) -> str:
-    value = env.get("MAIL_FROM", "").strip() or "Emotional Safety Course <course@newsletter.localhost>"
+    value = (
+        env.get("MAIL_FROM", "").strip() or "Emotional Safety Course <course@newsletter.localhost>"
+    )
     _, address = parseaddr(value)
     if "@" not in address or "\n" in value or "\r" in value:
-        raise ConfigError(f"MAIL_FROM must be an address like 'Name <me@example.com>', got {value!r}")
+        raise ConfigError(
+            f"MAIL_FROM must be an address like 'Name <me@example.com>', got {value!r}"
+        )
     return value
 
 
 def _rate_limit(env: Mapping[str, str]) -> str:
     value = env.get("SIGNUP_RATE_LIMIT", "").strip() or "20 per minute; 200 per hour"
-    from limits import parse_many  # the same parser Flask-Limiter uses
-
     try:
         parse_many(value)
     except ValueError:
-        raise ConfigError(f"SIGNUP_RATE_LIMIT is not a rate limit like '20 per minute': {value!r}")
+        message = f"SIGNUP_RATE_LIMIT is not a rate limit like '20 per minute': {value!r}"
+        raise ConfigError(message) from None
     return value
 
 

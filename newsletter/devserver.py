@@ -26,14 +26,11 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _children(port: int) -> list[list[str]]:
+def _children(port: int) -> dict[str, list[str]]:
     python = sys.executable
-    return [
-        [python, "-m", "celery", "-A", "worker", "worker", "-B", "--loglevel", "INFO",
-         "--concurrency", "2"],
-        [python, "-m", "gunicorn", "web:app", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--access-logfile", "-"],
-    ]
+    worker = "-m celery -A worker worker -B --loglevel INFO --concurrency 2".split()
+    web = f"-m gunicorn web:app --bind 127.0.0.1:{port} --workers 2 --access-logfile -".split()
+    return {"worker": [python, *worker], "web": [python, *web]}
 
 
 def run(settings: Settings, *, port: int = 5000) -> int:
@@ -57,7 +54,10 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     with db.transaction() as session:
         sequences.ensure_seed(session)
 
-    procs = [subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT) for cmd in _children(port)]
+    procs = {
+        name: subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT)
+        for name, cmd in _children(port).items()
+    }
     print(f"\n  signup page:   http://127.0.0.1:{port}/")
     if catcher is not None:
         print(f"  caught mail:   http://127.0.0.1:{port}/_dev/mail/")
@@ -74,17 +74,17 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     status = 0
     try:
         while not stopping:
-            for proc in procs:
+            for name, proc in procs.items():
                 if proc.poll() is not None:
-                    print(f"{proc.args[2]} exited with {proc.returncode}; stopping", file=sys.stderr)
+                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
                     status = proc.returncode or 1
                     stopping = True
             time.sleep(0.5)
     finally:
-        for proc in procs:
+        for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in procs:
+        for proc in procs.values():
             try:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -66,23 +66,35 @@ def ensure_running(instance_dir: Path) -> Path:
         subprocess.run(
             [
                 _executable(),
-                "--port", "0",
-                "--unixsocket", str(sock),
-                "--unixsocketperm", "700",
-                "--daemonize", "yes",
-                "--pidfile", str(instance_dir / "redis.pid"),
-                "--logfile", str(instance_dir / "redis.log"),
-                "--dir", str(instance_dir),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfilename", "broker.aof",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(sock),
+                "--unixsocketperm",
+                "700",
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(instance_dir / "redis.pid"),
+                "--logfile",
+                str(instance_dir / "redis.log"),
+                "--dir",
+                str(instance_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfilename",
+                "broker.aof",
             ],
             check=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _alive(sock):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"embedded redis did not start; see {instance_dir / 'redis.log'}")
+                raise RuntimeError(
+                    f"embedded redis did not start; see {instance_dir / 'redis.log'}"
+                )
             time.sleep(0.05)
     log.info("embedded redis listening on %s", sock)
     return sock

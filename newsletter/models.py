@@ -7,7 +7,7 @@ CHECK constraint so that the same schema works on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -30,7 +30,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     """The wall clock in UTC; the injectable clock in `newsletter.clock` wraps it."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -47,15 +47,15 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("naive datetime given where an aware UTC time is required")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -85,7 +85,7 @@ class Base(DeclarativeBase):
     type_annotation_map: dict[Any, Any] = {datetime: UTCDateTime()}
 
 
-class SubscriberStatus(str, enum.Enum):
+class SubscriberStatus(enum.StrEnum):
     """pending → active → unsubscribed | bounced | complained."""
 
     PENDING = "pending"
@@ -95,7 +95,7 @@ class SubscriberStatus(str, enum.Enum):
     COMPLAINED = "complained"
 
 
-class EnrollmentStatus(str, enum.Enum):
+class EnrollmentStatus(enum.StrEnum):
     """An enrollment waits for confirmation, runs, and ends completed or stopped."""
 
     PENDING = "pending"
@@ -104,7 +104,7 @@ class EnrollmentStatus(str, enum.Enum):
     STOPPED = "stopped"
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     """scheduled → claimed → sent | retry | failed | skipped (retry goes back to claimed)."""
 
     SCHEDULED = "scheduled"
@@ -115,7 +115,7 @@ class DeliveryState(str, enum.Enum):
     SKIPPED = "skipped"
 
 
-class DeliveryKind(str, enum.Enum):
+class DeliveryKind(enum.StrEnum):
     """What a delivery carries: a step of a sequence, or a system mail."""
 
     STEP = "step"
@@ -255,7 +255,9 @@ class Event(Base):
     subscriber_id: Mapped[int | None] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE")
     )
-    delivery_id: Mapped[int | None] = mapped_column(ForeignKey("deliveries.id", ondelete="SET NULL"))
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL")
+    )
     kind: Mapped[str] = mapped_column(String(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -63,8 +63,9 @@ class SinkHandler:
     data_reply: str | None = None  # reply to DATA instead of 250, e.g. "451 try later"
     cond: threading.Condition = field(default_factory=threading.Condition)
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
         if address.lower() in self.refuse:
             return self.refuse[address.lower()]
         envelope.rcpt_tos.append(address)
@@ -98,8 +99,9 @@ class SmtpSink:
         """Messages addressed to `address`, in arrival order."""
         return [m for m in self.messages if address in str(m["To"])]
 
-    def wait_for(self, predicate: Callable[[list[EmailMessage]], bool], timeout: float = 60.0
-                 ) -> list[EmailMessage]:
+    def wait_for(
+        self, predicate: Callable[[list[EmailMessage]], bool], timeout: float = 60.0
+    ) -> list[EmailMessage]:
         """Block until `predicate(messages)` holds; fail the test after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         with self.handler.cond:
@@ -183,7 +185,9 @@ def database_url(request: pytest.FixtureRequest) -> str:
 # -- the app -------------------------------------------------------------------------------------
 
 
-def base_env(tmp_path: Path, database_url: str, smtp: SmtpSink | None, **extra: str) -> dict[str, str]:
+def base_env(
+    tmp_path: Path, database_url: str, smtp: SmtpSink | None, **extra: str
+) -> dict[str, str]:
     """Settings for one test: its own instance folder, database, SMTP server and clock speed."""
     env = {
         "INSTANCE_DIR": str(tmp_path / "instance"),
@@ -238,19 +242,46 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def start_worker(env: dict[str, str], tmp_path: Path, *, beat: bool = True, concurrency: int = 2,
-                 name: str = "w1") -> WorkerProcess:
+def start_worker(
+    env: dict[str, str],
+    tmp_path: Path,
+    *,
+    beat: bool = True,
+    concurrency: int = 2,
+    name: str = "w1",
+) -> WorkerProcess:
     """Start a Celery worker (and beat) as a separate process and wait until it is ready."""
     log_path = tmp_path / f"worker-{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
-           "--concurrency", str(concurrency), "--pool", "prefork", "-n", f"{name}@%h",
-           "--without-gossip", "--without-mingle"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if beat:
         cmd += ["-B", "-s", str(tmp_path / f"beat-{name}")]
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     worker = WorkerProcess(proc, log_path)
     deadline = time.monotonic() + 60
     while " ready." not in worker.log():
@@ -286,7 +317,7 @@ def run_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
         return worker
 
     yield _start
-    for worker, env in started:
+    for worker, _ in started:
         stop_worker(worker)
     for _, env in started:
         if env.get("BROKER_URL") == "embedded":

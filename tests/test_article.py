@@ -121,7 +121,9 @@ def test_trailing_boilerplate_is_dropped_and_reported(seed: str) -> None:
 
 
 def test_boilerplate_only_at_the_end() -> None:
-    text = "Intro line here.\nRelated\nMiddle text stays.\nRelated posts\n\nShare this:\nTags: x, y\n"
+    text = (
+        "Intro line here.\nRelated\nMiddle text stays.\nRelated posts\n\nShare this:\nTags: x, y\n"
+    )
     remaining, dropped = strip_boilerplate(text)
     assert dropped == ["Related posts", "Share this:", "Tags: x, y"]
     assert remaining.splitlines() == ["Intro line here.", "Related", "Middle text stays."]
@@ -287,7 +289,9 @@ def test_unmatched_sidecar_link_is_warned(seed: str) -> None:
 
 
 def test_plain_resources_with_title_case_link_text() -> None:
-    text = "Intro text here.\nFurther Reading\nSome context first.\nSee this guide:\nThe Full Guide\n"
+    text = (
+        "Intro text here.\nFurther Reading\nSome context first.\nSee this guide:\nThe Full Guide\n"
+    )
     last = split_article(text, links={"the full guide": "https://example.org/g"}).parts[-1]
     assert last.resources == [
         ResourceLink("The Full Guide", "See this guide:", "https://example.org/g")
@@ -343,7 +347,10 @@ def test_subjects_preheaders_teasers(seed: str) -> None:
 @pytest.mark.parametrize(
     ("text", "sentence"),
     [
-        ("Feeling relaxed vs. feeling evaluated. Next one.", "Feeling relaxed vs. feeling evaluated."),
+        (
+            "Feeling relaxed vs. feeling evaluated. Next one.",
+            "Feeling relaxed vs. feeling evaluated.",
+        ),
         ("She asked “why?” Then left.", "She asked “why?”"),
         ("Really… Yes.", "Really…"),
         ("No sentence end here", "No sentence end here"),

@@ -27,8 +27,13 @@ def make_due(count: int) -> None:
             sub = Subscriber(email=f"s{index}@example.org", status=SubscriberStatus.PENDING)
             session.add(sub)
             session.flush()
-            session.add(Delivery(kind=DeliveryKind.CONFIRM, subscriber_id=sub.id,
-                                 due_at=now - timedelta(seconds=index)))
+            session.add(
+                Delivery(
+                    kind=DeliveryKind.CONFIRM,
+                    subscriber_id=sub.id,
+                    due_at=now - timedelta(seconds=index),
+                )
+            )
 
 
 def test_concurrent_claims_never_overlap(app: Flask) -> None:
@@ -75,7 +80,9 @@ def test_claim_takes_only_due_rows_oldest_first(app: Flask) -> None:
     with db.session() as session:
         dues = [session.get(Delivery, i).due_at for i in ids]  # type: ignore[union-attr]
         rest = session.scalars(
-            select(Delivery.due_at).where(Delivery.state == DeliveryState.SCHEDULED, Delivery.id != future.id)
+            select(Delivery.due_at).where(
+                Delivery.state == DeliveryState.SCHEDULED, Delivery.id != future.id
+            )
         ).all()
     assert len(ids) == 2 and max(dues) <= min(rest)
 
@@ -103,10 +110,15 @@ def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
             raise ConnectionError("broker went away")
         queued.append(delivery_id)
 
-    handed = dispatch.dispatch(db.session, clock.now(), batch_size=100, claim_timeout_seconds=600,
-                               enqueue=flaky_enqueue)
+    handed = dispatch.dispatch(
+        db.session, clock.now(), batch_size=100, claim_timeout_seconds=600, enqueue=flaky_enqueue
+    )
     assert handed == 4
     with db.session() as session:
-        claimed = session.scalar(select(func.count()).where(Delivery.state == DeliveryState.CLAIMED))
-        scheduled = session.scalar(select(func.count()).where(Delivery.state == DeliveryState.SCHEDULED))
+        claimed = session.scalar(
+            select(func.count()).where(Delivery.state == DeliveryState.CLAIMED)
+        )
+        scheduled = session.scalar(
+            select(func.count()).where(Delivery.state == DeliveryState.SCHEDULED)
+        )
     assert (claimed, scheduled) == (4, 6)

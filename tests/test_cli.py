@@ -23,8 +23,9 @@ def bare_app(tmp_path: Path, database_url: str) -> Flask:
 
 
 def test_factory_touches_no_database(tmp_path: Path) -> None:
-    env = base_env(tmp_path, "postgresql://nobody@127.0.0.1:1/none", None,
-                   BROKER_URL="redis://127.0.0.1:1/0")
+    env = base_env(
+        tmp_path, "postgresql://nobody@127.0.0.1:1/none", None, BROKER_URL="redis://127.0.0.1:1/0"
+    )
     app = create_app(load_settings(env))  # would raise if it connected anywhere
     assert "public" in app.blueprints and "devmail" not in app.blueprints
 
@@ -52,10 +53,15 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
     article = tmp_path / "habits.md"
     article.write_text(
         "# Small Habits\n\nIntro paragraph one. It has two sentences.\n\n"
-        + "".join(f"## Habit {n}\n\nHabit {n} body text goes here and explains things.\n\n" for n in range(1, 7))
+        + "".join(
+            f"## Habit {n}\n\nHabit {n} body text goes here and explains things.\n\n"
+            for n in range(1, 7)
+        )
         + "## Further Reading\n\nIf you want more, this goes deeper:\n\n[The long guide](https://example.org/guide)\n"
     )
-    result = runner.invoke(args=["import-article", str(article), "--slug", "habits", "--parts", "3"])
+    result = runner.invoke(
+        args=["import-article", str(article), "--slug", "habits", "--parts", "3"]
+    )
     assert result.exit_code == 0, result.output
     assert "sequence 'habits'" in result.output and "(3 parts)" in result.output
     with db.session() as session:
@@ -63,8 +69,11 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
         assert not seq.is_default
         assert [s.day_offset for s in seq.steps] == [0, 1, 2]
         assert seq.steps[-1].resources == [
-            {"title": "The long guide", "blurb": "If you want more, this goes deeper:",
-             "url": "https://example.org/guide"}
+            {
+                "title": "The long guide",
+                "blurb": "If you want more, this goes deeper:",
+                "url": "https://example.org/guide",
+            }
         ]
     again = runner.invoke(args=["import-article", str(article), "--slug", "habits"])
     assert again.exit_code != 0 and "--replace" in again.output
@@ -79,8 +88,9 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
         (["import-article", "{ok}", "--parts", "0"], "0"),
     ],
 )
-def test_import_article_errors_change_nothing(bare_app: Flask, tmp_path: Path, args: list[str],
-                                              message: str) -> None:
+def test_import_article_errors_change_nothing(
+    bare_app: Flask, tmp_path: Path, args: list[str], message: str
+) -> None:
     runner = bare_app.test_cli_runner()
     assert runner.invoke(args=["init"]).exit_code == 0
     empty = tmp_path / "empty.txt"

@@ -13,7 +13,11 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     settings = load_settings({"INSTANCE_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'newsletter.db'}"
     assert settings.broker_is_embedded and settings.redis_url == "embedded"
-    assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == ("127.0.0.1", 1025, "none")
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_security) == (
+        "127.0.0.1",
+        1025,
+        "none",
+    )
     assert settings.drip_day_seconds == 86400 and settings.real_days
     # A generated secret key is kept, so links in mail already sent stay valid after restart.
     assert load_settings({"INSTANCE_DIR": str(tmp_path)}).secret_key == settings.secret_key
@@ -44,15 +48,17 @@ def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: st
 
 
 def test_production_values(tmp_path: Path) -> None:
-    settings = load_settings({
-        "INSTANCE_DIR": str(tmp_path),
-        "DATABASE_URL": "postgresql://u@db/newsletter",
-        "BROKER_URL": "redis://redis:6379/0",
-        "SMTP_SECURITY": "STARTTLS",
-        "SITE_URL": "https://news.example.org/",
-        "SECRET_KEY": "k" * 40,
-        "DRIP_DAY_SECONDS": "5",
-    })
+    settings = load_settings(
+        {
+            "INSTANCE_DIR": str(tmp_path),
+            "DATABASE_URL": "postgresql://u@db/newsletter",
+            "BROKER_URL": "redis://redis:6379/0",
+            "SMTP_SECURITY": "STARTTLS",
+            "SITE_URL": "https://news.example.org/",
+            "SECRET_KEY": "k" * 40,
+            "DRIP_DAY_SECONDS": "5",
+        }
+    )
     assert settings.redis_url == "redis://redis:6379/0"  # defaults to the broker's Redis
     assert settings.smtp_security == "starttls"
     assert settings.site_url == "https://news.example.org"

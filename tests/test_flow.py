@@ -49,7 +49,9 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -
 
 
 @pytest.fixture
-def live(stack: dict[str, str], run_worker: Callable[..., WorkerProcess]) -> tuple[Flask, WorkerProcess]:
+def live(
+    stack: dict[str, str], run_worker: Callable[..., WorkerProcess]
+) -> tuple[Flask, WorkerProcess]:
     """The app (for requests from the test) and a running worker with beat."""
     app = make_app(stack)
     with db.transaction() as session:
@@ -63,8 +65,10 @@ def signup(client: FlaskClient, email: str, name: str = "Ann", tz: str = "Europe
     page = client.get("/").get_data(as_text=True)
     token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
     assert token, "signup page has no CSRF token"
-    response = client.post("/", data={"csrf_token": token.group(1), "email": email,
-                                      "first_name": name, "time_zone": tz})
+    response = client.post(
+        "/",
+        data={"csrf_token": token.group(1), "email": email, "first_name": name, "time_zone": tz},
+    )
     assert response.status_code == 303, response.get_data(as_text=True)
     return str(response.headers["Location"])
 
@@ -73,12 +77,16 @@ def parts_for(sink: SmtpSink, email: str) -> list[tuple[int, int]]:
     return [part_number(m) for m in sink.to(email) if "Part " in text_of(m)]
 
 
-def test_series_arrives_once_in_order(live: tuple[Flask, WorkerProcess], smtp_sink: SmtpSink) -> None:
+def test_series_arrives_once_in_order(
+    live: tuple[Flask, WorkerProcess], smtp_sink: SmtpSink
+) -> None:
     app, worker = live
     client = app.test_client()
     signup(client, "ann@example.org")
 
-    confirm_mail = smtp_sink.wait_for(lambda ms: any("ann@example.org" in str(m["To"]) for m in ms))[0]
+    confirm_mail = smtp_sink.wait_for(
+        lambda ms: any("ann@example.org" in str(m["To"]) for m in ms)
+    )[0]
     assert confirm_mail["Subject"].startswith("Confirm your subscription")
     response = client.get(link(confirm_mail, "confirm"))
     assert response.status_code == 200 and "You're in" in response.get_data(as_text=True)
@@ -105,7 +113,9 @@ def test_series_arrives_once_in_order(live: tuple[Flask, WorkerProcess], smtp_si
     assert "Tomorrow:" in text_of(series[0])
 
     with db.session() as session:
-        deliveries = session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.STEP)).all()
+        deliveries = session.scalars(
+            select(Delivery).where(Delivery.kind == DeliveryKind.STEP)
+        ).all()
         assert len(deliveries) == total
         assert all(d.state is DeliveryState.SENT and d.attempts == 1 for d in deliveries)
         sent_ids = [d.message_id for d in deliveries]
@@ -136,11 +146,15 @@ def test_one_click_unsubscribe_mid_series_stops_the_rest(
     received = len(parts_for(smtp_sink, "bob@example.org"))
 
     with db.session() as session:
-        subscriber = session.scalars(select(Subscriber).where(Subscriber.email == "bob@example.org")).one()
+        subscriber = session.scalars(
+            select(Subscriber).where(Subscriber.email == "bob@example.org")
+        ).one()
         assert subscriber.status is SubscriberStatus.UNSUBSCRIBED
         open_states = (DeliveryState.SCHEDULED, DeliveryState.CLAIMED, DeliveryState.RETRY)
         pending = session.scalars(
-            select(Delivery).where(Delivery.subscriber_id == subscriber.id, Delivery.state.in_(open_states))
+            select(Delivery).where(
+                Delivery.subscriber_id == subscriber.id, Delivery.state.in_(open_states)
+            )
         ).all()
         assert pending == []
     # Long enough for every remaining part to have come due several times over.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from newsletter.services.schedule import step_due_at, valid_time_zone
 
-UTC = timezone.utc
+UTC = UTC
 
 
 def due(started: datetime, offset: int, tz: str, **kw: object) -> datetime:
@@ -58,7 +58,9 @@ def test_late_previous_part_pushes_the_next_by_half_a_day() -> None:
     started = datetime(2026, 6, 1, 18, 0, tzinfo=UTC)
     # Part 2 went out at 16:00 UTC, hours after its 07:00 slot: part 3 keeps its own slot.
     late = datetime(2026, 6, 2, 16, 0, tzinfo=UTC)
-    assert due(started, 2, "Europe/Berlin", previous_sent_at=late) == datetime(2026, 6, 3, 7, 0, tzinfo=UTC)
+    assert due(started, 2, "Europe/Berlin", previous_sent_at=late) == datetime(
+        2026, 6, 3, 7, 0, tzinfo=UTC
+    )
     # Part 2 went out at 23:00 UTC: part 3 waits at least half a day after it.
     later = datetime(2026, 6, 2, 23, 0, tzinfo=UTC)
     assert due(started, 2, "Europe/Berlin", previous_sent_at=later) == later + timedelta(hours=12)

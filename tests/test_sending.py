@@ -38,7 +38,9 @@ def active_subscriber(email: str, name: str | None = "Ann") -> int:
     """A confirmed subscriber whose part 1 is scheduled; returns the subscriber id."""
     now = clock.now()
     with db.transaction() as session:
-        subscriptions.signup(session, subscriptions.SignupRequest(email=email, first_name=name), now)
+        subscriptions.signup(
+            session, subscriptions.SignupRequest(email=email, first_name=name), now
+        )
     with db.transaction() as session:
         sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
         subscriptions.confirm(session, sub.id, sub.email, now, 86400)
@@ -50,11 +52,19 @@ def claim_all() -> list[int]:
         return drip.claim_due(session, clock.now(), 100)
 
 
-def deliver(app: Flask, delivery_id: int, transport: SmtpTransport | None = None) -> sending.Outcome:
+def deliver(
+    app: Flask, delivery_id: int, transport: SmtpTransport | None = None
+) -> sending.Outcome:
     rt = runtime_of(app)
     with app.app_context():
-        return sending.deliver(db.session, rt.composer, transport or SmtpTransport(rt.settings),
-                               delivery_id, clock.now, 86400)
+        return sending.deliver(
+            db.session,
+            rt.composer,
+            transport or SmtpTransport(rt.settings),
+            delivery_id,
+            clock.now,
+            86400,
+        )
 
 
 def delivery(delivery_id: int) -> Delivery:
@@ -101,8 +111,16 @@ def test_rendered_mail_structure(app: Flask, smtp_sink: SmtpSink) -> None:
     raw = msg.as_bytes(policy=policy.SMTP)
     strict = BytesParser(policy=policy.strict).parsebytes(raw)
     assert strict.get_content_type() == "multipart/alternative"
-    for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
-                   "List-Unsubscribe-Post"):
+    for header in (
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Id",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ):
         assert strict[header], header
     assert str(msg["Message-ID"]).endswith("@example.test>")
     assert "emotional-distance.example.test" in str(msg["List-Id"])

@@ -36,7 +36,11 @@ def csrf(client: FlaskClient, path: str = "/") -> str:
 def post_signup(client: FlaskClient, email: str, **fields: str) -> tuple[int, str, str]:
     data = {"csrf_token": csrf(client), "email": email, **fields}
     response = client.post("/", data=data)
-    return response.status_code, response.headers.get("Location", ""), response.get_data(as_text=True)
+    return (
+        response.status_code,
+        response.headers.get("Location", ""),
+        response.get_data(as_text=True),
+    )
 
 
 def rt(app: Flask) -> Runtime:
@@ -125,16 +129,21 @@ def test_confirm_activates_and_schedules_part_one_now(app: Flask) -> None:
     assert response.status_code == 200 and "You're in" in response.get_data(as_text=True)
     assert subscriber("c@example.org").status is SubscriberStatus.ACTIVE
     with db.session() as session:
-        step_rows = session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.STEP)).all()
+        step_rows = session.scalars(
+            select(Delivery).where(Delivery.kind == DeliveryKind.STEP)
+        ).all()
     assert len(step_rows) == 1
     assert step_rows[0].step_id is not None
     assert step_rows[0].due_at <= clock.now() and step_rows[0].due_at >= before
     # Confirming twice is harmless: still one scheduled part.
     assert client.get(f"/confirm/{token}").status_code == 200
     with db.session() as session:
-        assert session.scalar(
-            select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.STEP)
-        ) == 1
+        assert (
+            session.scalar(
+                select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.STEP)
+            )
+            == 1
+        )
 
 
 def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
@@ -144,8 +153,12 @@ def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
     token = rt(app).tokens.confirm_token(sub.id, sub.email)
     payload, stamp, signature = token.split(".")
     forged_other_id = rt(app).tokens.confirm_token(sub.id + 1, sub.email).split(".")[0]
-    for bad in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
-                f"{forged_other_id}.{stamp}.{signature}", "garbage", f"{payload}.{stamp}"):
+    for bad in (
+        token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+        f"{forged_other_id}.{stamp}.{signature}",
+        "garbage",
+        f"{payload}.{stamp}",
+    ):
         response = client.get(f"/confirm/{bad}")
         assert response.status_code == 400, bad
         assert "not valid" in response.get_data(as_text=True)
@@ -162,7 +175,9 @@ def test_expired_confirm_link_is_refused(app: Flask) -> None:
         def get_timestamp(self) -> int:
             return int(time.time()) - 8 * 86400
 
-    old = URLSafeTimedSerializer(settings.secret_key, salt="confirm-subscription", signer=EightDaysAgo)
+    old = URLSafeTimedSerializer(
+        settings.secret_key, salt="confirm-subscription", signer=EightDaysAgo
+    )
     token = old.dumps([sub.id, sub.email])
     response = client.get(f"/confirm/{token}")
     assert response.status_code == 400
@@ -194,7 +209,9 @@ def test_unsubscribe_get_shows_a_button_and_changes_nothing(app: Flask) -> None:
     gone = subscriber("u@example.org")
     assert gone.status is SubscriberStatus.UNSUBSCRIBED and gone.unsubscribed_at is not None
     with db.session() as session:
-        states = set(session.scalars(select(Delivery.state).where(Delivery.subscriber_id == sub.id)))
+        states = set(
+            session.scalars(select(Delivery.state).where(Delivery.subscriber_id == sub.id))
+        )
         enrollment = session.scalars(select(Enrollment)).one()
     assert states == {DeliveryState.SKIPPED}
     assert enrollment.status is EnrollmentStatus.STOPPED
@@ -206,7 +223,10 @@ def test_forged_unsubscribe_token_is_not_found(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "f@example.org")
     token = rt(app).tokens.unsubscribe_token(subscriber("f@example.org").id)
-    assert client.post(f"/unsubscribe/{token}x", data={"List-Unsubscribe": "One-Click"}).status_code == 404
+    assert (
+        client.post(f"/unsubscribe/{token}x", data={"List-Unsubscribe": "One-Click"}).status_code
+        == 404
+    )
     assert client.get("/unsubscribe/nonsense").status_code == 404
     assert subscriber("f@example.org").status is SubscriberStatus.PENDING
 

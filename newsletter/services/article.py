@@ -170,7 +170,10 @@ def _sections(blocks: list[Block], markdown: bool) -> tuple[list[_Section], str 
     title = blocks[0].plain if blocks and blocks[0].kind == "heading" else None
     # A lone leading "# Title" names the article; it is not a section of it.
     if (
-        markdown and blocks and blocks[0].kind == "heading" and blocks[0].level == 1
+        markdown
+        and blocks
+        and blocks[0].kind == "heading"
+        and blocks[0].level == 1
         and not any(b.kind == "heading" and b.level == 1 for b in blocks[1:])
     ):
         blocks = blocks[1:]
@@ -244,9 +247,15 @@ def _make_part(sections: list[_Section], title: str) -> Part:
     ]
     lead = first_sentence(paras[0]) if paras else headline
     return Part(
-        number=0, total=0, headline=headline, subject=trim(headline, SUBJECT_MAX),
-        preheader=trim(lead, PREHEADER_MAX, "…"), body_md="\n\n".join(body), teaser=None,
-        words=sum(s.words for s in sections), section_words=[s.words for s in sections],
+        number=0,
+        total=0,
+        headline=headline,
+        subject=trim(headline, SUBJECT_MAX),
+        preheader=trim(lead, PREHEADER_MAX, "…"),
+        body_md="\n\n".join(body),
+        teaser=None,
+        words=sum(s.words for s in sections),
+        section_words=[s.words for s in sections],
     )
 
 
@@ -287,8 +296,10 @@ def split_article(
         sections.remove(deeper[-1])
         found, intro = _resources(deeper[-1], markdown, set(wanted))
     else:
-        warnings.append("no deeper-resources section found (a heading like 'Further reading'):"
-                        " the last part has no Keep reading block")
+        warnings.append(
+            "no deeper-resources section found (a heading like 'Further reading'):"
+            " the last part has no Keep reading block"
+        )
     if not sections:
         raise ArticleError("article has no text besides its title and deeper-resources section")
 
@@ -298,12 +309,15 @@ def split_article(
         url = url or wanted.get(key, "")  # the article's own URL wins over the sidecar's
         resources.append(ResourceLink(link_title, blurb, url))
         if not url:
-            warnings.append(f"resource link '{trim(link_title, 40, '…')}' has no URL:"
-                            f" set it in {sidecar_name}")
+            warnings.append(
+                f"resource link '{trim(link_title, 40, '…')}' has no URL: set it in {sidecar_name}"
+            )
     for link_title in links or {}:
         if normalize_title(link_title) not in {normalize_title(r.title) for r in resources}:
-            warnings.append(f"sidecar link '{trim(link_title, 40, '…')}' matches no link"
-                            " in the deeper-resources section")
+            warnings.append(
+                f"sidecar link '{trim(link_title, 40, '…')}' matches no link"
+                " in the deeper-resources section"
+            )
 
     if not title or not title.strip():
         first = next(t for b in blocks for t in [b.plain, *(p for _, p in b.items)] if t)
@@ -314,8 +328,9 @@ def split_article(
     if parts is not None:
         count = min(parts, len(sections))
         if count < parts:
-            warnings.append(f"parts={parts} reduced to {count}: the article has only"
-                            f" {count} sections")
+            warnings.append(
+                f"parts={parts} reduced to {count}: the article has only {count} sections"
+            )
         target = sum(weights) / count
     else:
         target = minutes_per_part * WORDS_PER_MINUTE
@@ -324,7 +339,7 @@ def split_article(
     result: list[Part] = []
     start = 0
     for size in balanced_partition(weights, count, target):
-        result.append(_make_part(sections[start:start + size], title))
+        result.append(_make_part(sections[start : start + size], title))
         start += size
     for number, part in enumerate(result, 1):
         part.number, part.total = number, len(result)

@@ -36,11 +36,38 @@ class Block:
 # Words that stay lowercase in Title Case ("Why Emotional Distance Is a
 # Regulation Response").  "is" is deliberately absent: in a title it is
 # capitalised, and a lowercase "is" is a strong sign of an ordinary sentence.
-MINOR_WORDS = frozenset({
-    "a", "an", "the", "and", "or", "but", "nor", "so", "yet", "of", "to", "in", "on", "at",
-    "for", "by", "vs", "vs.", "via", "with", "as", "from", "into", "onto", "per", "off", "up",
-    "than",
-})
+MINOR_WORDS = frozenset(
+    {
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "nor",
+        "so",
+        "yet",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "by",
+        "vs",
+        "vs.",
+        "via",
+        "with",
+        "as",
+        "from",
+        "into",
+        "onto",
+        "per",
+        "off",
+        "up",
+        "than",
+    }
+)
 # A line ending in one of these is a sentence, a lead-in or a continuation.
 _SENTENCE_END = ".!?:;,…-–—"
 _CLOSERS = "\"'”’»)]"
@@ -150,7 +177,7 @@ def count_words(plain: str) -> int:
 def first_sentence(text: str) -> str:
     """The first sentence of ``text`` (all of it when there is no sentence end)."""
     for match in re.finditer(r"[.!?…]+[\"'”’)\]]*(?=\s|$)", text):
-        after = text[match.end():].lstrip()
+        after = text[match.end() :].lstrip()
         # "vs. feeling" or "e.g. this": a lowercase continuation is no new sentence.
         if after and after[0].islower():
             continue
@@ -244,8 +271,9 @@ def parse_markdown(text: str) -> list[Block]:
             fence, chunk = opening.group(1), [line]
         elif heading and heading.group(2):
             plain = md_to_plain(heading.group(2))
-            blocks.append(Block("heading", md=heading.group(2), plain=plain,
-                                level=len(heading.group(1))))
+            blocks.append(
+                Block("heading", md=heading.group(2), plain=plain, level=len(heading.group(1)))
+            )
         elif line.strip() and not heading:
             chunk.append(line)
     if fence is not None:  # unterminated fence: keep the text rather than lose it

@@ -105,7 +105,9 @@ class Composer:
 
     def unsubscribe_url(self, subscriber_id: int) -> str:
         """The one-click unsubscribe URL for a subscriber."""
-        return f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
+        return (
+            f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
+        )
 
     def confirm_url(self, subscriber: Subscriber) -> str:
         """The signed confirmation URL for a pending subscriber."""

@@ -49,7 +49,9 @@ def dispatch(
             try:
                 enqueue(delivery_id)
             except Exception:
-                log.exception("could not queue delivery %d; releasing the rest of the batch", delivery_id)
+                log.exception(
+                    "could not queue delivery %d; releasing the rest of the batch", delivery_id
+                )
                 _release(sessions, ids[index:])
                 return handed
             handed += 1

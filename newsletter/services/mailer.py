@@ -37,7 +37,9 @@ class SmtpTransport:
         context = ssl.create_default_context()
         conn: smtplib.SMTP
         if s.smtp_security == "tls":
-            conn = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context)
+            conn = smtplib.SMTP_SSL(
+                s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context
+            )
         else:
             conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             if s.smtp_security == "starttls":
@@ -65,7 +67,9 @@ class SmtpTransport:
             codes = [code for code, _ in exc.recipients.values()]
             detail = "; ".join(f"{code} {_decode(msg)}" for code, msg in exc.recipients.values())
             permanent = all(code >= 500 for code in codes)
-            raise SendError(f"recipient refused: {detail}", permanent=permanent, code=codes[0]) from None
+            raise SendError(
+                f"recipient refused: {detail}", permanent=permanent, code=codes[0]
+            ) from None
         except smtplib.SMTPResponseException as exc:
             self.close()
             raise SendError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -54,7 +54,7 @@ def step_due_at(
     elif day_seconds == REAL_DAY:
         tz = zone(time_zone)
         local_day = started_at.astimezone(tz).date() + timedelta(days=day_offset)
-        due = datetime.combine(local_day, time(hour=send_hour), tzinfo=tz).astimezone(timezone.utc)
+        due = datetime.combine(local_day, time(hour=send_hour), tzinfo=tz).astimezone(UTC)
     else:
         due = started_at + timedelta(seconds=day_offset * day_seconds)
     if previous_sent_at is not None:

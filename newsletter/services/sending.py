@@ -143,7 +143,9 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(seconds=RETRY_DELAYS[index])
 
 
-def _record_failure(sessions: SessionFactory, delivery_id: int, error: SendError, now: datetime) -> Outcome:
+def _record_failure(
+    sessions: SessionFactory, delivery_id: int, error: SendError, now: datetime
+) -> Outcome:
     with sessions() as session, session.begin():
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
@@ -155,7 +157,9 @@ def _record_failure(sessions: SessionFactory, delivery_id: int, error: SendError
             return Outcome.FAILED
         if now - delivery.created_at > RETRY_GIVE_UP_AFTER:
             delivery.state = DeliveryState.FAILED
-            log.error("delivery %d gave up after %d attempts: %s", delivery_id, delivery.attempts, error)
+            log.error(
+                "delivery %d gave up after %d attempts: %s", delivery_id, delivery.attempts, error
+            )
             return Outcome.FAILED
         delivery.state = DeliveryState.RETRY
         delivery.due_at = now + retry_delay(delivery.attempts)
@@ -166,7 +170,9 @@ def _record_failure(sessions: SessionFactory, delivery_id: int, error: SendError
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
     subscriber = delivery.subscriber
     if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is None:
-        session.add(Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now))
+        session.add(
+            Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
+        )
     subscriber.status = SubscriberStatus.BOUNCED
     session.execute(
         update(Delivery)
@@ -175,8 +181,13 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
         .execution_options(synchronize_session=False)
     )
     session.add(
-        Event(subscriber_id=subscriber.id, delivery_id=delivery.id, kind="bounce",
-              data={"detail": detail[:500]}, created_at=now)
+        Event(
+            subscriber_id=subscriber.id,
+            delivery_id=delivery.id,
+            kind="bounce",
+            data={"detail": detail[:500]},
+            created_at=now,
+        )
     )
 
 

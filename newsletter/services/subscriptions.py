@@ -236,6 +236,8 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
     )
     drip.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
     session.add(
-        Event(subscriber_id=subscriber_id, kind="unsubscribe", data={"source": source}, created_at=now)
+        Event(
+            subscriber_id=subscriber_id, kind="unsubscribe", data={"source": source}, created_at=now
+        )
     )
     return True

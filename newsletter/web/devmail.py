@@ -54,8 +54,9 @@ def show(key: str) -> str:
     text = msg.get_body(("plain",))
     headers = [(k, str(v)) for k, v in msg.items()]
     body = text.get_content() if text is not None else ""
-    return render_template("dev/message.html", key=key, headers=headers, text=body,
-                           subject=msg["Subject"])
+    return render_template(
+        "dev/message.html", key=key, headers=headers, text=body, subject=msg["Subject"]
+    )
 
 
 @bp.get("/<key>/html")
@@ -66,5 +67,7 @@ def html(key: str) -> Response:
         abort(404)
     response = Response(part.get_content(), mimetype="text/html")
     # The mail is shown as-is but may not run scripts or reach the page around it.
-    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:"
+    response.headers["Content-Security-Policy"] = (
+        "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data: https:"
+    )
     return response

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
 from newsletter import clock
@@ -33,7 +34,7 @@ def signup_page() -> str:
 
 @bp.post("/")
 @limiter.limit(lambda: runtime().settings.signup_rate_limit)
-def signup() -> Response | tuple[str, int]:
+def signup() -> ResponseReturnValue:
     """Create (or refresh) a pending subscriber and queue the confirmation mail."""
     form = SignupForm()
     if form.validate_on_submit():
@@ -76,16 +77,20 @@ def confirm(token: str) -> str | tuple[str, int]:
     try:
         subscriber_id, email = rt.tokens.read_confirm(token)
     except TokenError as exc:
-        return render_template("message.html", title="That link did not work", message=str(exc),
-                               show_signup=True), 400
+        return render_template(
+            "message.html", title="That link did not work", message=str(exc), show_signup=True
+        ), 400
     with db.transaction() as session:
         subscriber = subscriptions.confirm(
             session, subscriber_id, email, clock.now(), rt.settings.drip_day_seconds
         )
     if subscriber is None:
-        return render_template("message.html", title="That link did not work",
-                               message="This confirmation link is no longer valid.",
-                               show_signup=True), 400
+        return render_template(
+            "message.html",
+            title="That link did not work",
+            message="This confirmation link is no longer valid.",
+            show_signup=True,
+        ), 400
     kick()
     return render_template("confirmed.html")
 
