@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from newsletter.config import Settings, load_settings
 
@@ -29,6 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_HEADERS_ENABLED=True,
     )
+    if settings.trusted_proxies:
+        # Behind N reverse proxies the client address (for consent records and rate limits)
+        # and the scheme come from their X-Forwarded-* headers.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     _register_extensions(app, settings)
     _register_blueprints(app, settings)
     _register_cli(app)

@@ -49,6 +49,7 @@ class Settings:
     dispatch_batch_size: int
     dev_mail_dir: Path | None
     signup_rate_limit: str
+    trusted_proxies: int
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -177,4 +178,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dispatch_batch_size=_integer(env, "DISPATCH_BATCH_SIZE", 500, minimum=1),
         dev_mail_dir=Path(dev_mail).resolve() if dev_mail else None,
         signup_rate_limit=_rate_limit(env),
+        trusted_proxies=_integer(env, "TRUSTED_PROXIES", 0, minimum=0),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
@@ -24,6 +25,7 @@ from newsletter.models import (
 )
 from newsletter.runtime import Runtime
 from newsletter.services import subscriptions
+from tests.conftest import SmtpSink, base_env, make_app
 
 
 def csrf(client: FlaskClient, path: str = "/") -> str:
@@ -240,3 +242,20 @@ def test_unsubscribed_person_can_come_back_through_double_opt_in(app: Flask) -> 
         subscriptions.unsubscribe(session, sub.id, clock.now(), "page")
     post_signup(client, "back@example.org")
     assert subscriber("back@example.org").status is SubscriberStatus.PENDING
+
+
+def test_consent_ip_comes_from_trusted_proxy_header(
+    tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink
+) -> None:
+    from newsletter.services.sequences import ensure_seed
+
+    proxied = make_app(base_env(tmp_path, sqlite_url, smtp_sink, TRUSTED_PROXIES="1"))
+    with db.transaction() as session:
+        ensure_seed(session)
+    client = proxied.test_client()
+    headers = {"X-Forwarded-For": "203.0.113.9"}
+    page = client.get("/", headers=headers).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
+    assert token
+    client.post("/", data={"csrf_token": token.group(1), "email": "p@example.org"}, headers=headers)
+    assert subscriber("p@example.org").consent_ip == "203.0.113.9"
