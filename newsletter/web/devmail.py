@@ -6,6 +6,7 @@ Registered only when DEV_MAIL_DIR is set (the embedded run sets it); production 
 from __future__ import annotations
 
 import mailbox
+import re
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -34,6 +35,13 @@ def _parse(box: mailbox.Maildir, key: str) -> EmailMessage:
     return message
 
 
+def _arrival(key: str) -> tuple[int, int]:
+    # Maildir keys begin "<seconds>.M<microseconds>"; the microseconds are not zero-padded,
+    # so compare the numbers, not the strings.
+    match = re.match(r"(\d+)\.M(\d+)", key)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
 @bp.get("/")
 def inbox() -> str:
     """Every caught message, newest first."""
@@ -42,8 +50,7 @@ def inbox() -> str:
     for key in box.keys():
         msg = _parse(box, key)
         rows.append({"key": key, "to": msg["To"], "subject": msg["Subject"], "date": msg["Date"]})
-    # Maildir keys begin with the delivery time, so they sort in arrival order.
-    rows.sort(key=lambda r: r["key"], reverse=True)
+    rows.sort(key=lambda r: _arrival(r["key"]), reverse=True)
     return render_template("dev/inbox.html", rows=rows)
 
 
