@@ -56,6 +56,15 @@ def subscriber(email: str) -> Subscriber:
         return session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
 
 
+def confirmed(client: FlaskClient, email: str) -> Subscriber:
+    """Sign `email` up through the form and confirm it through the service."""
+    post_signup(client, email)
+    sub = subscriber(email)
+    with db.transaction() as session:
+        subscriptions.confirm(session, sub.id, sub.email, clock.now(), 86400)
+    return sub
+
+
 def count(model: type) -> int:
     with db.session() as session:
         return int(session.scalar(select(func.count()).select_from(model)) or 0)
@@ -198,10 +207,7 @@ def test_confirm_link_from_another_deployment_is_refused(app: Flask) -> None:
 
 def test_unsubscribe_get_shows_a_button_and_changes_nothing(app: Flask) -> None:
     client = app.test_client()
-    post_signup(client, "u@example.org")
-    sub = subscriber("u@example.org")
-    with db.transaction() as session:
-        subscriptions.confirm(session, sub.id, sub.email, clock.now(), 86400)
+    sub = confirmed(client, "u@example.org")
     path = f"/unsubscribe/{rt(app).tokens.unsubscribe_token(sub.id)}"
     page = client.get(path)
     assert page.status_code == 200 and "<button" in page.get_data(as_text=True)
@@ -235,10 +241,8 @@ def test_forged_unsubscribe_token_is_not_found(app: Flask) -> None:
 
 def test_unsubscribed_person_can_come_back_through_double_opt_in(app: Flask) -> None:
     client = app.test_client()
-    post_signup(client, "back@example.org")
-    sub = subscriber("back@example.org")
+    sub = confirmed(client, "back@example.org")
     with db.transaction() as session:
-        subscriptions.confirm(session, sub.id, sub.email, clock.now(), 86400)
         subscriptions.unsubscribe(session, sub.id, clock.now(), "page")
     post_signup(client, "back@example.org")
     assert subscriber("back@example.org").status is SubscriberStatus.PENDING
