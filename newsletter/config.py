@@ -146,7 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     security = env.get("SMTP_SECURITY", "").strip().lower() or "none"
     if security not in SMTP_SECURITY_CHOICES:
         raise ConfigError(f"SMTP_SECURITY must be one of none, starttls, tls; got {security!r}")
-    broker_url = _url(env, "BROKER_URL", EMBEDDED, (EMBEDDED, "redis", "rediss", "amqp", "sqla"))
+    # Only Redis: the broker settings (visibility timeout, fast publish give-up) are Redis's.
+    broker_url = _url(env, "BROKER_URL", EMBEDDED, (EMBEDDED, "redis", "rediss"))
     default_redis = broker_url if urlsplit(broker_url).scheme.startswith("redis") else EMBEDDED
     site_url = _url(env, "SITE_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
     dev_mail = env.get("DEV_MAIL_DIR", "").strip()
