@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     _register_extensions(app, settings)
+    _configure_clock(settings)
     _register_blueprints(app, settings)
     _register_cli(app)
     _configure_logging()
@@ -43,11 +44,9 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def _limiter_storage(settings: Settings) -> str:
-    from newsletter import embedded
+    from newsletter.runtime import shared_store_url
 
-    if settings.redis_url == "embedded":
-        return embedded.limiter_url(settings.instance_dir)
-    return settings.redis_url
+    return shared_store_url(settings)
 
 
 def _register_extensions(app: Flask, settings: Settings) -> None:
@@ -61,6 +60,12 @@ def _register_extensions(app: Flask, settings: Settings) -> None:
     csrf.init_app(app)
     limiter.init_app(app)
     celery_init_app(app, settings)
+
+
+def _configure_clock(settings: Settings) -> None:
+    from newsletter.clock import clock as shared_clock
+
+    shared_clock.use_offset_file(settings.clock_offset_file)
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:

@@ -50,6 +50,14 @@ class Settings:
     dev_mail_dir: Path | None
     signup_rate_limit: str
     trusted_proxies: int
+    retry_schedule: tuple[int, ...]
+    retry_give_up_seconds: float
+    catch_up_grace_seconds: float
+    send_batch_size: int
+    send_rate_per_second: float
+    brake_after_failures: int
+    brake_max_pause_seconds: float
+    clock_offset_file: Path | None
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -139,6 +147,17 @@ def _rate_limit(env: Mapping[str, str]) -> str:
     return value
 
 
+def _retry_schedule(env: Mapping[str, str]) -> tuple[int, ...]:
+    raw = env.get("RETRY_SCHEDULE", "").strip() or "60,300,1800,7200,21600"
+    try:
+        delays = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"RETRY_SCHEDULE must be comma-separated seconds, got {raw!r}") from None
+    if not delays or min(delays) < 1:
+        raise ConfigError(f"RETRY_SCHEDULE delays must be at least 1 second, got {raw!r}")
+    return delays
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: the process environment), raising ConfigError."""
     env = os.environ if env is None else env
@@ -151,6 +170,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     default_redis = broker_url if urlsplit(broker_url).scheme.startswith("redis") else EMBEDDED
     site_url = _url(env, "SITE_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
     dev_mail = env.get("DEV_MAIL_DIR", "").strip()
+    clock_file = env.get("CLOCK_OFFSET_FILE", "").strip()
     return Settings(
         instance_dir=instance_dir,
         database_url=_url(
@@ -180,4 +200,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_mail_dir=Path(dev_mail).resolve() if dev_mail else None,
         signup_rate_limit=_rate_limit(env),
         trusted_proxies=_integer(env, "TRUSTED_PROXIES", 0, minimum=0),
+        retry_schedule=_retry_schedule(env),
+        retry_give_up_seconds=_number(env, "RETRY_GIVE_UP_SECONDS", 3 * 86400.0, minimum=1.0),
+        catch_up_grace_seconds=_number(env, "CATCH_UP_GRACE_SECONDS", 4 * 3600.0, minimum=0.0),
+        send_batch_size=_integer(env, "SEND_BATCH_SIZE", 50, minimum=1),
+        send_rate_per_second=_number(env, "SEND_RATE_PER_SECOND", 0.0, minimum=0.0),
+        brake_after_failures=_integer(env, "BRAKE_AFTER_FAILURES", 10, minimum=1),
+        brake_max_pause_seconds=_number(env, "BRAKE_MAX_PAUSE_SECONDS", 900.0, minimum=1.0),
+        clock_offset_file=Path(clock_file).resolve() if clock_file else None,
     )

@@ -20,7 +20,10 @@ def normalise_url(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside one writer across processes; busy_timeout makes writers
-    # wait for the lock instead of failing at once with "database is locked".
+    # wait (up to 30 s, SQLite's own bounded retry loop) instead of failing at once with
+    # "database is locked".
+    # The driver's own transaction handling is switched off so that `_begin_immediate` decides.
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
@@ -29,12 +32,21 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _begin_immediate(connection: Any) -> None:
+    # A deferred transaction that reads and then writes must upgrade its lock, and SQLite
+    # answers a second process doing the same with an immediate "database is locked" (the
+    # busy timeout cannot help: waiting would deadlock). Taking the write lock at BEGIN makes
+    # every transaction wait its turn instead.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """Create an engine with the per-dialect settings the services rely on."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
 

@@ -27,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from newsletter.services.schedule import SendWindow
+
 
 def utcnow() -> datetime:
     """The wall clock in UTC; the injectable clock in `newsletter.clock` wraps it."""
@@ -156,13 +158,21 @@ class Sequence(Base):
     title: Mapped[str] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text, default="")
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Local hour (in each subscriber's zone) at which later steps go out.
+    # The send window, in each subscriber's zone: later steps go out when it opens
+    # (send_hour), and nothing goes out after send_end_hour or on days not in send_days.
     send_hour: Mapped[int] = mapped_column(Integer, default=9)
+    send_end_hour: Mapped[int] = mapped_column(Integer, default=21, server_default="21")
+    send_days: Mapped[str] = mapped_column(String(7), default="1234567", server_default="1234567")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     steps: Mapped[list[Step]] = relationship(
         back_populates="sequence", order_by="Step.position", cascade="all, delete-orphan"
     )
+
+    @property
+    def window(self) -> SendWindow:
+        """The send window as a value the scheduler understands."""
+        return SendWindow(self.send_hour, self.send_end_hour, SendWindow.parse_days(self.send_days))
 
 
 class Step(Base):
@@ -230,12 +240,16 @@ class Delivery(Base):
     )
     step_id: Mapped[int | None] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"))
     due_at: Mapped[datetime]
+    # When the mail was first due; retries move due_at, the give-up age counts from here.
+    first_due_at: Mapped[datetime | None]
     state: Mapped[DeliveryState] = mapped_column(
         _enum(DeliveryState, "delivery_state"), default=DeliveryState.SCHEDULED
     )
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     claimed_at: Mapped[datetime | None]
+    # When a worker began the SMTP conversation for the current claim.
+    attempted_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,4 +1,4 @@
-"""The per-process services an app carries: settings, tokens, composer, SMTP transport."""
+"""The per-process services an app carries: settings, tokens, composer, transport, flow."""
 
 from __future__ import annotations
 
@@ -7,10 +7,20 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
-from newsletter.config import Settings
+from newsletter import embedded
+from newsletter.config import EMBEDDED, Settings
 from newsletter.services.compose import Composer
+from newsletter.services.flow import FlowControl, store_for
 from newsletter.services.mailer import SmtpTransport
+from newsletter.services.sending import Policy
 from newsletter.services.tokens import Tokens
+
+
+def shared_store_url(settings: Settings) -> str:
+    """REDIS_URL with `embedded` turned into the embedded server's socket URL."""
+    if settings.redis_url == EMBEDDED:
+        return embedded.limiter_url(settings.instance_dir)
+    return settings.redis_url
 
 
 @dataclass
@@ -20,21 +30,48 @@ class Runtime:
     settings: Settings
     tokens: Tokens
     composer: Composer
+    policy: Policy
     _transport: SmtpTransport | None = field(default=None, repr=False)
-    _transport_pid: int = field(default=0, repr=False)
+    _flow: FlowControl | None = field(default=None, repr=False)
+    _pid: int = field(default=0, repr=False)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         """Wire the runtime for one set of settings (no I/O)."""
         tokens = Tokens(settings.secret_key, settings.confirm_max_age_seconds)
-        return cls(settings=settings, tokens=tokens, composer=Composer(settings, tokens))
+        return cls(
+            settings=settings,
+            tokens=tokens,
+            composer=Composer(settings, tokens),
+            policy=Policy.from_settings(settings),
+        )
+
+    def _fork_check(self) -> None:
+        # A forked worker child must open its own SMTP and Redis connections.
+        if self._pid != os.getpid():
+            self._transport = None
+            self._flow = None
+            self._pid = os.getpid()
 
     def transport(self) -> SmtpTransport:
-        """This process's SMTP transport; a forked worker child opens its own connection."""
-        if self._transport is None or self._transport_pid != os.getpid():
+        """This process's SMTP transport."""
+        self._fork_check()
+        if self._transport is None:
             self._transport = SmtpTransport(self.settings)
-            self._transport_pid = os.getpid()
         return self._transport
+
+    def flow(self) -> FlowControl:
+        """This process's handle on the shared rate limit and error brake."""
+        self._fork_check()
+        if self._flow is None:
+            s = self.settings
+            self._flow = FlowControl(
+                store_for(shared_store_url(s)),
+                rate_per_second=s.send_rate_per_second,
+                brake_after=s.brake_after_failures,
+                max_pause=s.brake_max_pause_seconds,
+            )
+        return self._flow
 
 
 def runtime() -> Runtime:

@@ -16,30 +16,38 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="newsletter.dispatch_due")
 def dispatch_due() -> int:
-    """Claim due deliveries and queue one send task per delivery."""
-    settings = runtime().settings
+    """Claim due deliveries and queue them in batches for the workers."""
+    rt = runtime()
+    settings = rt.settings
+    if rt.flow().paused():
+        return 0
     return dispatch.dispatch(
         db.session,
         clock.now(),
-        batch_size=settings.dispatch_batch_size,
+        claim_size=settings.dispatch_batch_size,
+        send_batch_size=settings.send_batch_size,
         claim_timeout_seconds=settings.claim_timeout_seconds,
-        enqueue=lambda delivery_id: send_delivery.delay(delivery_id),
+        enqueue=lambda ids: send_batch.delay(ids),
     )
 
 
-@shared_task(name="newsletter.send_delivery")
-def send_delivery(delivery_id: int) -> str:
-    """Send one claimed delivery."""
+@shared_task(name="newsletter.send_batch")
+def send_batch(delivery_ids: list[int]) -> dict[str, int]:
+    """Send a batch of claimed deliveries over this worker's SMTP connection."""
     rt = runtime()
-    outcome = sending.deliver(
+    flow = rt.flow()
+    outcomes = sending.deliver_batch(
         db.session,
         rt.composer,
         rt.transport(),
-        delivery_id,
+        delivery_ids,
         clock.now,
-        rt.settings.drip_day_seconds,
+        rt.policy,
+        should_stop=flow.paused,
+        before_send=flow.wait_for_slot,
+        on_outcome=flow.record,
     )
-    return outcome.value
+    return {outcome.value: count for outcome, count in outcomes.items()}
 
 
 def kick() -> None:

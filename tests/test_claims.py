@@ -105,13 +105,14 @@ def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
     make_due(10)
     queued: list[int] = []
 
-    def flaky_enqueue(delivery_id: int) -> None:
+    def flaky_enqueue(batch: list[int]) -> None:
         if len(queued) == 4:
             raise ConnectionError("broker went away")
-        queued.append(delivery_id)
+        queued.extend(batch)
 
     handed = dispatch.dispatch(
-        db.session, clock.now(), batch_size=100, claim_timeout_seconds=600, enqueue=flaky_enqueue
+        db.session, clock.now(), claim_size=100,
+        send_batch_size=2, claim_timeout_seconds=600, enqueue=flaky_enqueue
     )
     assert handed == 4
     with db.session() as session:

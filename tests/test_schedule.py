@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from newsletter.services.schedule import step_due_at, valid_time_zone
+from newsletter.services.schedule import SendWindow, step_due_at, valid_time_zone
 
 UTC = UTC
 
 
 def due(started: datetime, offset: int, tz: str, **kw: object) -> datetime:
-    params: dict[str, object] = {"send_hour": 9, "day_seconds": 86400.0}
+    params: dict[str, object] = {"window": SendWindow(9, 21), "day_seconds": 86400.0}
     params.update(kw)
     return step_due_at(started_at=started, day_offset=offset, time_zone=tz, **params)  # type: ignore[arg-type]
 

@@ -63,7 +63,7 @@ def deliver(
             transport or SmtpTransport(rt.settings),
             delivery_id,
             clock.now,
-            86400,
+            rt.policy,
         )
 
 

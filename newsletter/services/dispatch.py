@@ -1,4 +1,4 @@
-"""The periodic scan: reap stale claims, claim what is due, hand ids to the workers."""
+"""The periodic scan: reap stale claims, claim what is due, hand batches of ids to workers."""
 
 from __future__ import annotations
 
@@ -6,56 +6,45 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from newsletter.models import Delivery, DeliveryState
 from newsletter.services import drip
 
 log = logging.getLogger(__name__)
 
-# One tick stops after this many batches so a huge backlog cannot starve the beat.
-MAX_BATCHES_PER_TICK = 20
-
-
-def _release(sessions: Callable[[], Session], ids: list[int]) -> None:
-    # Claims whose task never reached the broker go straight back to the queue instead of
-    # waiting for the reaper.
-    with sessions() as session, session.begin():
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.state == DeliveryState.CLAIMED)
-            .values(state=DeliveryState.SCHEDULED, claimed_at=None)
-            .execution_options(synchronize_session=False)
-        )
+# One tick stops after this many claims so a huge backlog cannot starve the beat.
+MAX_CLAIMS_PER_TICK = 20
 
 
 def dispatch(
     sessions: Callable[[], Session],
     now: datetime,
     *,
-    batch_size: int,
+    claim_size: int,
+    send_batch_size: int,
     claim_timeout_seconds: float,
-    enqueue: Callable[[int], None],
+    enqueue: Callable[[list[int]], None],
 ) -> int:
     """Run one dispatch tick; returns how many deliveries were handed to workers."""
     with sessions() as session, session.begin():
         drip.reap_stale(session, now, claim_timeout_seconds)
     handed = 0
-    for _ in range(MAX_BATCHES_PER_TICK):
+    for _ in range(MAX_CLAIMS_PER_TICK):
         with sessions() as session, session.begin():
-            ids = drip.claim_due(session, now, batch_size)
-        for index, delivery_id in enumerate(ids):
+            ids = drip.claim_due(session, now, claim_size)
+        for start in range(0, len(ids), send_batch_size):
+            batch = ids[start : start + send_batch_size]
             try:
-                enqueue(delivery_id)
+                enqueue(batch)
             except Exception:
-                log.exception(
-                    "could not queue delivery %d; releasing the rest of the batch", delivery_id
-                )
-                _release(sessions, ids[index:])
+                # Claims whose task never reached the broker go straight back to the queue
+                # instead of waiting for the reaper.
+                log.exception("could not queue a batch; releasing %d claims", len(ids) - start)
+                with sessions() as session, session.begin():
+                    drip.release_claims(session, ids[start:])
                 return handed
-            handed += 1
-        if len(ids) < batch_size:
+            handed += len(batch)
+        if len(ids) < claim_size:
             break
     if handed:
         log.info("dispatched %d deliveries", handed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -18,6 +18,7 @@ from newsletter.models import (
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
+    Event,
     Step,
 )
 from newsletter.services.schedule import step_due_at
@@ -41,7 +42,7 @@ def _schedule_step(
         started_at=started,
         day_offset=step.day_offset,
         time_zone=enrollment.subscriber.time_zone,
-        send_hour=enrollment.sequence.send_hour,
+        window=enrollment.sequence.window,
         day_seconds=day_seconds,
         previous_sent_at=previous_sent_at,
     )
@@ -51,6 +52,7 @@ def _schedule_step(
         enrollment_id=enrollment.id,
         step_id=step.id,
         due_at=due,
+        first_due_at=due,
         state=DeliveryState.SCHEDULED,
         created_at=now,
     )
@@ -104,11 +106,17 @@ def advance(
     return _schedule_step(session, enrollment, following, now, delivery.sent_at, day_seconds)
 
 
-def skip_pending(session: Session, subscriber_id: int, reason: str) -> int:
+def skip_pending(
+    session: Session, subscriber_id: int, reason: str, except_id: int | None = None
+) -> int:
     """Mark every unsent delivery of a subscriber skipped; returns how many."""
     result = session.execute(
         update(Delivery)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.state.in_(OPEN_STATES))
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.state.in_(OPEN_STATES),
+            Delivery.id != (except_id or 0),
+        )
         .values(state=DeliveryState.SKIPPED, last_error=reason)
         .execution_options(synchronize_session=False)
     )
@@ -142,21 +150,54 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
     return sorted(claimed)
 
 
-def reap_stale(session: Session, now: datetime, timeout_seconds: float) -> int:
-    """Return claims older than the timeout (lost task, killed worker) to the queue."""
-    cutoff = now - timedelta(seconds=timeout_seconds)
+def release_claims(session: Session, ids: list[int]) -> int:
+    """Put claimed deliveries back in the queue unsent (their task never ran or was stopped)."""
+    if not ids:
+        return 0
     result = session.execute(
         update(Delivery)
-        .where(
-            and_(
-                Delivery.state == DeliveryState.CLAIMED,
-                or_(Delivery.claimed_at.is_(None), Delivery.claimed_at < cutoff),
+        .where(Delivery.id.in_(ids), Delivery.state == DeliveryState.CLAIMED)
+        .values(state=DeliveryState.SCHEDULED, claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def reap_stale(session: Session, now: datetime, timeout_seconds: float) -> int:
+    """Return claims older than the timeout (lost task, killed worker) to the queue.
+
+    A reaped row whose worker had already begun the SMTP conversation (attempted_at within
+    the claim) may have been delivered: it is offered again with the same Message-ID and
+    recorded as an "uncertain" event, the one window that cannot be closed.
+    """
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    stale = (Delivery.state == DeliveryState.CLAIMED) & or_(
+        Delivery.claimed_at.is_(None), Delivery.claimed_at < cutoff
+    )
+    uncertain = session.execute(
+        select(Delivery.id, Delivery.subscriber_id).where(
+            stale, Delivery.attempted_at.is_not(None), Delivery.attempted_at >= Delivery.claimed_at
+        )
+    ).all()
+    for delivery_id, subscriber_id in uncertain:
+        session.add(
+            Event(
+                subscriber_id=subscriber_id,
+                delivery_id=delivery_id,
+                kind="uncertain",
+                data={"reason": "claim expired after sending began"},
+                created_at=now,
             )
         )
+    result = session.execute(
+        update(Delivery)
+        .where(stale)
         .values(state=DeliveryState.RETRY, last_error="claim expired; returned by the reaper")
         .execution_options(synchronize_session=False)
     )
     count = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if count:
-        log.warning("reaper returned %d stale claims to the queue", count)
+        log.warning(
+            "reaper returned %d stale claims to the queue (%d possibly sent)", count, len(uncertain)
+        )
     return count

@@ -1,28 +1,53 @@
-"""The SMTP transport: one reused connection per process, outcomes mapped to two errors."""
+"""The SMTP transport: one reused connection per process, and precise outcomes.
+
+The SMTP conversation is driven command by command (MAIL, RCPT, DATA) rather than through
+`smtplib.sendmail`, so that every failure is known to have happened either before the server
+could have accepted the message (safe to retry) or while waiting for its reply to the final
+dot (the server may have accepted it: `SendError.ambiguous`).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
+import time
 from email.message import EmailMessage
+from email.utils import getaddresses, parseaddr
 
 from newsletter.config import Settings
 
 log = logging.getLogger(__name__)
 
+# A connection unused for longer than this is checked with NOOP before it is trusted again;
+# servers commonly drop idle clients after 60-300 s.
+IDLE_CHECK_SECONDS = 20.0
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
 
 class SendError(Exception):
-    """A message was not accepted; `permanent` says whether retrying can help."""
+    """A message was not (or not certainly) accepted.
 
-    def __init__(self, message: str, *, permanent: bool, code: int | None = None) -> None:
+    `permanent`: retrying cannot help (5xx). `ambiguous`: the connection failed after the whole
+    message was sent, so the server may have accepted it.
+    """
+
+    def __init__(
+        self, message: str, *, permanent: bool, code: int | None = None, ambiguous: bool = False
+    ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.code = code
+        self.ambiguous = ambiguous
 
 
-def _decode(reply: bytes | str) -> str:
+def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+
+
+def _refusal(stage: str, code: int, reply: bytes) -> SendError:
+    return SendError(f"{stage} refused: {code} {_text(reply)}", permanent=code >= 500, code=code)
 
 
 class SmtpTransport:
@@ -31,6 +56,9 @@ class SmtpTransport:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._conn: smtplib.SMTP | None = None
+        self._last_used = 0.0
+        self.sent = 0
+        self.connects = 0
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
@@ -44,12 +72,16 @@ class SmtpTransport:
             conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
             if s.smtp_security == "starttls":
                 conn.starttls(context=context)
+        conn.ehlo_or_helo_if_needed()
         if s.smtp_username:
             conn.login(s.smtp_username, s.smtp_password)
+        self.connects += 1
         return conn
 
     def _connection(self) -> smtplib.SMTP:
         if self._conn is not None:
+            if time.monotonic() - self._last_used < IDLE_CHECK_SECONDS:
+                return self._conn
             try:
                 if self._conn.noop()[0] == 250:
                     return self._conn
@@ -60,32 +92,73 @@ class SmtpTransport:
         return self._conn
 
     def send(self, message: EmailMessage) -> None:
-        """Send one message; raise SendError unless every recipient was accepted."""
+        """Send one message to its To addresses; raise SendError unless all accepted it."""
+        sender = parseaddr(str(message["From"]))[1]
+        recipients = [addr for _, addr in getaddresses([str(v) for v in message.get_all("To", [])])]
+        payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
         try:
-            refused = self._connection().send_message(message)
-        except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            detail = "; ".join(f"{code} {_decode(msg)}" for code, msg in exc.recipients.values())
-            permanent = all(code >= 500 for code in codes)
-            raise SendError(
-                f"recipient refused: {detail}", permanent=permanent, code=codes[0]
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            self.close()
-            raise SendError(
-                f"{exc.smtp_code} {_decode(exc.smtp_error)}",
-                permanent=exc.smtp_code >= 500,
-                code=exc.smtp_code,
-            ) from None
+            self._transmit(sender, recipients, payload, fresh_retry=True)
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
             raise SendError(f"{type(exc).__name__}: {exc}", permanent=False) from None
-        if refused:
-            # A partial refusal is not a success: with one recipient per message any refusal
-            # means the message did not reach its person.
-            detail = "; ".join(f"{code} {_decode(msg)}" for code, msg in refused.values())
-            code = next(iter(refused.values()))[0]
-            raise SendError(f"recipient refused: {detail}", permanent=code >= 500, code=code)
+        self._last_used = time.monotonic()
+        self.sent += 1
+
+    def _transmit(
+        self, sender: str, recipients: list[str], payload: bytes, *, fresh_retry: bool
+    ) -> None:
+        conn = self._connection()
+        try:
+            code, reply = conn.mail(sender)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            # The server dropped a reused connection before MAIL: nothing was sent, so a fresh
+            # connection may try once more at once.
+            self.close()
+            if not fresh_retry:
+                raise
+            self._transmit(sender, recipients, payload, fresh_retry=False)
+            return
+        if code != 250:
+            self._reset(conn, code)
+            raise _refusal("sender", code, reply)
+        for rcpt in recipients:
+            code, reply = conn.rcpt(rcpt)
+            if code not in (250, 251):
+                # One refused recipient fails the message: a partial acceptance is no success.
+                self._reset(conn, code)
+                raise _refusal(f"recipient {rcpt}", code, reply)
+        conn.putcmd("data")
+        code, reply = conn.getreply()
+        if code != 354:
+            self._reset(conn, code)
+            raise _refusal("DATA", code, reply)
+        body = _LEADING_DOT.sub(b"..", payload)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        conn.send(body + b".\r\n")
+        try:
+            code, reply = conn.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            self.close()
+            raise SendError(
+                f"no reply after the message was sent ({type(exc).__name__}: {exc}); "
+                "the server may have accepted it",
+                permanent=False,
+                ambiguous=True,
+            ) from None
+        if code != 250:
+            raise _refusal("message", code, reply)
+
+    def _reset(self, conn: smtplib.SMTP, code: int) -> None:
+        # After a refusal the session is still good for the next message, unless the server
+        # is closing it (421).
+        if code == 421:
+            self.close()
+            return
+        try:
+            conn.rset()
+        except (smtplib.SMTPException, OSError):
+            self.close()
 
     def close(self) -> None:
         """Close the connection if one is open."""
@@ -94,5 +167,5 @@ class SmtpTransport:
         try:
             self._conn.quit()
         except (smtplib.SMTPException, OSError):
-            pass
+            self._conn.close()
         self._conn = None

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -33,30 +34,84 @@ def zone(name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
+@dataclass(frozen=True)
+class SendWindow:
+    """Local hours [start, end) on ISO weekdays (1 = Monday) in which a sequence sends."""
+
+    start_hour: int = 9
+    end_hour: int = 17
+    weekdays: frozenset[int] = frozenset(range(1, 8))
+
+    @classmethod
+    def parse_days(cls, days: str) -> frozenset[int]:
+        """ISO weekday digits such as "12345" (Monday to Friday) as a set."""
+        found = frozenset(int(c) for c in days if c in "1234567")
+        return found or frozenset(range(1, 8))
+
+    def _bounds(self, day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
+        begin = datetime.combine(day, time(self.start_hour), tzinfo=tz)
+        if self.end_hour >= 24:
+            end = datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz)
+        else:
+            end = datetime.combine(day, time(self.end_hour), tzinfo=tz)
+        return begin.astimezone(UTC), end.astimezone(UTC)
+
+    def contains(self, when: datetime, time_zone: str) -> bool:
+        """Whether the UTC instant `when` falls inside the window in `time_zone`."""
+        tz = zone(time_zone)
+        local_day = when.astimezone(tz).date()
+        if local_day.isoweekday() not in self.weekdays:
+            return False
+        begin, end = self._bounds(local_day, tz)
+        return begin <= when < end
+
+    def opening_on_or_after(self, day: date, time_zone: str) -> datetime:
+        """The UTC start of the first window on local `day` or the allowed days after it."""
+        tz = zone(time_zone)
+        for offset in range(8):
+            candidate = day + timedelta(days=offset)
+            if candidate.isoweekday() in self.weekdays:
+                return self._bounds(candidate, tz)[0]
+        raise AssertionError("a window has at least one weekday")  # pragma: no cover
+
+    def next_opening(self, after: datetime, time_zone: str) -> datetime:
+        """The start of the first window that opens strictly after `after`."""
+        tz = zone(time_zone)
+        local_day = after.astimezone(tz).date()
+        opening = self.opening_on_or_after(local_day, time_zone)
+        if opening <= after:
+            opening = self.opening_on_or_after(local_day + timedelta(days=1), time_zone)
+        return opening
+
+
 def step_due_at(
     *,
     started_at: datetime,
     day_offset: int,
     time_zone: str,
-    send_hour: int,
+    window: SendWindow,
     day_seconds: float,
     previous_sent_at: datetime | None = None,
 ) -> datetime:
     """The UTC time a step with `day_offset` is due for an enrollment started at `started_at`.
 
-    Day 0 goes at once. With real days, later steps go at `send_hour` local time on the
-    subscriber's calendar day `started + day_offset` (wall-clock arithmetic, so DST changes
-    move the UTC instant, not the local hour). With a shortened day (demos, tests) offsets are
-    plain multiples of `day_seconds`.
+    Day 0 goes at once. With real days, later steps go when the send window opens, in the
+    subscriber's zone, on the subscriber's calendar day `started + day_offset` (or the next
+    allowed weekday); the arithmetic is on wall-clock dates, so a DST change moves the UTC
+    instant, not the local hour. With a shortened day (demos, tests) offsets are plain
+    multiples of `day_seconds` and windows do not apply.
     """
     if day_offset <= 0:
         due = started_at
     elif day_seconds == REAL_DAY:
-        tz = zone(time_zone)
-        local_day = started_at.astimezone(tz).date() + timedelta(days=day_offset)
-        due = datetime.combine(local_day, time(hour=send_hour), tzinfo=tz).astimezone(UTC)
+        local_day = started_at.astimezone(zone(time_zone)).date() + timedelta(days=day_offset)
+        due = window.opening_on_or_after(local_day, time_zone)
     else:
         due = started_at + timedelta(seconds=day_offset * day_seconds)
     if previous_sent_at is not None:
-        due = max(due, previous_sent_at + timedelta(seconds=MIN_GAP_DAYS * day_seconds))
+        earliest = previous_sent_at + timedelta(seconds=MIN_GAP_DAYS * day_seconds)
+        if earliest > due:
+            due = earliest
+            if day_seconds == REAL_DAY and not window.contains(due, time_zone):
+                due = window.next_opening(due, time_zone)
     return due

@@ -104,6 +104,7 @@ def _queue_confirmation(session: Session, subscriber: Subscriber, now: datetime)
         kind=DeliveryKind.CONFIRM,
         subscriber_id=subscriber.id,
         due_at=now,
+        first_due_at=now,
         state=DeliveryState.SCHEDULED,
         created_at=now,
     )

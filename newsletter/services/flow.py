@@ -1,0 +1,192 @@
+"""Flow control shared by every worker: a global send rate and an error brake.
+
+Both keep their state in Redis (REDIS_URL) so that any number of worker processes on any
+number of machines obey one limit. With REDIS_URL=memory:// (tests without Redis) the state
+is per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import redis
+
+from newsletter.services.sending import Outcome
+
+log = logging.getLogger(__name__)
+
+PREFIX = "newsletter:flow:"
+BRAKE_FIRST_PAUSE_SECONDS = 30.0
+
+# Reserve the next send slot: slots are `interval` microseconds apart on the server's clock,
+# so all workers together send at most one message per interval, without bursts. Returns the
+# microseconds the caller must wait for its slot.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+redis.call('SET', KEYS[1], string.format('%d', slot + tonumber(ARGV[1])), 'PX', 60000)
+return slot - now
+"""
+
+
+class Store(Protocol):
+    """The few operations flow control needs from its shared store."""
+
+    def reserve(self, interval_us: int) -> int: ...
+    def incr_failures(self) -> int: ...
+    def reset_failures(self) -> None: ...
+    def trip(self, now: float, max_pause: float) -> float: ...
+    def paused_until(self) -> float: ...
+    def clear_trips(self) -> bool: ...
+
+
+class RedisStore:
+    """Flow-control state in Redis, shared by every process."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._reserve = client.register_script(_RESERVE)
+
+    def reserve(self, interval_us: int) -> int:
+        return int(self._reserve(keys=[PREFIX + "slot"], args=[interval_us]))
+
+    def incr_failures(self) -> int:
+        return int(cast(int, self.client.incr(PREFIX + "failures")))
+
+    def reset_failures(self) -> None:
+        self.client.delete(PREFIX + "failures")
+
+    def trip(self, now: float, max_pause: float) -> float:
+        trips = int(cast(int, self.client.incr(PREFIX + "trips")))
+        pause = float(min(max_pause, BRAKE_FIRST_PAUSE_SECONDS * 2 ** (trips - 1)))
+        self.client.set(PREFIX + "paused_until", f"{now + pause:.3f}")
+        self.client.delete(PREFIX + "failures")
+        return pause
+
+    def paused_until(self) -> float:
+        value = cast(bytes | None, self.client.get(PREFIX + "paused_until"))
+        return float(value) if value else 0.0
+
+    def clear_trips(self) -> bool:
+        return bool(self.client.delete(PREFIX + "trips", PREFIX + "paused_until"))
+
+
+class MemoryStore:
+    """The same state within one process (no Redis configured)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.slot = 0.0
+        self.failures = 0
+        self.trips = 0
+        self.until = 0.0
+
+    def reserve(self, interval_us: int) -> int:
+        with self.lock:
+            now = time.monotonic() * 1e6
+            slot = max(self.slot, now)
+            self.slot = slot + interval_us
+            return int(slot - now)
+
+    def incr_failures(self) -> int:
+        with self.lock:
+            self.failures += 1
+            return self.failures
+
+    def reset_failures(self) -> None:
+        self.failures = 0
+
+    def trip(self, now: float, max_pause: float) -> float:
+        with self.lock:
+            self.trips += 1
+            pause = float(min(max_pause, BRAKE_FIRST_PAUSE_SECONDS * 2 ** (self.trips - 1)))
+            self.until = now + pause
+            self.failures = 0
+            return pause
+
+    def paused_until(self) -> float:
+        return self.until
+
+    def clear_trips(self) -> bool:
+        had = self.trips > 0
+        self.trips, self.until = 0, 0.0
+        return had
+
+
+class FlowControl:
+    """The global rate limit and the error brake, over a shared Store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        rate_per_second: float,
+        brake_after: int,
+        max_pause: float,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.interval_us = int(1e6 / rate_per_second) if rate_per_second > 0 else 0
+        self.brake_after = brake_after
+        self.max_pause = max_pause
+        self.wall = wall
+        self.sleep = sleep
+
+    def wait_for_slot(self) -> None:
+        """Block until this process may send one message under the global rate."""
+        if not self.interval_us:
+            return
+        try:
+            wait_us = self.store.reserve(self.interval_us)
+        except redis.RedisError as exc:
+            # Without its store the limiter cannot coordinate; sending goes on unthrottled
+            # rather than stopping, and says so.
+            log.warning("rate limiter store unavailable (%s); sending unthrottled", exc)
+            return
+        if wait_us > 0:
+            self.sleep(wait_us / 1e6)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count consecutive transport failures; trip the brake after `brake_after` of them."""
+        try:
+            if outcome is Outcome.RETRY:
+                if self.store.incr_failures() >= self.brake_after:
+                    pause = self.store.trip(self.wall(), self.max_pause)
+                    log.error(
+                        "error brake: %d consecutive transport failures; pausing for %.0f s",
+                        self.brake_after,
+                        pause,
+                    )
+            elif outcome is Outcome.SENT:
+                self.store.reset_failures()
+                if self.store.paused_until() and self.store.paused_until() <= self.wall():
+                    if self.store.clear_trips():
+                        log.warning("error brake released: mail is going out again")
+        except redis.RedisError as exc:
+            log.warning("error brake store unavailable: %s", exc)
+
+    def paused(self) -> bool:
+        """Whether dispatch and sending are paused by the brake right now."""
+        try:
+            until = self.store.paused_until()
+        except redis.RedisError:
+            return False
+        return until > self.wall()
+
+
+def store_for(redis_url: str) -> Store:
+    """A Redis store for a redis:// or redis+unix:// URL, a process-local one for memory://."""
+    if redis_url.startswith("memory"):
+        return MemoryStore()
+    if redis_url.startswith("redis+unix://"):
+        client = redis.Redis(unix_socket_path=redis_url[len("redis+unix://") :], socket_timeout=5)
+    else:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    return RedisStore(client)

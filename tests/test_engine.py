@@ -1,0 +1,258 @@
+"""The delivery engine's rules: send windows, catch-up, retries, uncertain sends, brake, rate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence, Subscriber
+from newsletter.services import drip, sending
+from newsletter.services.flow import FlowControl, MemoryStore, RedisStore
+from newsletter.services.mailer import SmtpTransport
+from tests.conftest import SmtpSink
+from tests.test_sending import active_subscriber, claim_all, deliver, delivery, runtime_of
+
+
+@pytest.fixture
+def frozen(app: Flask) -> Any:
+    """Move the shared clock to a chosen instant for the test's duration."""
+
+    def _at(when: datetime) -> None:
+        clock.clock.offset = when - datetime.now(UTC)
+
+    yield _at
+    clock.clock.offset = timedelta(0)
+
+
+def scheduled_step(app: Flask, email: str, tz: str, day_offset: int = 1) -> int:
+    """An active subscriber in `tz` with a claimed step of `day_offset` due now."""
+    active_subscriber(email)
+    now = clock.now()
+    with db.transaction() as session:
+        sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+        sub.time_zone = tz
+        row = session.scalars(
+            select(Delivery).where(
+                Delivery.subscriber_id == sub.id, Delivery.kind == DeliveryKind.STEP
+            )
+        ).one()
+        step = next(s for s in row.enrollment.sequence.steps if s.day_offset == day_offset)  # type: ignore[union-attr]
+        row.step_id = step.id
+        row.due_at = row.first_due_at = now
+        row.state = DeliveryState.CLAIMED
+        row.claimed_at = now
+        return row.id
+
+
+def test_step_outside_window_waits_for_its_opening(
+    app: Flask, smtp_sink: SmtpSink, frozen: Any
+) -> None:
+    # 23:00 in Berlin (21:00 UTC, June): the 09:00-21:00 window is closed.
+    frozen(datetime(2026, 6, 10, 21, 0, tzinfo=UTC))
+    delivery_id = scheduled_step(app, "night@example.org", "Europe/Berlin")
+    assert deliver(app, delivery_id) is sending.Outcome.RESCHEDULED
+    row = delivery(delivery_id)
+    assert row.state is DeliveryState.SCHEDULED
+    assert row.due_at == datetime(2026, 6, 11, 7, 0, tzinfo=UTC)  # 09:00 Berlin next morning
+    assert smtp_sink.messages == []
+
+
+def test_part_one_ignores_the_window(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
+    frozen(datetime(2026, 6, 10, 1, 0, tzinfo=UTC))  # 03:00 in Berlin
+    delivery_id = scheduled_step(app, "early@example.org", "Europe/Berlin", day_offset=0)
+    assert deliver(app, delivery_id) is sending.Outcome.SENT
+
+
+def test_catch_up_within_grace_sends_now(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
+    frozen(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))  # 12:00 Berlin, inside the window
+    delivery_id = scheduled_step(app, "late@example.org", "Europe/Berlin")
+    with db.transaction() as session:
+        session.get(Delivery, delivery_id).due_at = clock.now() - timedelta(hours=3)  # type: ignore[union-attr]
+    assert deliver(app, delivery_id) is sending.Outcome.SENT
+
+
+def test_catch_up_beyond_grace_moves_to_next_window(
+    app: Flask, smtp_sink: SmtpSink, frozen: Any
+) -> None:
+    frozen(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))
+    delivery_id = scheduled_step(app, "later@example.org", "Europe/Berlin")
+    with db.transaction() as session:
+        # Due three days ago: the clock jumped, or the service was down.
+        session.get(Delivery, delivery_id).due_at = clock.now() - timedelta(days=3)  # type: ignore[union-attr]
+    assert deliver(app, delivery_id) is sending.Outcome.RESCHEDULED
+    assert delivery(delivery_id).due_at == datetime(2026, 6, 11, 7, 0, tzinfo=UTC)
+    assert smtp_sink.messages == []
+
+
+def test_weekday_window_skips_the_weekend(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
+    with db.transaction() as session:
+        session.scalars(select(Sequence)).one().send_days = "12345"
+    frozen(datetime(2026, 6, 13, 10, 0, tzinfo=UTC))  # Saturday noon in Berlin
+    delivery_id = scheduled_step(app, "weekday@example.org", "Europe/Berlin")
+    assert deliver(app, delivery_id) is sending.Outcome.RESCHEDULED
+    assert delivery(delivery_id).due_at == datetime(2026, 6, 15, 7, 0, tzinfo=UTC)  # Monday 09:00
+
+
+def test_give_up_after_the_configured_age(app: Flask, smtp_sink: SmtpSink) -> None:
+    active_subscriber("never@example.org")
+    smtp_sink.handler.refuse["never@example.org"] = "451 4.3.0 Try later"
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    with db.transaction() as session:
+        session.get(Delivery, step_id).first_due_at = clock.now() - timedelta(days=4)  # type: ignore[union-attr]
+    assert deliver(app, step_id) is sending.Outcome.FAILED
+    assert "451" in (delivery(step_id).last_error or "")
+
+
+def test_no_reply_after_data_is_uncertain_and_retried_with_same_message_id(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    active_subscriber("slow@example.org")
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    rt = runtime_of(app)
+    from dataclasses import replace
+
+    hang = asyncio.Event()
+
+    async def never_answer(server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.wait_for(hang.wait(), timeout=5)
+        return "250 OK"
+
+    original = smtp_sink.handler.handle_DATA
+    smtp_sink.handler.handle_DATA = never_answer  # type: ignore[method-assign]
+    quick = SmtpTransport(replace(rt.settings, smtp_timeout=1.0))
+    assert deliver(app, step_id, quick) is sending.Outcome.RETRY
+    first = delivery(step_id)
+    assert first.state is DeliveryState.RETRY and "may have accepted" in (first.last_error or "")
+    with db.session() as session:
+        kinds = session.scalars(select(Event.kind).where(Event.delivery_id == step_id)).all()
+    assert "uncertain" in kinds
+    # The retry carries the same Message-ID, so a receiver that got the first copy can drop it.
+    smtp_sink.handler.handle_DATA = original  # type: ignore[method-assign]
+    with db.transaction() as session:
+        session.get(Delivery, step_id).due_at = clock.now()  # type: ignore[union-attr]
+    assert claim_all() == [step_id]
+    assert deliver(app, step_id) is sending.Outcome.SENT
+    assert str(smtp_sink.messages[-1]["Message-ID"]) == first.message_id
+
+
+def test_reaper_counts_claims_that_had_begun_sending(app: Flask) -> None:
+    active_subscriber("crash@example.org")
+    ids = claim_all()
+    step_id = next(i for i in ids if delivery(i).kind is DeliveryKind.STEP)
+    with db.transaction() as session:
+        row = session.get(Delivery, step_id)
+        assert row is not None
+        row.attempted_at = clock.now()  # the worker got as far as the SMTP conversation
+    with db.transaction() as session:
+        assert drip.reap_stale(session, clock.now() + timedelta(hours=1), 600) == len(ids)
+    with db.session() as session:
+        uncertain = session.scalars(
+            select(Event.delivery_id).where(Event.kind == "uncertain")
+        ).all()
+    assert uncertain == [step_id]
+
+
+def test_dropped_connection_is_reopened_without_a_failure(app: Flask, smtp_sink: SmtpSink) -> None:
+    rt = runtime_of(app)
+    transport = SmtpTransport(rt.settings)
+    active_subscriber("a1@example.org")
+    active_subscriber("a2@example.org")
+    steps = [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]
+    assert deliver(app, steps[0], transport) is sending.Outcome.SENT
+    # The server drops the idle connection (as servers do after a timeout).
+    assert transport._conn is not None
+    transport._conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    assert deliver(app, steps[1], transport) is sending.Outcome.SENT
+    assert (transport.connects, len(smtp_sink.messages), transport.sent) == (2, 2, 2)
+
+
+def test_batch_stops_and_releases_when_the_brake_trips(app: Flask, smtp_sink: SmtpSink) -> None:
+    for n in range(4):
+        active_subscriber(f"b{n}@example.org")
+    steps = [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]
+    rt = runtime_of(app)
+    sent: list[sending.Outcome] = []
+    outcomes = sending.deliver_batch(
+        db.session,
+        rt.composer,
+        SmtpTransport(rt.settings),
+        steps,
+        clock.now,
+        rt.policy,
+        should_stop=lambda: len(sent) >= 2,
+        on_outcome=sent.append,
+    )
+    assert outcomes[sending.Outcome.SENT] == 2
+    assert [delivery(i).state for i in steps[2:]] == [DeliveryState.SCHEDULED] * 2
+
+
+class FakeWall:
+    """A settable wall clock for the brake (the store compares against it)."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+def test_error_brake_trips_pauses_and_releases(
+    store_kind: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    if store_kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        store: Any = RedisStore(client)
+    else:
+        store = MemoryStore()
+    wall = FakeWall()
+    flow = FlowControl(store, rate_per_second=0, brake_after=3, max_pause=600, wall=wall)
+    caplog.set_level(logging.WARNING)
+    flow.record(sending.Outcome.RETRY)
+    flow.record(sending.Outcome.SENT)  # a success in between resets the count
+    flow.record(sending.Outcome.RETRY)
+    flow.record(sending.Outcome.RETRY)
+    assert not flow.paused()
+    flow.record(sending.Outcome.RETRY)
+    assert flow.paused()
+    assert "error brake: 3 consecutive transport failures; pausing for 30 s" in caplog.text
+    wall.now += 31
+    assert not flow.paused()  # resumes by itself
+    flow.record(sending.Outcome.SENT)
+    assert "error brake released" in caplog.text
+    # A second trip right after pauses longer (backoff), capped at max_pause.
+    for _ in range(3):
+        flow.record(sending.Outcome.RETRY)
+    assert store.paused_until() == pytest.approx(wall.now + 30)
+
+
+def test_rate_limit_reserves_evenly_spaced_slots(redis_url: str) -> None:
+    import redis
+
+    store = RedisStore(redis.Redis.from_url(redis_url))
+    waits = [store.reserve(100_000) for _ in range(10)]  # 10 messages/s
+    # Back-to-back reservations get slots 100 ms apart: the n-th waits about n x 100 ms.
+    for n, wait_us in enumerate(waits):
+        assert n * 100_000 - 50_000 <= wait_us <= n * 100_000, (n, wait_us)
+
+
+def test_clock_offset_file_moves_every_process(tmp_path: Path) -> None:
+    offset_file = tmp_path / "offset"
+    c = clock.Clock()
+    c.use_offset_file(offset_file)
+    before = c.now()
+    offset_file.write_text(str(3 * 86400))
+    jumped = c.now()
+    assert timedelta(days=3) <= jumped - before < timedelta(days=3, minutes=1)
