@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email import policy
 from email.parser import BytesParser
 
@@ -210,3 +211,25 @@ def test_subject_with_line_break_never_becomes_a_header(app: Flask, smtp_sink: S
     with pytest.raises(HeaderError):
         deliver(app, step_id)
     assert smtp_sink.messages == []
+
+
+def test_cached_step_is_personalised_per_subscriber(app: Flask, smtp_sink: SmtpSink) -> None:
+    rt = runtime_of(app)
+    active_subscriber("one@example.org", name="<b>Bo</b> & Co")
+    active_subscriber("two@example.org", name=None)
+    active_subscriber("three@example.org", name="Cy")
+    for step_id in [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]:
+        assert deliver(app, step_id) is sending.Outcome.SENT
+    assert len(rt.composer._step_cache) == 2  # one render with a name, one without
+    by_to = {str(m["To"]).split("<")[-1].rstrip(">"): m for m in smtp_sink.messages}
+    one, two, three = (by_to[f"{n}@example.org"] for n in ("one", "two", "three"))
+    assert "Hi &lt;b&gt;Bo&lt;/b&gt; &amp; Co," in html_of(one)
+    assert "Hi <b>Bo</b> & Co," in text_of(one)
+    assert re.search(r"^Hi\b", text_of(two), re.MULTILINE) is None
+    assert "Hi Cy," in text_of(three)
+    with db.session() as session:
+        ids = {s.email: s.id for s in session.scalars(select(Subscriber))}
+    for address, msg in by_to.items():
+        token = rt.tokens.unsubscribe_token(ids[address])
+        assert f"/unsubscribe/{token}" in html_of(msg) and f"/unsubscribe/{token}" in text_of(msg)
+        assert "NLSUBST" not in html_of(msg) + text_of(msg)

@@ -17,7 +17,7 @@ import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from newsletter.config import Settings
 from newsletter.models import Sequence, Step, Subscriber
@@ -30,6 +30,11 @@ MAX_HEADER_LENGTH = 998
 # Headers are written unfolded up to RFC 5322's hard limit: folding a List-Unsubscribe URL
 # leaves whitespace that some receivers keep, and folded headers are fragile under DKIM.
 MESSAGE_POLICY = policy.SMTP.clone(max_line_length=MAX_HEADER_LENGTH)
+STEP_CACHE_SIZE = 256
+# Stand-ins for the per-subscriber parts of a cached step; plain ASCII so that escaping and
+# CSS inlining leave them intact.
+_NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
+_URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
@@ -88,6 +93,7 @@ class Composer:
         self.sandbox = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
         self.markdown = MarkdownIt("commonmark", {"html": False, "typographer": False})
         self.inliner = css_inline.CSSInliner(keep_style_tags=True)
+        self._step_cache: dict[tuple[object, ...], Rendered] = {}
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -135,7 +141,41 @@ class Composer:
         return Rendered(subject=f"Confirm your subscription to {title}", text=text, html=html)
 
     def step(self, subscriber: Subscriber, step: Step, sequence: Sequence, total: int) -> Rendered:
-        """One part of a series, with its Part k of N header, teaser and closing resources."""
+        """One part of a series, with its Part k of N header, teaser and closing resources.
+
+        The step is rendered once (Markdown, layout, CSS inlining) and cached; each subscriber's
+        copy only swaps in their name and unsubscribe link. Steps whose text uses template
+        tags are rendered per subscriber.
+        """
+        url = self.unsubscribe_url(subscriber.id)
+        name = subscriber.first_name or ""
+        if any("{" in text for text in (step.body_md, step.subject, step.preheader)):
+            return self._render_step(step, sequence, total, name, url, subscriber)
+        key = (step.id, step.updated_at, total, sequence.title, bool(name))
+        template = self._step_cache.get(key)
+        if template is None:
+            if len(self._step_cache) >= STEP_CACHE_SIZE:
+                self._step_cache.clear()
+            token_name = _NAME_TOKEN if name else ""
+            template = self._render_step(step, sequence, total, token_name, _URL_TOKEN, subscriber)
+            self._step_cache[key] = template
+        return Rendered(
+            subject=template.subject,
+            html=template.html.replace(_NAME_TOKEN, str(escape(name))).replace(
+                _URL_TOKEN, str(escape(url))
+            ),
+            text=template.text.replace(_NAME_TOKEN, name).replace(_URL_TOKEN, url),
+        )
+
+    def _render_step(
+        self,
+        step: Step,
+        sequence: Sequence,
+        total: int,
+        first_name: str,
+        unsubscribe_url: str,
+        subscriber: Subscriber,
+    ) -> Rendered:
         body_md = self.personalise(step.body_md, subscriber)
         resources = [dict(r) for r in (step.resources or [])]
         for resource in resources:
@@ -147,6 +187,7 @@ class Composer:
                     resource.get("title"),
                 )
         context = self._common(subscriber) | {
+            "first_name": first_name,
             "subject": self.personalise(step.subject, subscriber),
             "preheader": self.personalise(step.preheader, subscriber),
             "sequence_title": sequence.title,
@@ -157,7 +198,7 @@ class Composer:
             "teaser": step.teaser,
             "resources": resources,
             "resources_intro": step.resources_intro,
-            "unsubscribe_url": self.unsubscribe_url(subscriber.id),
+            "unsubscribe_url": unsubscribe_url,
         }
         html, text = self._page("layouts/step", context)
         return Rendered(subject=context["subject"], text=text, html=html)
