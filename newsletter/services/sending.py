@@ -15,14 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, joinedload
 
 from newsletter.config import Settings
 from newsletter.models import (
     Delivery,
     DeliveryKind,
     DeliveryState,
+    Enrollment,
     EnrollmentStatus,
     Event,
     Step,
@@ -75,11 +76,26 @@ class Policy:
         return timedelta(seconds=self.retry_delays[index])
 
 
-def _skip_reason(session: Session, delivery: Delivery) -> str | None:
+def _load(session: Session, ids: Iterable[int]) -> list[Delivery]:
+    """Deliveries with everything sending needs, in one round trip."""
+    return list(
+        session.scalars(
+            select(Delivery)
+            .where(Delivery.id.in_(list(ids)))
+            .options(
+                joinedload(Delivery.subscriber),
+                joinedload(Delivery.enrollment).joinedload(Enrollment.sequence),
+                joinedload(Delivery.step).joinedload(Step.sequence),
+            )
+            .order_by(Delivery.id)
+        ).unique()
+    )
+
+
+def _skip_reason(delivery: Delivery, suppressed: set[str]) -> str | None:
     """None when the delivery may go out, else why it must be skipped."""
     subscriber = delivery.subscriber
-    suppressed = session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email))
-    if suppressed is not None:
+    if subscriber.email in suppressed:
         return "address is suppressed"
     if delivery.kind is DeliveryKind.CONFIRM:
         return None if subscriber.status is SubscriberStatus.PENDING else "no longer pending"
@@ -112,7 +128,9 @@ def _reschedule_at(delivery: Delivery, now: datetime, policy: Policy) -> datetim
     return None
 
 
-def _build(session: Session, composer: Composer, delivery: Delivery, now: datetime) -> EmailMessage:
+def _build(
+    session: Session, composer: Composer, delivery: Delivery, now: datetime, totals: dict[int, int]
+) -> EmailMessage:
     subscriber = delivery.subscriber
     if delivery.kind is DeliveryKind.CONFIRM:
         sequence = next((e.sequence for e in subscriber.enrollments), None)
@@ -121,9 +139,13 @@ def _build(session: Session, composer: Composer, delivery: Delivery, now: dateti
         step = delivery.step
         assert step is not None
         sequence = step.sequence
-        total = session.scalar(select(func.count(Step.id)).where(Step.sequence_id == sequence.id))
+        if sequence.id not in totals:
+            totals[sequence.id] = (
+                session.scalar(select(func.count(Step.id)).where(Step.sequence_id == sequence.id))
+                or 0
+            )
         message = composer.message(
-            composer.step(subscriber, step, sequence, total or 0),
+            composer.step(subscriber, step, sequence, totals[sequence.id]),
             subscriber,
             now,
             list_id=composer.list_id(sequence),
@@ -135,44 +157,68 @@ def _build(session: Session, composer: Composer, delivery: Delivery, now: dateti
     return message
 
 
-def _prepare(
-    sessions: SessionFactory, composer: Composer, delivery_id: int, now: datetime, policy: Policy
-) -> tuple[Outcome, EmailMessage | None]:
-    with sessions() as session, session.begin():
-        delivery = session.get(Delivery, delivery_id)
-        if delivery is None or delivery.state is not DeliveryState.CLAIMED:
-            return Outcome.NOT_CLAIMED, None
-        reason = _skip_reason(session, delivery)
-        if reason is not None:
-            delivery.state = DeliveryState.SKIPPED
-            delivery.last_error = reason
-            return Outcome.SKIPPED, None
-        later = _reschedule_at(delivery, now, policy)
-        if later is not None:
-            log.info("delivery %d moved to the next send window at %s", delivery_id, later)
-            delivery.state = DeliveryState.SCHEDULED
-            delivery.due_at = later
-            delivery.claimed_at = None
-            return Outcome.RESCHEDULED, None
-        message = _build(session, composer, delivery, now)
-        delivery.attempts += 1
-        delivery.attempted_at = now
-        delivery.message_id = str(message["Message-ID"])
-        return Outcome.SENT, message
+@dataclass
+class Prepared:
+    """A delivery ready to go: its id and the message built for it (None: nothing to send)."""
+
+    delivery_id: int
+    outcome: Outcome
+    message: EmailMessage | None = None
 
 
-def _still_wanted(sessions: SessionFactory, delivery_id: int) -> bool:
-    # The last look before the SMTP conversation: an unsubscribe that landed while the mail
-    # was being rendered wins (unsubscribing skips claimed rows too).
+def _prepare_batch(
+    sessions: SessionFactory, composer: Composer, ids: list[int], now: datetime, policy: Policy
+) -> list[Prepared]:
+    """Load, check and render a whole batch in one transaction."""
+    prepared: dict[int, Prepared] = {i: Prepared(i, Outcome.NOT_CLAIMED) for i in ids}
     with sessions() as session, session.begin():
-        state = session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
-    return state is DeliveryState.CLAIMED
+        deliveries = [d for d in _load(session, ids) if d.state is DeliveryState.CLAIMED]
+        emails = {d.subscriber.email for d in deliveries}
+        suppressed = set(
+            session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
+        )
+        totals: dict[int, int] = {}
+        for delivery in deliveries:
+            reason = _skip_reason(delivery, suppressed)
+            if reason is not None:
+                delivery.state = DeliveryState.SKIPPED
+                delivery.last_error = reason
+                prepared[delivery.id].outcome = Outcome.SKIPPED
+                continue
+            later = _reschedule_at(delivery, now, policy)
+            if later is not None:
+                log.info("delivery %d moved to the next send window at %s", delivery.id, later)
+                delivery.state = DeliveryState.SCHEDULED
+                delivery.due_at = later
+                delivery.claimed_at = None
+                prepared[delivery.id].outcome = Outcome.RESCHEDULED
+                continue
+            message = _build(session, composer, delivery, now, totals)
+            delivery.message_id = str(message["Message-ID"])
+            prepared[delivery.id] = Prepared(delivery.id, Outcome.SENT, message)
+    return [prepared[i] for i in ids]
+
+
+def _mark_attempt(sessions: SessionFactory, delivery_id: int, now: datetime) -> bool:
+    """Record that sending begins, if the delivery is still claimed; False means drop it.
+
+    This is the last look before the SMTP conversation: an unsubscribe that landed while the
+    batch was being rendered has skipped the row, and wins.
+    """
+    with sessions() as session, session.begin():
+        marked = session.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.CLAIMED)
+            .values(attempts=Delivery.attempts + 1, attempted_at=now)
+            .returning(Delivery.id)
+            .execution_options(synchronize_session=False)
+        ).first()
+    return marked is not None
 
 
 def _record_sent(sessions: SessionFactory, delivery_id: int, now: datetime, policy: Policy) -> None:
     with sessions() as session, session.begin():
-        delivery = session.get(Delivery, delivery_id)
-        assert delivery is not None
+        [delivery] = _load(session, [delivery_id])
         # Record the truth even if an unsubscribe or the reaper touched the row meanwhile:
         # the server accepted the message.
         delivery.state = DeliveryState.SENT
@@ -246,27 +292,23 @@ def _record_failure(
         return Outcome.RETRY
 
 
-def deliver(
+def _send_one(
     sessions: SessionFactory,
-    composer: Composer,
     transport: SmtpTransport,
-    delivery_id: int,
+    item: Prepared,
     clock: Callable[[], datetime],
     policy: Policy,
 ) -> Outcome:
-    """Send one claimed delivery and record the result. Never raises for mail errors."""
-    outcome, message = _prepare(sessions, composer, delivery_id, clock(), policy)
-    if message is None:
-        return outcome
-    if not _still_wanted(sessions, delivery_id):
+    assert item.message is not None
+    if not _mark_attempt(sessions, item.delivery_id, clock()):
         return Outcome.SKIPPED
     try:
-        transport.send(message)
+        transport.send(item.message)
     except SendError as error:
-        return _record_failure(sessions, delivery_id, error, clock(), policy)
+        return _record_failure(sessions, item.delivery_id, error, clock(), policy)
     # The unavoidable window: the server has the message. A crash before this commit leaves
     # the row claimed; the reaper offers it again and counts it as uncertain.
-    _record_sent(sessions, delivery_id, clock(), policy)
+    _record_sent(sessions, item.delivery_id, clock(), policy)
     return Outcome.SENT
 
 
@@ -282,22 +324,40 @@ def deliver_batch(
     before_send: Callable[[], None] = lambda: None,
     on_outcome: Callable[[Outcome], None] = lambda _: None,
 ) -> Counter[Outcome]:
-    """Send several claimed deliveries over one connection.
+    """Send several claimed deliveries over one connection; never raises for mail errors.
 
-    `before_send` runs before each message (the rate limiter waits there); when `should_stop`
-    turns true (the error brake) the rest of the batch is released, unsent, to the queue.
+    The batch is loaded and rendered in one transaction; each message is then marked, sent and
+    recorded on its own. `before_send` runs before each message (the rate limiter waits there);
+    when `should_stop` turns true (the error brake) the rest of the batch goes back, unsent, to
+    the queue.
     """
     outcomes: Counter[Outcome] = Counter()
-    remaining = list(delivery_ids)
-    while remaining:
-        if should_stop():
+    items = _prepare_batch(sessions, composer, list(delivery_ids), clock(), policy)
+    for index, item in enumerate(items):
+        if item.message is None:
+            outcome = item.outcome
+        elif should_stop():
+            rest = [i.delivery_id for i in items[index:] if i.message is not None]
             with sessions() as session, session.begin():
-                released = drip.release_claims(session, remaining)
+                released = drip.release_claims(session, rest)
             log.warning("error brake: released %d unsent deliveries of a batch", released)
             break
-        delivery_id = remaining.pop(0)
-        before_send()
-        outcome = deliver(sessions, composer, transport, delivery_id, clock, policy)
+        else:
+            before_send()
+            outcome = _send_one(sessions, transport, item, clock, policy)
         outcomes[outcome] += 1
         on_outcome(outcome)
     return outcomes
+
+
+def deliver(
+    sessions: SessionFactory,
+    composer: Composer,
+    transport: SmtpTransport,
+    delivery_id: int,
+    clock: Callable[[], datetime],
+    policy: Policy,
+) -> Outcome:
+    """Send one claimed delivery and record the result."""
+    outcomes = deliver_batch(sessions, composer, transport, [delivery_id], clock, policy)
+    return next(iter(outcomes))
