@@ -29,6 +29,31 @@ OPEN_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY, DeliveryState.CLAIM
 CLAIMABLE_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
 
 
+def queue(
+    session: Session,
+    kind: DeliveryKind,
+    subscriber_id: int,
+    due: datetime,
+    now: datetime,
+    *,
+    enrollment_id: int | None = None,
+    step_id: int | None = None,
+) -> Delivery:
+    """Add a scheduled delivery row: the mail exists before any task is queued for it."""
+    delivery = Delivery(
+        kind=kind,
+        subscriber_id=subscriber_id,
+        enrollment_id=enrollment_id,
+        step_id=step_id,
+        due_at=due,
+        first_due_at=due,
+        state=DeliveryState.SCHEDULED,
+        created_at=now,
+    )
+    session.add(delivery)
+    return delivery
+
+
 def _schedule_step(
     session: Session,
     enrollment: Enrollment,
@@ -46,18 +71,15 @@ def _schedule_step(
         day_seconds=day_seconds,
         previous_sent_at=previous_sent_at,
     )
-    delivery = Delivery(
-        kind=DeliveryKind.STEP,
-        subscriber_id=enrollment.subscriber_id,
+    return queue(
+        session,
+        DeliveryKind.STEP,
+        enrollment.subscriber_id,
+        due,
+        now,
         enrollment_id=enrollment.id,
         step_id=step.id,
-        due_at=due,
-        first_due_at=due,
-        state=DeliveryState.SCHEDULED,
-        created_at=now,
     )
-    session.add(delivery)
-    return delivery
 
 
 def start_enrollment(

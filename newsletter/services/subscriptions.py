@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from newsletter.models import (
     Delivery,
     DeliveryKind,
-    DeliveryState,
     Enrollment,
     EnrollmentStatus,
     Event,
@@ -99,19 +98,6 @@ def _sequence_for(session: Session, slug: str | None) -> Sequence | None:
     return session.scalars(query.limit(1)).first()
 
 
-def _queue_confirmation(session: Session, subscriber: Subscriber, now: datetime) -> Delivery:
-    delivery = Delivery(
-        kind=DeliveryKind.CONFIRM,
-        subscriber_id=subscriber.id,
-        due_at=now,
-        first_due_at=now,
-        state=DeliveryState.SCHEDULED,
-        created_at=now,
-    )
-    session.add(delivery)
-    return delivery
-
-
 def _last_confirmation_at(session: Session, subscriber_id: int) -> datetime | None:
     return session.scalar(
         select(Delivery.created_at)
@@ -173,7 +159,7 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
         session.add(
             Enrollment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now)
         )
-    _queue_confirmation(session, subscriber, now)
+    drip.queue(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
     session.add(
         Event(
             subscriber_id=subscriber.id,
