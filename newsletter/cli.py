@@ -72,6 +72,27 @@ def dispatch_command() -> None:
     click.echo(f"dispatched {dispatch_due.run()} deliveries")
 
 
+@click.command("status")
+@with_appcontext
+def status_command() -> None:
+    """Show deliveries by state, the due backlog, uncertain sends and recent failures."""
+    from newsletter import clock
+    from newsletter.services.report import engine_report
+
+    with db.session() as session:
+        report = engine_report(session, clock.now())
+    for state, count in sorted(report.by_state.items(), key=lambda item: item[0].value):
+        click.echo(f"{state.value:>10}: {count}")
+    oldest = report.oldest_due.isoformat() if report.oldest_due else "-"
+    click.echo(f"due now: {report.due_now} (oldest due {oldest})")
+    click.echo(f"uncertain sends (may have been delivered twice): {report.uncertain}")
+    for failure in report.recent_failures:
+        click.echo(
+            f"  #{failure.delivery_id} {failure.email} {failure.state.value} "
+            f"after {failure.attempts} attempts: {failure.last_error}"
+        )
+
+
 @click.command("mailcatcher")
 @with_appcontext
 @click.option("--port", default=1025, show_default=True)
@@ -103,6 +124,7 @@ def dev_command(port: int) -> None:
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
     for command in (
+        status_command,
         init_command,
         import_article_command,
         dispatch_command,

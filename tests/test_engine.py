@@ -256,3 +256,22 @@ def test_clock_offset_file_moves_every_process(tmp_path: Path) -> None:
     offset_file.write_text(str(3 * 86400))
     jumped = c.now()
     assert timedelta(days=3) <= jumped - before < timedelta(days=3, minutes=1)
+
+
+def test_status_command_shows_states_failures_and_uncertain(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    active_subscriber("ok@example.org")
+    active_subscriber("bad@example.org")
+    smtp_sink.handler.refuse["bad@example.org"] = "550 5.1.1 No such user"
+    for step_id in [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]:
+        deliver(app, step_id)
+    with db.transaction() as session:
+        session.add(Event(kind="uncertain", data={}))
+    result = app.test_cli_runner().invoke(args=["status"])
+    assert result.exit_code == 0, result.output
+    assert "failed: 1" in result.output and "sent: 1" in result.output
+    assert "bad@example.org failed after 1 attempts: recipient bad@example.org refused: 550" in (
+        result.output
+    )
+    assert "uncertain sends (may have been delivered twice): 1" in result.output

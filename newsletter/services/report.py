@@ -1,0 +1,68 @@
+"""What the delivery engine is doing: counts by state, backlog, failures, uncertain sends."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from newsletter.models import Delivery, DeliveryState, Event, Subscriber
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One delivery that failed or is waiting to retry."""
+
+    delivery_id: int
+    email: str
+    state: DeliveryState
+    attempts: int
+    last_error: str
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    """A snapshot for operators (`flask --app web status`)."""
+
+    by_state: dict[DeliveryState, int]
+    due_now: int
+    oldest_due: datetime | None
+    uncertain: int
+    recent_failures: list[Failure]
+
+
+def engine_report(session: Session, now: datetime, failures: int = 10) -> EngineReport:
+    """Count deliveries by state, the due backlog, uncertain sends and the latest failures."""
+    by_state = {
+        state: count
+        for state, count in session.execute(
+            select(Delivery.state, func.count()).group_by(Delivery.state)
+        )
+    }
+    open_states = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
+    due = select(Delivery).where(Delivery.state.in_(open_states), Delivery.due_at <= now)
+    due_now = session.scalar(select(func.count()).select_from(due.subquery())) or 0
+    oldest = session.scalar(
+        select(func.min(Delivery.due_at)).where(
+            Delivery.state.in_(open_states), Delivery.due_at <= now
+        )
+    )
+    uncertain = session.scalar(select(func.count(Event.id)).where(Event.kind == "uncertain")) or 0
+    rows = session.execute(
+        select(Delivery, Subscriber.email)
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.state.in_((DeliveryState.FAILED, DeliveryState.RETRY)))
+        .order_by(Delivery.id.desc())
+        .limit(failures)
+    ).all()
+    return EngineReport(
+        by_state=by_state,
+        due_now=due_now,
+        oldest_due=oldest,
+        uncertain=uncertain,
+        recent_failures=[
+            Failure(d.id, email, d.state, d.attempts, d.last_error or "") for d, email in rows
+        ],
+    )
