@@ -311,16 +311,20 @@ def stop_worker(worker: WorkerProcess, sig: int = signal.SIGTERM) -> None:
 @pytest.fixture
 def run_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers for a test; all of them (and an embedded broker) stop at its end."""
-    started: list[tuple[WorkerProcess, dict[str, str]]] = []
+    started: list[WorkerProcess] = []
+    # Remembered before the start: a worker that fails to start may still have started the
+    # embedded broker, which must not outlive the test.
+    envs: list[dict[str, str]] = []
 
     def _start(env: dict[str, str], **kwargs: Any) -> WorkerProcess:
+        envs.append(env)
         worker = start_worker(env, tmp_path, **kwargs)
-        started.append((worker, env))
+        started.append(worker)
         return worker
 
     yield _start
-    for worker, _ in started:
+    for worker in started:
         stop_worker(worker)
-    for _, env in started:
+    for env in envs:
         if env.get("BROKER_URL") == "embedded":
             embedded.stop(Path(env["INSTANCE_DIR"]).resolve())
