@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery, Task
 from celery.signals import worker_process_init
 from flask import Flask
+from kombu.entity import Queue
 
 from newsletter import embedded
 from newsletter.config import Settings
@@ -49,6 +50,11 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "interval_max": 0.5,
         },
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+        # Dispatch ticks have a queue of their own, so a long backlog of send batches cannot
+        # hold them back (the worker consumes both queues).
+        task_default_queue="celery",
+        task_queues=(Queue("celery"), Queue("dispatch")),  # type: ignore[no-untyped-call]
+        task_routes={"newsletter.dispatch_due": {"queue": "dispatch"}},
         beat_schedule={
             "dispatch-due-deliveries": {
                 "task": "newsletter.dispatch_due",

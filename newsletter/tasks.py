@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from celery import shared_task
 
@@ -27,12 +28,12 @@ def dispatch_due() -> int:
         claim_size=settings.dispatch_batch_size,
         send_batch_size=settings.send_batch_size,
         claim_timeout_seconds=settings.claim_timeout_seconds,
-        enqueue=lambda ids: send_batch.delay(ids),
+        enqueue=lambda ids, claim: send_batch.delay(ids, claim.isoformat()),
     )
 
 
 @shared_task(name="newsletter.send_batch")
-def send_batch(delivery_ids: list[int]) -> dict[str, int]:
+def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
     """Send a batch of claimed deliveries over this worker's SMTP connection."""
     rt = runtime()
     flow = rt.flow()
@@ -43,6 +44,7 @@ def send_batch(delivery_ids: list[int]) -> dict[str, int]:
         delivery_ids,
         clock.now,
         rt.policy,
+        claim=datetime.fromisoformat(claim),
         should_stop=flow.paused,
         before_send=flow.wait_for_slot,
         on_outcome=flow.record,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from flask import Flask
 from sqlalchemy import func, select
@@ -105,14 +105,18 @@ def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
     make_due(10)
     queued: list[int] = []
 
-    def flaky_enqueue(batch: list[int]) -> None:
+    def flaky_enqueue(batch: list[int], claim: datetime) -> None:
         if len(queued) == 4:
             raise ConnectionError("broker went away")
         queued.extend(batch)
 
     handed = dispatch.dispatch(
-        db.session, clock.now(), claim_size=100,
-        send_batch_size=2, claim_timeout_seconds=600, enqueue=flaky_enqueue
+        db.session,
+        clock.now(),
+        claim_size=100,
+        send_batch_size=2,
+        claim_timeout_seconds=600,
+        enqueue=flaky_enqueue,
     )
     assert handed == 4
     with db.session() as session:

@@ -275,3 +275,30 @@ def test_status_command_shows_states_failures_and_uncertain(
         result.output
     )
     assert "uncertain sends (may have been delivered twice): 1" in result.output
+
+
+def test_task_of_a_reaped_claim_cannot_send_the_reclaimed_rows(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    # A tick's batch waited in the queue longer than the claim timeout; the reaper returned its
+    # rows and a later tick claimed them again and queued a second task for them.
+    active_subscriber("twice@example.org")
+    first_claim = clock.now()
+    with db.transaction() as session:
+        ids = drip.claim_due(session, first_claim, 100)
+    later = first_claim + timedelta(minutes=11)
+    with db.transaction() as session:
+        assert drip.reap_stale(session, later, 600) == len(ids)
+        assert sorted(drip.claim_due(session, later, 100)) == sorted(ids)
+    rt = runtime_of(app)
+    transport = SmtpTransport(rt.settings)
+    stale = sending.deliver_batch(
+        db.session, rt.composer, transport, ids, clock.now, rt.policy, claim=first_claim
+    )
+    assert stale == {sending.Outcome.NOT_CLAIMED: len(ids)}
+    assert smtp_sink.messages == []
+    current = sending.deliver_batch(
+        db.session, rt.composer, transport, ids, clock.now, rt.policy, claim=later
+    )
+    assert current[sending.Outcome.SENT] == 1  # part 1; the confirmation mail is skipped
+    assert len(smtp_sink.messages) == 1

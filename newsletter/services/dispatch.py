@@ -23,9 +23,12 @@ def dispatch(
     claim_size: int,
     send_batch_size: int,
     claim_timeout_seconds: float,
-    enqueue: Callable[[list[int]], None],
+    enqueue: Callable[[list[int], datetime], None],
 ) -> int:
-    """Run one dispatch tick; returns how many deliveries were handed to workers."""
+    """Run one dispatch tick; returns how many deliveries were handed to workers.
+
+    `enqueue(ids, claim)` queues one batch with the time that identifies its claim.
+    """
     with sessions() as session, session.begin():
         drip.reap_stale(session, now, claim_timeout_seconds)
     handed = 0
@@ -35,7 +38,7 @@ def dispatch(
         for start in range(0, len(ids), send_batch_size):
             batch = ids[start : start + send_batch_size]
             try:
-                enqueue(batch)
+                enqueue(batch, now)
             except Exception:
                 # Claims whose task never reached the broker go straight back to the queue
                 # instead of waiting for the reaper.

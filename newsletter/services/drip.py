@@ -148,6 +148,9 @@ def skip_pending(
 def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
     """Claim up to `limit` due deliveries, oldest first, and return their ids.
 
+    The claim is stamped with `now` (claimed_at), which identifies it: the task that carries
+    these ids carries that stamp too, and sends only rows still holding it.
+
     Two dispatchers can never claim the same row: on PostgreSQL the candidate rows are locked
     with FOR UPDATE SKIP LOCKED (a second dispatcher takes the next rows instead of waiting);
     on SQLite the UPDATE ... WHERE id IN (SELECT ...) is one atomic statement under the

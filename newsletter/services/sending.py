@@ -166,13 +166,30 @@ class Prepared:
     message: EmailMessage | None = None
 
 
+def _holds_claim(delivery: Delivery, claim: datetime | None) -> bool:
+    """Whether this task's claim is still the row's claim.
+
+    A claim is identified by its time. If the reaper returned the row and a later tick claimed
+    it again, the row carries the new claim and an older task still in the queue must leave
+    it alone, or the mail would go out twice.
+    """
+    if delivery.state is not DeliveryState.CLAIMED:
+        return False
+    return claim is None or delivery.claimed_at == claim
+
+
 def _prepare_batch(
-    sessions: SessionFactory, composer: Composer, ids: list[int], now: datetime, policy: Policy
+    sessions: SessionFactory,
+    composer: Composer,
+    ids: list[int],
+    now: datetime,
+    policy: Policy,
+    claim: datetime | None,
 ) -> list[Prepared]:
     """Load, check and render a whole batch in one transaction."""
     prepared: dict[int, Prepared] = {i: Prepared(i, Outcome.NOT_CLAIMED) for i in ids}
     with sessions() as session, session.begin():
-        deliveries = [d for d in _load(session, ids) if d.state is DeliveryState.CLAIMED]
+        deliveries = [d for d in _load(session, ids) if _holds_claim(d, claim)]
         emails = {d.subscriber.email for d in deliveries}
         suppressed = set(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
@@ -199,16 +216,21 @@ def _prepare_batch(
     return [prepared[i] for i in ids]
 
 
-def _mark_attempt(sessions: SessionFactory, delivery_id: int, now: datetime) -> bool:
+def _mark_attempt(
+    sessions: SessionFactory, delivery_id: int, now: datetime, claim: datetime | None
+) -> bool:
     """Record that sending begins, if the delivery is still claimed; False means drop it.
 
     This is the last look before the SMTP conversation: an unsubscribe that landed while the
     batch was being rendered has skipped the row, and wins.
     """
+    still_ours = [Delivery.id == delivery_id, Delivery.state == DeliveryState.CLAIMED]
+    if claim is not None:
+        still_ours.append(Delivery.claimed_at == claim)
     with sessions() as session, session.begin():
         marked = session.execute(
             update(Delivery)
-            .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.CLAIMED)
+            .where(*still_ours)
             .values(attempts=Delivery.attempts + 1, attempted_at=now)
             .returning(Delivery.id)
             .execution_options(synchronize_session=False)
@@ -298,9 +320,10 @@ def _send_one(
     item: Prepared,
     clock: Callable[[], datetime],
     policy: Policy,
+    claim: datetime | None,
 ) -> Outcome:
     assert item.message is not None
-    if not _mark_attempt(sessions, item.delivery_id, clock()):
+    if not _mark_attempt(sessions, item.delivery_id, clock(), claim):
         return Outcome.SKIPPED
     try:
         transport.send(item.message)
@@ -320,19 +343,22 @@ def deliver_batch(
     clock: Callable[[], datetime],
     policy: Policy,
     *,
+    claim: datetime | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     before_send: Callable[[], None] = lambda: None,
     on_outcome: Callable[[Outcome], None] = lambda _: None,
 ) -> Counter[Outcome]:
     """Send several claimed deliveries over one connection; never raises for mail errors.
 
-    The batch is loaded and rendered in one transaction; each message is then marked, sent and
-    recorded on its own. `before_send` runs before each message (the rate limiter waits there);
-    when `should_stop` turns true (the error brake) the rest of the batch goes back, unsent, to
+    `claim` is the claim time the dispatcher gave the batch: rows claimed again since (after the
+    reaper returned them) belong to another task and are left alone. The batch is loaded and
+    rendered in one transaction; each message is then marked, sent and recorded on its own.
+    `before_send` runs before each message (the rate limiter waits there); when `should_stop`
+    turns true (the error brake) the rest of the batch goes back, unsent, to
     the queue.
     """
     outcomes: Counter[Outcome] = Counter()
-    items = _prepare_batch(sessions, composer, list(delivery_ids), clock(), policy)
+    items = _prepare_batch(sessions, composer, list(delivery_ids), clock(), policy, claim)
     for index, item in enumerate(items):
         if item.message is None:
             outcome = item.outcome
@@ -344,7 +370,7 @@ def deliver_batch(
             break
         else:
             before_send()
-            outcome = _send_one(sessions, transport, item, clock, policy)
+            outcome = _send_one(sessions, transport, item, clock, policy, claim)
         outcomes[outcome] += 1
         on_outcome(outcome)
     return outcomes
