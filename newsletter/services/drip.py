@@ -7,9 +7,12 @@ only carries ids. The claim below is the one place that moves rows from schedule
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -21,7 +24,7 @@ from newsletter.models import (
     Event,
     Step,
 )
-from newsletter.services.schedule import step_due_at
+from newsletter.services.schedule import SendWindow, step_due_at
 
 log = logging.getLogger(__name__)
 
@@ -98,34 +101,79 @@ def start_enrollment(
     return _schedule_step(session, enrollment, first, now, None, day_seconds)
 
 
-def advance(
-    session: Session, delivery: Delivery, now: datetime, day_seconds: float
-) -> Delivery | None:
-    """After a step was sent: schedule the next one, or complete the enrollment."""
-    enrollment = delivery.enrollment
-    step = delivery.step
+@dataclass(frozen=True)
+class FollowUp:
+    """What scheduling the part after a sent one needs, gathered when the batch was loaded."""
+
+    enrollment_id: int
+    subscriber_id: int
+    started_at: datetime
+    time_zone: str
+    window: SendWindow
+    next_step_id: int | None
+    next_day_offset: int
+
+
+def follow_up(delivery: Delivery, steps: list[Step]) -> FollowUp | None:
+    """The FollowUp of a step delivery, given its sequence's steps in order."""
+    enrollment, step = delivery.enrollment, delivery.step
     if enrollment is None or step is None:
         return None
-    if enrollment.status is not EnrollmentStatus.ACTIVE:
-        return None
-    following = session.scalars(
-        select(Step)
-        .where(Step.sequence_id == enrollment.sequence_id, Step.position > step.position)
-        .order_by(Step.position)
-        .limit(1)
-    ).first()
-    if following is None:
-        enrollment.status = EnrollmentStatus.COMPLETED
-        enrollment.ended_at = now
-        return None
-    already = session.scalar(
-        select(Delivery.id).where(
-            Delivery.enrollment_id == enrollment.id, Delivery.step_id == following.id
-        )
+    following = next((s for s in steps if s.position > step.position), None)
+    return FollowUp(
+        enrollment_id=enrollment.id,
+        subscriber_id=delivery.subscriber_id,
+        started_at=enrollment.started_at or delivery.created_at,
+        time_zone=delivery.subscriber.time_zone,
+        window=enrollment.sequence.window,
+        next_step_id=following.id if following else None,
+        next_day_offset=following.day_offset if following else 0,
     )
-    if already is not None:
-        return None
-    return _schedule_step(session, enrollment, following, now, delivery.sent_at, day_seconds)
+
+
+def schedule_next(
+    session: Session, follow: FollowUp, sent_at: datetime, now: datetime, day_seconds: float
+) -> None:
+    """After a part was sent: schedule the next one, or complete the enrollment.
+
+    Nothing happens for an enrollment that stopped meanwhile (an unsubscribe). The unique
+    (enrollment, step) constraint makes a second scheduling of the same part a no-op.
+    """
+    status = session.scalar(select(Enrollment.status).where(Enrollment.id == follow.enrollment_id))
+    if status is not EnrollmentStatus.ACTIVE:
+        return
+    if follow.next_step_id is None:
+        session.execute(
+            update(Enrollment)
+            .where(Enrollment.id == follow.enrollment_id)
+            .values(status=EnrollmentStatus.COMPLETED, ended_at=now)
+        )
+        return
+    due = step_due_at(
+        started_at=follow.started_at,
+        day_offset=follow.next_day_offset,
+        time_zone=follow.time_zone,
+        window=follow.window,
+        day_seconds=day_seconds,
+        previous_sent_at=sent_at,
+    )
+    dialect = session.get_bind().dialect.name
+    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    session.execute(
+        insert_fn(Delivery)
+        .values(
+            kind=DeliveryKind.STEP,
+            subscriber_id=follow.subscriber_id,
+            enrollment_id=follow.enrollment_id,
+            step_id=follow.next_step_id,
+            due_at=due,
+            first_due_at=due,
+            state=DeliveryState.SCHEDULED,
+            attempts=0,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id"])
+    )
 
 
 def skip_pending(

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "newsletter:flow:"
 BRAKE_FIRST_PAUSE_SECONDS = 30.0
+PAUSE_CHECK_SECONDS = 0.5
 
 # Reserve the next send slot: slots are `interval` microseconds apart on the server's clock,
 # so all workers together send at most one message per interval, without bursts. Returns the
@@ -138,6 +139,12 @@ class FlowControl:
         self.max_pause = max_pause
         self.wall = wall
         self.sleep = sleep
+        # Local knowledge that spares a Redis round trip per message in the common case: the
+        # last transient-failure streak this process saw, and a short-lived pause answer.
+        self._failing = False
+        self._pause_checked_at = float("-inf")
+        self._pause_answer = False
+        self._reset_at = float("-inf")
 
     def wait_for_slot(self) -> None:
         """Block until this process may send one message under the global rate."""
@@ -157,6 +164,7 @@ class FlowControl:
         """Count consecutive transport failures; trip the brake after `brake_after` of them."""
         try:
             if outcome is Outcome.RETRY:
+                self._failing = True
                 if self.store.incr_failures() >= self.brake_after:
                     pause = self.store.trip(self.wall(), self.max_pause)
                     log.error(
@@ -164,21 +172,36 @@ class FlowControl:
                         self.brake_after,
                         pause,
                     )
-            elif outcome is Outcome.SENT:
+            elif outcome is Outcome.SENT and (
+                self._failing or self.wall() - self._reset_at >= PAUSE_CHECK_SECONDS
+            ):
+                # A success ends the streak for every worker; other processes' streaks are
+                # reset at most every PAUSE_CHECK_SECONDS to spare a round trip per message.
+                self._failing = False
+                self._reset_at = self.wall()
                 self.store.reset_failures()
-                if self.store.paused_until() and self.store.paused_until() <= self.wall():
-                    if self.store.clear_trips():
-                        log.warning("error brake released: mail is going out again")
+                until = self.store.paused_until()
+                if until and until <= self.wall() and self.store.clear_trips():
+                    log.warning("error brake released: mail is going out again")
         except redis.RedisError as exc:
             log.warning("error brake store unavailable: %s", exc)
 
     def paused(self) -> bool:
-        """Whether dispatch and sending are paused by the brake right now."""
+        """Whether dispatch and sending are paused by the brake right now.
+
+        Asked before every message, so the answer is kept for PAUSE_CHECK_SECONDS: a trip is
+        seen by every worker within that time.
+        """
+        now = self.wall()
+        if now - self._pause_checked_at < PAUSE_CHECK_SECONDS and not self._failing:
+            return self._pause_answer
         try:
             until = self.store.paused_until()
         except redis.RedisError:
             return False
-        return until > self.wall()
+        self._pause_checked_at = now
+        self._pause_answer = until > now
+        return self._pause_answer
 
 
 def store_for(redis_url: str) -> Store:

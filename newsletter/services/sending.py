@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from newsletter.config import Settings
@@ -164,6 +164,10 @@ class Prepared:
     delivery_id: int
     outcome: Outcome
     message: EmailMessage | None = None
+    kind: DeliveryKind = DeliveryKind.STEP
+    subscriber_id: int | None = None
+    step_id: int | None = None
+    follow: drip.FollowUp | None = None
 
 
 def _holds_claim(delivery: Delivery, claim: datetime | None) -> bool:
@@ -212,7 +216,18 @@ def _prepare_batch(
                 continue
             message = _build(session, composer, delivery, now, totals)
             delivery.message_id = str(message["Message-ID"])
-            prepared[delivery.id] = Prepared(delivery.id, Outcome.SENT, message)
+            follow = None
+            if delivery.step is not None:
+                follow = drip.follow_up(delivery, delivery.step.sequence.steps)
+            prepared[delivery.id] = Prepared(
+                delivery.id,
+                Outcome.SENT,
+                message,
+                delivery.kind,
+                delivery.subscriber_id,
+                delivery.step_id,
+                follow,
+            )
     return [prepared[i] for i in ids]
 
 
@@ -238,25 +253,27 @@ def _mark_attempt(
     return marked is not None
 
 
-def _record_sent(sessions: SessionFactory, delivery_id: int, now: datetime, policy: Policy) -> None:
+def _record_sent(sessions: SessionFactory, item: Prepared, now: datetime, policy: Policy) -> None:
     with sessions() as session, session.begin():
-        [delivery] = _load(session, [delivery_id])
         # Record the truth even if an unsubscribe or the reaper touched the row meanwhile:
         # the server accepted the message.
-        delivery.state = DeliveryState.SENT
-        delivery.sent_at = now
-        delivery.last_error = None
-        session.add(
-            Event(
-                subscriber_id=delivery.subscriber_id,
-                delivery_id=delivery.id,
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == item.delivery_id)
+            .values(state=DeliveryState.SENT, sent_at=now, last_error=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            insert(Event).values(
+                subscriber_id=item.subscriber_id,
+                delivery_id=item.delivery_id,
                 kind="sent",
-                data={"kind": delivery.kind.value, "step_id": delivery.step_id},
+                data={"kind": item.kind.value, "step_id": item.step_id},
                 created_at=now,
             )
         )
-        if delivery.kind is DeliveryKind.STEP:
-            drip.advance(session, delivery, now, policy.day_seconds)
+        if item.follow is not None:
+            drip.schedule_next(session, item.follow, now, now, policy.day_seconds)
 
 
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
@@ -331,7 +348,7 @@ def _send_one(
         return _record_failure(sessions, item.delivery_id, error, clock(), policy)
     # The unavoidable window: the server has the message. A crash before this commit leaves
     # the row claimed; the reaper offers it again and counts it as uncertain.
-    _record_sent(sessions, item.delivery_id, clock(), policy)
+    _record_sent(sessions, item, clock(), policy)
     return Outcome.SENT
 
 
