@@ -54,9 +54,9 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     with db.transaction() as session:
         sequences.ensure_seed(session)
 
+    commands = _children(port)
     procs = {
-        name: subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT)
-        for name, cmd in _children(port).items()
+        name: subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT) for name, cmd in commands.items()
     }
     print(f"\n  signup page:   http://127.0.0.1:{port}/")
     if catcher is not None:
@@ -74,11 +74,19 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     status = 0
     try:
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                    status = proc.returncode or 1
-                    stopping = True
+            for name, proc in list(procs.items()):
+                if proc.poll() is None:
+                    continue
+                if name == "worker" and not stopping:
+                    # A worker can die on a broker outage (kombu cannot always restore unacked
+                    # messages); the database keeps every mail, so a fresh worker picks up.
+                    print(f"worker exited with {proc.returncode}; restarting it", file=sys.stderr)
+                    time.sleep(2)
+                    procs[name] = subprocess.Popen(commands[name], env=env, cwd=PROJECT_ROOT)
+                    continue
+                print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                status = proc.returncode or 1
+                stopping = True
             time.sleep(0.5)
     finally:
         for proc in procs.values():

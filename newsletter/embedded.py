@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -101,11 +103,17 @@ def ensure_running(instance_dir: Path) -> Path:
 
 
 def stop(instance_dir: Path) -> None:
-    """Shut the embedded server down, if it runs."""
-    sock = socket_path(instance_dir)
-    if not _alive(sock):
+    """Shut the embedded server down, if it runs (SIGTERM: it exits at once, keeping nothing)."""
+    pid_file = instance_dir / "redis.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
         return
     try:
-        redis.Redis(unix_socket_path=str(sock)).shutdown(nosave=True)
-    except (redis.ConnectionError, OSError):
-        pass  # the server closes the connection as it exits
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while _alive(socket_path(instance_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)

@@ -176,6 +176,19 @@ def schedule_next(
     )
 
 
+def stop_enrollments(session: Session, subscriber_id: int, now: datetime) -> None:
+    """End every running or pending enrollment of a subscriber who left or bounced."""
+    session.execute(
+        update(Enrollment)
+        .where(
+            Enrollment.subscriber_id == subscriber_id,
+            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+        )
+        .values(status=EnrollmentStatus.STOPPED, ended_at=now)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def skip_pending(
     session: Session, subscriber_id: int, reason: str, except_id: int | None = None
 ) -> int:

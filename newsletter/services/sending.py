@@ -283,6 +283,7 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
             Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
         )
     subscriber.status = SubscriberStatus.BOUNCED
+    drip.stop_enrollments(session, subscriber.id, now)
     drip.skip_pending(session, subscriber.id, reason="address bounced", except_id=delivery.id)
     session.add(
         Event(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -213,14 +213,7 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         return True
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
-    session.execute(
-        update(Enrollment)
-        .where(
-            Enrollment.subscriber_id == subscriber_id,
-            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
-        )
-        .values(status=EnrollmentStatus.STOPPED, ended_at=now)
-    )
+    drip.stop_enrollments(session, subscriber_id, now)
     drip.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
     session.add(
         Event(
