@@ -12,7 +12,7 @@ from newsletter.config import EMBEDDED, Settings
 from newsletter.services.compose import Composer
 from newsletter.services.flow import FlowControl, store_for
 from newsletter.services.mailer import SmtpTransport
-from newsletter.services.sending import Policy
+from newsletter.services.policy import Policy
 from newsletter.services.tokens import Tokens
 
 

@@ -140,14 +140,22 @@ class Composer:
         html, text = self._page("system/confirm", context)
         return Rendered(subject=f"Confirm your subscription to {title}", text=text, html=html)
 
-    def step(self, subscriber: Subscriber, step: Step, sequence: Sequence, total: int) -> Rendered:
+    def step(
+        self,
+        subscriber: Subscriber,
+        step: Step,
+        sequence: Sequence,
+        total: int,
+        *,
+        unsubscribe_url: str | None = None,
+    ) -> Rendered:
         """One part of a series, with its Part k of N header, teaser and closing resources.
 
         The step is rendered once (Markdown, layout, CSS inlining) and cached; each subscriber's
         copy only swaps in their name and unsubscribe link. Steps whose text uses template
         tags are rendered per subscriber.
         """
-        url = self.unsubscribe_url(subscriber.id)
+        url = unsubscribe_url or self.unsubscribe_url(subscriber.id)
         name = subscriber.first_name or ""
         if any("{" in text for text in (step.body_md, step.subject, step.preheader)):
             return self._render_step(step, sequence, total, name, url, subscriber)

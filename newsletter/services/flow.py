@@ -15,7 +15,7 @@ from typing import Protocol, cast
 
 import redis
 
-from newsletter.services.sending import Outcome
+from newsletter.services.policy import Outcome
 
 log = logging.getLogger(__name__)
 

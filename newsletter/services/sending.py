@@ -7,18 +7,16 @@ outcome of the message in flight (the counted "uncertain" window), never a batch
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from email.message import EmailMessage
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from newsletter.config import Settings
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -33,47 +31,12 @@ from newsletter.models import (
 from newsletter.services import drip
 from newsletter.services.compose import Composer
 from newsletter.services.mailer import SendError, SmtpTransport
+from newsletter.services.policy import Outcome, Policy
 from newsletter.services.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
 SessionFactory = Callable[[], Session]
-
-
-class Outcome(enum.Enum):
-    """What happened to one delivery handed to the sender."""
-
-    SENT = "sent"
-    SKIPPED = "skipped"
-    RESCHEDULED = "rescheduled"
-    RETRY = "retry"
-    FAILED = "failed"
-    NOT_CLAIMED = "not-claimed"
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The timing rules of sending, from the settings."""
-
-    day_seconds: float = REAL_DAY
-    retry_delays: tuple[int, ...] = (60, 300, 1800, 7200, 21600)
-    give_up_after: timedelta = timedelta(days=3)
-    catch_up_grace: timedelta = timedelta(hours=4)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Policy:
-        """The policy a deployment's settings describe."""
-        return cls(
-            day_seconds=settings.drip_day_seconds,
-            retry_delays=settings.retry_schedule,
-            give_up_after=timedelta(seconds=settings.retry_give_up_seconds),
-            catch_up_grace=timedelta(seconds=settings.catch_up_grace_seconds),
-        )
-
-    def retry_delay(self, attempts: int) -> timedelta:
-        """How long to wait before attempt number `attempts + 1` (the last delay repeats)."""
-        index = min(max(attempts, 1), len(self.retry_delays)) - 1
-        return timedelta(seconds=self.retry_delays[index])
 
 
 def _load(session: Session, ids: Iterable[int]) -> list[Delivery]:
@@ -128,9 +91,7 @@ def _reschedule_at(delivery: Delivery, now: datetime, policy: Policy) -> datetim
     return None
 
 
-def _build(
-    session: Session, composer: Composer, delivery: Delivery, now: datetime, totals: dict[int, int]
-) -> EmailMessage:
+def _build(composer: Composer, delivery: Delivery, now: datetime) -> EmailMessage:
     subscriber = delivery.subscriber
     if delivery.kind is DeliveryKind.CONFIRM:
         sequence = next((e.sequence for e in subscriber.enrollments), None)
@@ -139,17 +100,14 @@ def _build(
         step = delivery.step
         assert step is not None
         sequence = step.sequence
-        if sequence.id not in totals:
-            totals[sequence.id] = (
-                session.scalar(select(func.count(Step.id)).where(Step.sequence_id == sequence.id))
-                or 0
-            )
+        # The sequence's steps are loaded once per batch (the next part is scheduled from them).
+        url = composer.unsubscribe_url(subscriber.id)
         message = composer.message(
-            composer.step(subscriber, step, sequence, totals[sequence.id]),
+            composer.step(subscriber, step, sequence, len(sequence.steps), unsubscribe_url=url),
             subscriber,
             now,
             list_id=composer.list_id(sequence),
-            unsubscribe_url=composer.unsubscribe_url(subscriber.id),
+            unsubscribe_url=url,
         )
     if delivery.message_id:
         # A retry keeps its Message-ID, so a receiver can drop a copy that did arrive before.
@@ -198,7 +156,6 @@ def _prepare_batch(
         suppressed = set(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
         )
-        totals: dict[int, int] = {}
         for delivery in deliveries:
             reason = _skip_reason(delivery, suppressed)
             if reason is not None:
@@ -214,7 +171,7 @@ def _prepare_batch(
                 delivery.claimed_at = None
                 prepared[delivery.id].outcome = Outcome.RESCHEDULED
                 continue
-            message = _build(session, composer, delivery, now, totals)
+            message = _build(composer, delivery, now)
             delivery.message_id = str(message["Message-ID"])
             follow = None
             if delivery.step is not None:

@@ -1,0 +1,49 @@
+"""The outcomes of sending a delivery and the timing rules that govern retries and catch-up.
+
+Shared by the sender, the flow control and the tasks, so none of them depends on another.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import timedelta
+
+from newsletter.config import Settings
+from newsletter.services.schedule import REAL_DAY
+
+
+class Outcome(enum.Enum):
+    """What happened to one delivery handed to the sender."""
+
+    SENT = "sent"
+    SKIPPED = "skipped"
+    RESCHEDULED = "rescheduled"
+    RETRY = "retry"
+    FAILED = "failed"
+    NOT_CLAIMED = "not-claimed"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The timing rules of sending, from the settings."""
+
+    day_seconds: float = REAL_DAY
+    retry_delays: tuple[int, ...] = (60, 300, 1800, 7200, 21600)
+    give_up_after: timedelta = timedelta(days=3)
+    catch_up_grace: timedelta = timedelta(hours=4)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        """The policy a deployment's settings describe."""
+        return cls(
+            day_seconds=settings.drip_day_seconds,
+            retry_delays=settings.retry_schedule,
+            give_up_after=timedelta(seconds=settings.retry_give_up_seconds),
+            catch_up_grace=timedelta(seconds=settings.catch_up_grace_seconds),
+        )
+
+    def retry_delay(self, attempts: int) -> timedelta:
+        """How long to wait before attempt number `attempts + 1` (the last delay repeats)."""
+        index = min(max(attempts, 1), len(self.retry_delays)) - 1
+        return timedelta(seconds=self.retry_delays[index])
