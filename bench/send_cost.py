@@ -172,16 +172,17 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
             assert isinstance(rt, Runtime)
             with app.app_context():
                 ids: list[int] = []
+                claim = clock.now()  # the claim's stamp, carried by every batch as the task's is
                 while True:
                     with db.transaction() as session:
-                        got = drip.claim_due(session, clock.now(), 500)
+                        got = drip.claim_due(session, claim, 500)
                     ids += got
                     if len(got) < 500:
                         break
                 batches = [ids[i : i + args.send_batch_size]
                            for i in range(0, len(ids), args.send_batch_size)]  # fmt: skip
                 # Warm up (connections, the step cache) outside the measurement.
-                send_batch.run(batches.pop(0))
+                send_batch.run(batches.pop(0), claim.isoformat())
                 verbs: Counter[str] = Counter()
                 sql = Timer()
                 commits = Counter[str]()
@@ -239,8 +240,8 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
                 compose_step, compose_msg, smtp = Timer(), Timer(), Timer()
                 composer, transport = rt.composer, rt.transport()
                 composer.step = compose_step.wrap(composer.step)  # type: ignore[method-assign]
-                composer.message = compose_msg.wrap(composer.message)  # type: ignore[method-assign]
-                transport.send = smtp.wrap(transport.send)  # type: ignore[method-assign]
+                composer.wire = compose_msg.wrap(composer.wire)  # type: ignore[method-assign]
+                transport.send_data = smtp.wrap(transport.send_data)  # type: ignore[method-assign]
                 profiler = cProfile.Profile() if args.cprofile else None
                 sink.reset()
                 outcomes: Counter[str] = Counter()
@@ -248,7 +249,7 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
                 if profiler:
                     profiler.enable()
                 for batch in batches:
-                    outcomes.update(send_batch.run(batch))
+                    outcomes.update(send_batch.run(batch, claim.isoformat()))
                 if profiler:
                     profiler.disable()
                 wall = time.perf_counter() - started

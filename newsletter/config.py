@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from limits import parse_many  # the parser Flask-Limiter itself uses
 
 EMBEDDED = "embedded"
+UNSUBSCRIBE_WAIT_CAP_SECONDS = 20.0
 SMTP_SECURITY_CHOICES = ("none", "starttls", "tls")
 
 
@@ -68,6 +69,15 @@ class Settings:
     def real_days(self) -> bool:
         """Send hours only make sense when a drip day is a calendar day."""
         return self.drip_day_seconds == 86400
+
+    @property
+    def unsubscribe_wait_seconds(self) -> float:
+        """How long an unsubscribe waits for a mail already in its SMTP conversation.
+
+        A conversation lasts at most a few command timeouts; the cap keeps the web request
+        well inside a proxy's or gunicorn's own timeout.
+        """
+        return min(2 * self.smtp_timeout, UNSUBSCRIBE_WAIT_CAP_SECONDS)
 
     @property
     def mail_from_domain(self) -> str:

@@ -38,7 +38,7 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
     rt = runtime()
     flow = rt.flow()
     outcomes = sending.deliver_batch(
-        db.session,
+        db.engine,
         rt.composer,
         rt.transport(),
         delivery_ids,

@@ -183,7 +183,7 @@ def test_batch_stops_and_releases_when_the_brake_trips(app: Flask, smtp_sink: Sm
     rt = runtime_of(app)
     sent: list[sending.Outcome] = []
     outcomes = sending.deliver_batch(
-        db.session,
+        db.engine,
         rt.composer,
         SmtpTransport(rt.settings),
         steps,
@@ -293,12 +293,12 @@ def test_task_of_a_reaped_claim_cannot_send_the_reclaimed_rows(
     rt = runtime_of(app)
     transport = SmtpTransport(rt.settings)
     stale = sending.deliver_batch(
-        db.session, rt.composer, transport, ids, clock.now, rt.policy, claim=first_claim
+        db.engine, rt.composer, transport, ids, clock.now, rt.policy, claim=first_claim
     )
     assert stale == {sending.Outcome.NOT_CLAIMED: len(ids)}
     assert smtp_sink.messages == []
     current = sending.deliver_batch(
-        db.session, rt.composer, transport, ids, clock.now, rt.policy, claim=later
+        db.engine, rt.composer, transport, ids, clock.now, rt.policy, claim=later
     )
     assert current[sending.Outcome.SENT] == 1  # part 1; the confirmation mail is skipped
     assert len(smtp_sink.messages) == 1

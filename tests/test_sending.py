@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 
@@ -59,7 +60,7 @@ def deliver(
     rt = runtime_of(app)
     with app.app_context():
         return sending.deliver(
-            db.session,
+            db.engine,
             rt.composer,
             transport or SmtpTransport(rt.settings),
             delivery_id,
@@ -207,10 +208,39 @@ def test_subject_with_line_break_never_becomes_a_header(app: Flask, smtp_sink: S
         sequence = session.scalars(select(Sequence)).one()
         sequence.steps[0].subject = "Hello\r\nBcc: victim@example.org"
     active_subscriber("inj@example.org")
-    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
-    with pytest.raises(HeaderError):
-        deliver(app, step_id)
+    active_subscriber("fine@example.org")
+    ids = [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]
+    rt = runtime_of(app)
+    with app.app_context():
+        outcomes = sending.deliver_batch(
+            db.engine, rt.composer, SmtpTransport(rt.settings), ids, clock.now, rt.policy
+        )
+    # The bad mail fails visibly; the rest of the batch is not held up by it.
+    assert outcomes == {sending.Outcome.FAILED: 2}
+    for step_id in ids:
+        row = delivery(step_id)
+        assert row.state is DeliveryState.FAILED
+        assert "line break" in (row.last_error or "")
     assert smtp_sink.messages == []
+
+
+def test_one_unbuildable_mail_does_not_stop_its_batch(app: Flask, smtp_sink: SmtpSink) -> None:
+    active_subscriber("ok@example.org", name="Ok")
+    bad = active_subscriber("bad@example.org", name="Evil")
+    with db.transaction() as session:  # as if written by an old version or by hand
+        sub = session.get(Subscriber, bad)
+        assert sub is not None
+        sub.first_name = "Evil\r\nBcc: victim@example.org"
+    ids = sorted(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    rt = runtime_of(app)
+    with app.app_context():
+        outcomes = sending.deliver_batch(
+            db.engine, rt.composer, SmtpTransport(rt.settings), ids, clock.now, rt.policy
+        )
+    assert outcomes == {sending.Outcome.FAILED: 1, sending.Outcome.SENT: 1}
+    assert [m["To"].addresses[0].addr_spec for m in smtp_sink.messages] == ["ok@example.org"]
+    states = {delivery(i).state for i in ids}
+    assert states == {DeliveryState.FAILED, DeliveryState.SENT}
 
 
 def test_cached_step_is_personalised_per_subscriber(app: Flask, smtp_sink: SmtpSink) -> None:
@@ -233,3 +263,51 @@ def test_cached_step_is_personalised_per_subscriber(app: Flask, smtp_sink: SmtpS
         token = rt.tokens.unsubscribe_token(ids[address])
         assert f"/unsubscribe/{token}" in html_of(msg) and f"/unsubscribe/{token}" in text_of(msg)
         assert "NLSUBST" not in html_of(msg) + text_of(msg)
+
+
+def _on_the_wire(app: Flask, email: str, began_ago: float = 0.0) -> tuple[int, int]:
+    """A subscriber whose part 1 a worker has begun sending; returns (subscriber, delivery)."""
+    subscriber_id = active_subscriber(email)
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    with db.transaction() as session:
+        row = session.get(Delivery, step_id)
+        assert row is not None
+        began = clock.now() - timedelta(seconds=began_ago)
+        row.claimed_at, row.attempted_at = began, began
+    with db.transaction() as session:
+        assert subscriptions.unsubscribe(session, subscriber_id, clock.now(), "page")
+    return subscriber_id, step_id
+
+
+def test_unsubscribe_waits_for_the_mail_on_the_wire(app: Flask) -> None:
+    subscriber_id, step_id = _on_the_wire(app, "wire@example.org")
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the server's reply arrives while the page waits
+        polls.append(seconds)
+        if len(polls) == 2:
+            with db.transaction() as session:
+                row = session.get(Delivery, step_id)
+                assert row is not None and row.state is DeliveryState.SKIPPED
+                row.state = DeliveryState.SENT
+
+    waited = subscriptions.wait_while_mid_send(db.session, subscriber_id, clock.now, 5, sleep=sleep)
+    assert waited and len(polls) == 2
+
+
+def test_unsubscribe_wait_is_bounded(app: Flask) -> None:
+    subscriber_id, _ = _on_the_wire(app, "hang@example.org")
+    polls: list[float] = []
+    assert not subscriptions.wait_while_mid_send(
+        db.session, subscriber_id, clock.now, 0.2, stale_after_seconds=60, sleep=polls.append
+    )
+    assert polls  # it did wait, and then gave up
+
+
+def test_an_attempt_older_than_the_bound_is_a_dead_worker(app: Flask) -> None:
+    subscriber_id, _ = _on_the_wire(app, "dead@example.org", began_ago=60)
+    polls: list[float] = []
+    assert subscriptions.wait_while_mid_send(
+        db.session, subscriber_id, clock.now, 5, sleep=polls.append
+    )
+    assert polls == []

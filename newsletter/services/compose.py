@@ -6,12 +6,11 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy
-from email.headerregistry import Address
+from email import message_from_bytes, policy
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -20,35 +19,29 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
 from newsletter.config import Settings
-from newsletter.models import Sequence, Step, Subscriber
+from newsletter.models import Sequence, Step
+from newsletter.services.mime import (
+    HeaderError,
+    Outgoing,
+    assemble,
+    checked_header,
+    encode_address,
+    encode_value,
+    new_boundary,
+)
 from newsletter.services.tokens import Tokens
+
+__all__ = ["Composer", "HeaderError", "Outgoing", "Recipient", "Rendered", "checked_header"]
 
 log = logging.getLogger(__name__)
 
 EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
-MAX_HEADER_LENGTH = 998
-# Headers are written unfolded up to RFC 5322's hard limit: folding a List-Unsubscribe URL
-# leaves whitespace that some receivers keep, and folded headers are fragile under DKIM.
-MESSAGE_POLICY = policy.SMTP.clone(max_line_length=MAX_HEADER_LENGTH)
 STEP_CACHE_SIZE = 256
 # Stand-ins for the per-subscriber parts of a cached step; plain ASCII so that escaping and
 # CSS inlining leave them intact.
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-
-
-class HeaderError(ValueError):
-    """A header value would break the message (CR/LF, or longer than RFC 5322 allows)."""
-
-
-def checked_header(name: str, value: str) -> str:
-    """Return `value` if it is safe as a header value; otherwise raise HeaderError."""
-    if "\r" in value or "\n" in value or "\x00" in value:
-        raise HeaderError(f"{name} header contains a line break")
-    if len(name) + 2 + len(value) > MAX_HEADER_LENGTH:
-        raise HeaderError(f"{name} header is longer than {MAX_HEADER_LENGTH} characters")
-    return value
 
 
 def markdown_to_text(source: str) -> str:
@@ -64,6 +57,17 @@ def markdown_to_text(source: str) -> str:
         line = re.sub(r"\\([\\`*_{}\[\]()#+\-.!>])", r"\1", line)
         lines.append(line)
     return "\n".join(lines).strip() + "\n"
+
+
+class Recipient(Protocol):
+    """What composing needs of a subscriber (a Subscriber row, or a plain record of one)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def first_name(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,13 @@ class Composer:
         self.markdown = MarkdownIt("commonmark", {"html": False, "typographer": False})
         self.inliner = css_inline.CSSInliner(keep_style_tags=True)
         self._step_cache: dict[tuple[object, ...], Rendered] = {}
+        self._from_header = self._encode_from(settings.mail_from)
+        self._envelope_from = parseaddr(settings.mail_from)[1]
+
+    @staticmethod
+    def _encode_from(mail_from: str) -> str:
+        display, address = parseaddr(checked_header("From", mail_from))
+        return encode_address("From", display, address)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -102,7 +113,7 @@ class Composer:
         text = self.layouts.get_template(f"{name}.txt").render(**context)
         return self.inliner.inline(html), text.strip() + "\n"
 
-    def _common(self, subscriber: Subscriber) -> dict[str, Any]:
+    def _common(self, subscriber: Recipient) -> dict[str, Any]:
         return {
             "site_url": self.settings.site_url,
             "postal_address": self.settings.postal_address,
@@ -115,12 +126,12 @@ class Composer:
             f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
         )
 
-    def confirm_url(self, subscriber: Subscriber) -> str:
+    def confirm_url(self, subscriber: Recipient) -> str:
         """The signed confirmation URL for a pending subscriber."""
         token = self.tokens.confirm_token(subscriber.id, subscriber.email)
         return f"{self.settings.site_url}/confirm/{token}"
 
-    def personalise(self, source: str, subscriber: Subscriber) -> str:
+    def personalise(self, source: str, subscriber: Recipient) -> str:
         """Fill admin-written text with the subscriber's fields, inside the sandbox."""
         if "{" not in source:
             return source
@@ -128,7 +139,7 @@ class Composer:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def confirmation(self, subscriber: Subscriber, sequence: Sequence | None) -> Rendered:
+    def confirmation(self, subscriber: Recipient, sequence: Sequence | None) -> Rendered:
         """The double opt-in mail."""
         title = sequence.title if sequence else "the newsletter"
         context = self._common(subscriber) | {
@@ -142,7 +153,7 @@ class Composer:
 
     def step(
         self,
-        subscriber: Subscriber,
+        subscriber: Recipient,
         step: Step,
         sequence: Sequence,
         total: int,
@@ -182,7 +193,7 @@ class Composer:
         total: int,
         first_name: str,
         unsubscribe_url: str,
-        subscriber: Subscriber,
+        subscriber: Recipient,
     ) -> Rendered:
         body_md = self.personalise(step.body_md, subscriber)
         resources = [dict(r) for r in (step.resources or [])]
@@ -211,33 +222,50 @@ class Composer:
         html, text = self._page("layouts/step", context)
         return Rendered(subject=context["subject"], text=text, html=html)
 
+    def wire(
+        self,
+        rendered: Rendered,
+        subscriber: Recipient,
+        now: datetime,
+        *,
+        list_id: str | None = None,
+        unsubscribe_url: str | None = None,
+        message_id: str | None = None,
+    ) -> Outgoing:
+        """The mail as wire bytes, with checked headers; `message_id` keeps a retry's ID."""
+        message_id = message_id or make_msgid(domain=self.settings.mail_from_domain)
+        headers = [
+            ("From", self._from_header),
+            ("To", encode_address("To", subscriber.first_name or "", subscriber.email)),
+            ("Subject", encode_value("Subject", rendered.subject)),
+            ("Date", format_datetime(now)),
+            ("Message-ID", checked_header("Message-ID", message_id)),
+        ]
+        if list_id:
+            headers.append(("List-Id", encode_value("List-Id", list_id)))
+        if unsubscribe_url:
+            url = checked_header("List-Unsubscribe", f"<{unsubscribe_url}>")
+            headers.append(("List-Unsubscribe", url))
+            headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
+        data = assemble(headers, rendered.text, rendered.html, new_boundary())
+        return Outgoing(self._envelope_from, (subscriber.email,), data, message_id)
+
     def message(
         self,
         rendered: Rendered,
-        subscriber: Subscriber,
+        subscriber: Recipient,
         now: datetime,
         *,
         list_id: str | None = None,
         unsubscribe_url: str | None = None,
     ) -> EmailMessage:
-        """Wrap a rendered mail into a multipart/alternative message with checked headers."""
-        domain = self.settings.mail_from_domain
-        msg = EmailMessage(policy=MESSAGE_POLICY)
-        msg["From"] = checked_header("From", self.settings.mail_from)
-        display = subscriber.first_name or ""
-        local, _, host = subscriber.email.rpartition("@")
-        msg["To"] = Address(checked_header("To", display), local, host)
-        msg["Subject"] = checked_header("Subject", rendered.subject)
-        msg["Date"] = format_datetime(now)
-        msg["Message-ID"] = make_msgid(domain=domain)
-        if list_id:
-            msg["List-Id"] = checked_header("List-Id", list_id)
-        if unsubscribe_url:
-            msg["List-Unsubscribe"] = checked_header("List-Unsubscribe", f"<{unsubscribe_url}>")
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg.set_content(rendered.text)
-        msg.add_alternative(rendered.html, subtype="html")
-        return msg
+        """The same mail as `wire`, parsed into an EmailMessage (for previews and tests)."""
+        outgoing = self.wire(
+            rendered, subscriber, now, list_id=list_id, unsubscribe_url=unsubscribe_url
+        )
+        parsed = message_from_bytes(outgoing.data, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
 
     def list_id(self, sequence: Sequence) -> str:
         """The List-Id of a sequence: its title and `<slug.domain>`."""

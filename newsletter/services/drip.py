@@ -10,9 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Connection, bindparam, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -23,6 +21,7 @@ from newsletter.models import (
     EnrollmentStatus,
     Event,
     Step,
+    table_of,
 )
 from newsletter.services.schedule import SendWindow, step_due_at
 
@@ -114,40 +113,70 @@ class FollowUp:
     next_day_offset: int
 
 
-def follow_up(delivery: Delivery, steps: list[Step]) -> FollowUp | None:
+def follow_up(
+    *,
+    enrollment_id: int,
+    subscriber_id: int,
+    started_at: datetime,
+    time_zone: str,
+    window: SendWindow,
+    step: Step,
+    steps: list[Step],
+) -> FollowUp:
     """The FollowUp of a step delivery, given its sequence's steps in order."""
-    enrollment, step = delivery.enrollment, delivery.step
-    if enrollment is None or step is None:
-        return None
     following = next((s for s in steps if s.position > step.position), None)
     return FollowUp(
-        enrollment_id=enrollment.id,
-        subscriber_id=delivery.subscriber_id,
-        started_at=enrollment.started_at or delivery.created_at,
-        time_zone=delivery.subscriber.time_zone,
-        window=enrollment.sequence.window,
+        enrollment_id=enrollment_id,
+        subscriber_id=subscriber_id,
+        started_at=started_at,
+        time_zone=time_zone,
+        window=window,
         next_step_id=following.id if following else None,
         next_day_offset=following.day_offset if following else 0,
     )
 
 
+_DELIVERIES = table_of(Delivery)
+_ENROLLMENTS = table_of(Enrollment)
+_STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
+    _ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE
+)
+_COMPLETE = (
+    update(_ENROLLMENTS)
+    .where(_STILL_ACTIVE)
+    .values(status=EnrollmentStatus.COMPLETED, ended_at=bindparam("now"))
+)
+# The next part, inserted only while the enrollment is active (an unsubscribe that landed
+# meanwhile wins) and only once (the unique (enrollment, step) pair): one statement, no read.
+# Written as text because SQLAlchemy does not cache the compiled form of dialect INSERTs with
+# ON CONFLICT, and this runs once per mail; PostgreSQL and SQLite share the syntax.
+_INSERT_NEXT = text(
+    """
+    INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,
+                            state, attempts, created_at)
+    SELECT :kind, :subscriber_id, id, :step_id, :due, :due, :state, 0, :now
+    FROM enrollments WHERE id = :enrollment_id AND status = :active
+    ON CONFLICT (enrollment_id, step_id) DO NOTHING
+    """
+).bindparams(
+    bindparam("due", type_=_DELIVERIES.c.due_at.type),
+    bindparam("now", type_=_DELIVERIES.c.created_at.type),
+    kind=DeliveryKind.STEP.value,
+    state=DeliveryState.SCHEDULED.value,
+    active=EnrollmentStatus.ACTIVE.value,
+)
+
+
 def schedule_next(
-    session: Session, follow: FollowUp, sent_at: datetime, now: datetime, day_seconds: float
+    conn: Connection, follow: FollowUp, sent_at: datetime, now: datetime, day_seconds: float
 ) -> None:
     """After a part was sent: schedule the next one, or complete the enrollment.
 
     Nothing happens for an enrollment that stopped meanwhile (an unsubscribe). The unique
     (enrollment, step) constraint makes a second scheduling of the same part a no-op.
     """
-    status = session.scalar(select(Enrollment.status).where(Enrollment.id == follow.enrollment_id))
-    if status is not EnrollmentStatus.ACTIVE:
-        return
     if follow.next_step_id is None:
-        session.execute(
-            update(Enrollment)
-            .where(Enrollment.id == follow.enrollment_id)
-            .values(status=EnrollmentStatus.COMPLETED, ended_at=now)
-        )
+        conn.execute(_COMPLETE, {"enrollment_id": follow.enrollment_id, "now": now})
         return
     due = step_due_at(
         started_at=follow.started_at,
@@ -157,22 +186,15 @@ def schedule_next(
         day_seconds=day_seconds,
         previous_sent_at=sent_at,
     )
-    dialect = session.get_bind().dialect.name
-    insert_fn = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    session.execute(
-        insert_fn(Delivery)
-        .values(
-            kind=DeliveryKind.STEP,
-            subscriber_id=follow.subscriber_id,
-            enrollment_id=follow.enrollment_id,
-            step_id=follow.next_step_id,
-            due_at=due,
-            first_due_at=due,
-            state=DeliveryState.SCHEDULED,
-            attempts=0,
-            created_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id"])
+    conn.execute(
+        _INSERT_NEXT,
+        {
+            "enrollment_id": follow.enrollment_id,
+            "subscriber_id": follow.subscriber_id,
+            "step_id": follow.next_step_id,
+            "due": due,
+            "now": now,
+        },
     )
 
 

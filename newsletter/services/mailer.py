@@ -13,6 +13,7 @@ import re
 import smtplib
 import ssl
 import time
+from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
 
@@ -92,12 +93,16 @@ class SmtpTransport:
         return self._conn
 
     def send(self, message: EmailMessage) -> None:
-        """Send one message to its To addresses; raise SendError unless all accepted it."""
+        """Send an EmailMessage to its To addresses (see `send_data`)."""
         sender = parseaddr(str(message["From"]))[1]
         recipients = [addr for _, addr in getaddresses([str(v) for v in message.get_all("To", [])])]
         payload = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))
+        self.send_data(sender, recipients, payload)
+
+    def send_data(self, sender: str, recipients: Iterable[str], payload: bytes) -> None:
+        """Send ready message bytes; raise SendError unless every recipient accepted them."""
         try:
-            self._transmit(sender, recipients, payload, fresh_retry=True)
+            self._transmit(sender, list(recipients), payload, fresh_retry=True)
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
             raise SendError(f"{type(exc).__name__}: {exc}", permanent=False) from None

@@ -1,21 +1,25 @@
 """Sending claimed deliveries: re-check, render, send, record, schedule what follows.
 
-A worker sends a batch of claimed ids over its one SMTP connection. Each delivery is recorded
-in its own short transaction right after the server's reply, so a crash loses at most the
-outcome of the message in flight (the counted "uncertain" window), never a batch.
+A worker sends a batch of claimed ids over its one SMTP connection and one database
+connection. The batch is loaded and checked in one transaction. Then each message costs one
+short transaction before its SMTP conversation, which records the previous message's outcome
+and marks this one's attempt, so a crash loses at most the outcome of the message in flight
+(the counted "uncertain" window), never a batch. Each message is built just before it goes,
+from a step rendered once per process.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from email.message import EmailMessage
+from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import Connection, Engine, Row, bindparam, select, update
+from sqlalchemy.orm import Session, joinedload, selectinload
 
 from newsletter.models import (
     Delivery,
@@ -24,52 +28,122 @@ from newsletter.models import (
     Enrollment,
     EnrollmentStatus,
     Event,
+    Sequence,
     Step,
+    Subscriber,
     SubscriberStatus,
     Suppression,
+    table_of,
 )
 from newsletter.services import drip
-from newsletter.services.compose import Composer
+from newsletter.services.compose import Composer, Outgoing
 from newsletter.services.mailer import SendError, SmtpTransport
+from newsletter.services.mime import HeaderError
 from newsletter.services.policy import Outcome, Policy
 from newsletter.services.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
-SessionFactory = Callable[[], Session]
+_D = table_of(Delivery)
+_S = table_of(Subscriber)
+_E = table_of(Enrollment)
+_EVENTS = table_of(Event)
 
-
-def _load(session: Session, ids: Iterable[int]) -> list[Delivery]:
-    """Deliveries with everything sending needs, in one round trip."""
-    return list(
-        session.scalars(
-            select(Delivery)
-            .where(Delivery.id.in_(list(ids)))
-            .options(
-                joinedload(Delivery.subscriber),
-                joinedload(Delivery.enrollment).joinedload(Enrollment.sequence),
-                joinedload(Delivery.step).joinedload(Step.sequence),
-            )
-            .order_by(Delivery.id)
-        ).unique()
+_LOAD = (
+    select(
+        _D.c.id,
+        _D.c.kind,
+        _D.c.state,
+        _D.c.claimed_at,
+        _D.c.due_at,
+        _D.c.created_at,
+        _D.c.message_id,
+        _D.c.step_id,
+        _D.c.enrollment_id,
+        _D.c.subscriber_id,
+        _S.c.email,
+        _S.c.first_name,
+        _S.c.time_zone,
+        _S.c.status.label("subscriber_status"),
+        _E.c.status.label("enrollment_status"),
+        _E.c.started_at,
     )
+    .join(_S, _S.c.id == _D.c.subscriber_id)
+    .outerjoin(_E, _E.c.id == _D.c.enrollment_id)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_D.c.id)
+)
+_MARK = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"), _D.c.state == DeliveryState.CLAIMED)
+    .values(attempts=_D.c.attempts + 1, attempted_at=bindparam("now"), message_id=bindparam("mid"))
+    .returning(_D.c.id)
+)
+_MARK_CLAIM = _MARK.where(_D.c.claimed_at == bindparam("claim"))
+# The server accepted the message: record that even if an unsubscribe or the reaper touched
+# the row meanwhile, because it is the truth.
+_SENT = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.SENT, sent_at=bindparam("now"), last_error=None)
+)
+_SENT_EVENT = _EVENTS.insert().values(
+    subscriber_id=bindparam("s_id"),
+    delivery_id=bindparam("d_id"),
+    kind="sent",
+    data=bindparam("data", type_=_EVENTS.c.data.type),
+    created_at=bindparam("now"),
+)
+_SKIP = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.SKIPPED, last_error=bindparam("reason"))
+)
+_MOVE = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.SCHEDULED, due_at=bindparam("due"), claimed_at=None)
+)
 
 
-def _skip_reason(delivery: Delivery, suppressed: set[str]) -> str | None:
+@dataclass(slots=True)
+class Job:
+    """One claimed delivery with what sending it needs, loaded with its batch."""
+
+    delivery_id: int
+    kind: DeliveryKind
+    subscriber_id: int
+    email: str
+    first_name: str | None
+    time_zone: str
+    message_id: str | None
+    step: Step | None = None
+    sequence: Sequence | None = None
+    follow: drip.FollowUp | None = None
+
+    @property
+    def id(self) -> int:
+        """The subscriber's id: a Job is also the Recipient the composer addresses."""
+        return self.subscriber_id
+
+
+def _skip_reason(row: Row[Any], suppressed: set[str]) -> str | None:
     """None when the delivery may go out, else why it must be skipped."""
-    subscriber = delivery.subscriber
-    if subscriber.email in suppressed:
+    status = SubscriberStatus(row.subscriber_status)
+    if row.email in suppressed:
         return "address is suppressed"
-    if delivery.kind is DeliveryKind.CONFIRM:
-        return None if subscriber.status is SubscriberStatus.PENDING else "no longer pending"
-    if subscriber.status is not SubscriberStatus.ACTIVE:
-        return f"subscriber is {subscriber.status.value}"
-    if delivery.enrollment is None or delivery.enrollment.status is not EnrollmentStatus.ACTIVE:
+    if row.kind == DeliveryKind.CONFIRM:
+        return None if status is SubscriberStatus.PENDING else "no longer pending"
+    if status is not SubscriberStatus.ACTIVE:
+        return f"subscriber is {status.value}"
+    if row.enrollment_status != EnrollmentStatus.ACTIVE:
         return "enrollment is not active"
     return None
 
 
-def _reschedule_at(delivery: Delivery, now: datetime, policy: Policy) -> datetime | None:
+def _reschedule_at(
+    step: Step, due_at: datetime, time_zone: str, now: datetime, policy: Policy
+) -> datetime | None:
     """For a step outside its send window, or too late: when it should go instead.
 
     The catch-up rule: a step late by less than the grace goes now (inside the window); a later
@@ -77,160 +151,163 @@ def _reschedule_at(delivery: Delivery, now: datetime, policy: Policy) -> datetim
     Windows only exist with real days. The first part answers the person's own click on the
     confirmation link, so it goes at once whatever the hour.
     """
-    if delivery.kind is not DeliveryKind.STEP or policy.day_seconds != REAL_DAY:
+    if policy.day_seconds != REAL_DAY or step.day_offset == 0:
         return None
-    assert delivery.step is not None
-    if delivery.step.day_offset == 0:
-        return None
-    window = delivery.step.sequence.window
-    zone = delivery.subscriber.time_zone
-    if not window.contains(now, zone):
-        return window.next_opening(now, zone)
-    if now - delivery.due_at > policy.catch_up_grace:
-        return window.next_opening(now, zone)
+    window = step.sequence.window
+    if not window.contains(now, time_zone):
+        return window.next_opening(now, time_zone)
+    if now - due_at > policy.catch_up_grace:
+        return window.next_opening(now, time_zone)
     return None
 
 
-def _build(composer: Composer, delivery: Delivery, now: datetime) -> EmailMessage:
-    subscriber = delivery.subscriber
-    if delivery.kind is DeliveryKind.CONFIRM:
-        sequence = next((e.sequence for e in subscriber.enrollments), None)
-        message = composer.message(composer.confirmation(subscriber, sequence), subscriber, now)
-    else:
-        step = delivery.step
-        assert step is not None
-        sequence = step.sequence
-        # The sequence's steps are loaded once per batch (the next part is scheduled from them).
-        url = composer.unsubscribe_url(subscriber.id)
-        message = composer.message(
-            composer.step(subscriber, step, sequence, len(sequence.steps), unsubscribe_url=url),
-            subscriber,
-            now,
-            list_id=composer.list_id(sequence),
-            unsubscribe_url=url,
-        )
-    if delivery.message_id:
-        # A retry keeps its Message-ID, so a receiver can drop a copy that did arrive before.
-        message.replace_header("Message-ID", delivery.message_id)
-    return message
+def _steps(session: Session, step_ids: set[int]) -> dict[int, Step]:
+    """The batch's steps with their sequences and sibling steps (a few rows per batch)."""
+    if not step_ids:
+        return {}
+    steps = session.scalars(
+        select(Step)
+        .where(Step.id.in_(step_ids))
+        .options(joinedload(Step.sequence).selectinload(Sequence.steps))
+    ).unique()
+    return {step.id: step for step in steps}
 
 
-@dataclass
-class Prepared:
-    """A delivery ready to go: its id and the message built for it (None: nothing to send)."""
-
-    delivery_id: int
-    outcome: Outcome
-    message: EmailMessage | None = None
-    kind: DeliveryKind = DeliveryKind.STEP
-    subscriber_id: int | None = None
-    step_id: int | None = None
-    follow: drip.FollowUp | None = None
-
-
-def _holds_claim(delivery: Delivery, claim: datetime | None) -> bool:
-    """Whether this task's claim is still the row's claim.
-
-    A claim is identified by its time. If the reaper returned the row and a later tick claimed
-    it again, the row carries the new claim and an older task still in the queue must leave
-    it alone, or the mail would go out twice.
-    """
-    if delivery.state is not DeliveryState.CLAIMED:
-        return False
-    return claim is None or delivery.claimed_at == claim
+def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
+    """The sequence a pending subscriber signed up for (named in the confirmation mail)."""
+    return session.scalars(
+        select(Sequence)
+        .join(Enrollment, Enrollment.sequence_id == Sequence.id)
+        .where(Enrollment.subscriber_id == subscriber_id)
+        .order_by(Enrollment.id)
+        .options(selectinload(Sequence.steps))
+        .limit(1)
+    ).first()
 
 
-def _prepare_batch(
-    sessions: SessionFactory,
-    composer: Composer,
-    ids: list[int],
-    now: datetime,
-    policy: Policy,
-    claim: datetime | None,
-) -> list[Prepared]:
-    """Load, check and render a whole batch in one transaction."""
-    prepared: dict[int, Prepared] = {i: Prepared(i, Outcome.NOT_CLAIMED) for i in ids}
-    with sessions() as session, session.begin():
-        deliveries = [d for d in _load(session, ids) if _holds_claim(d, claim)]
-        emails = {d.subscriber.email for d in deliveries}
+def _prepare(
+    conn: Connection, ids: list[int], now: datetime, policy: Policy, claim: datetime | None
+) -> tuple[list[Job], Counter[Outcome]]:
+    """Load and check a batch in one transaction: the jobs to send, and what was settled."""
+    jobs: list[Job] = []
+    settled: Counter[Outcome] = Counter()
+    with conn.begin():
+        rows = conn.execute(_LOAD, {"ids": ids}).all()
+        session = Session(bind=conn)
+        mine = [
+            r
+            for r in rows
+            if r.state == DeliveryState.CLAIMED and (claim is None or r.claimed_at == claim)
+        ]
+        # Rows claimed again since (after the reaper returned them) belong to another task.
+        not_mine = len(ids) - len(mine)
+        emails = {r.email for r in mine}
         suppressed = set(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
         )
-        for delivery in deliveries:
-            reason = _skip_reason(delivery, suppressed)
+        steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
+        skips: list[dict[str, object]] = []
+        moves: list[dict[str, object]] = []
+        for row in mine:
+            reason = _skip_reason(row, suppressed)
             if reason is not None:
-                delivery.state = DeliveryState.SKIPPED
-                delivery.last_error = reason
-                prepared[delivery.id].outcome = Outcome.SKIPPED
+                skips.append({"d_id": row.id, "reason": reason})
                 continue
-            later = _reschedule_at(delivery, now, policy)
-            if later is not None:
-                log.info("delivery %d moved to the next send window at %s", delivery.id, later)
-                delivery.state = DeliveryState.SCHEDULED
-                delivery.due_at = later
-                delivery.claimed_at = None
-                prepared[delivery.id].outcome = Outcome.RESCHEDULED
-                continue
-            message = _build(composer, delivery, now)
-            delivery.message_id = str(message["Message-ID"])
-            follow = None
-            if delivery.step is not None:
-                follow = drip.follow_up(delivery, delivery.step.sequence.steps)
-            prepared[delivery.id] = Prepared(
-                delivery.id,
-                Outcome.SENT,
-                message,
-                delivery.kind,
-                delivery.subscriber_id,
-                delivery.step_id,
-                follow,
+            job = Job(
+                row.id,
+                DeliveryKind(row.kind),
+                row.subscriber_id,
+                row.email,
+                row.first_name,
+                row.time_zone,
+                row.message_id,
             )
-    return [prepared[i] for i in ids]
+            if job.kind is DeliveryKind.CONFIRM:
+                job.sequence = _confirm_sequence(session, row.subscriber_id)
+                jobs.append(job)
+                continue
+            step = steps[row.step_id]
+            later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
+            if later is not None:
+                log.info("delivery %d moved to the next send window at %s", row.id, later)
+                moves.append({"d_id": row.id, "due": later})
+                continue
+            job.step, job.sequence = step, step.sequence
+            job.follow = drip.follow_up(
+                enrollment_id=row.enrollment_id,
+                subscriber_id=row.subscriber_id,
+                started_at=row.started_at or row.created_at,
+                time_zone=row.time_zone,
+                window=step.sequence.window,
+                step=step,
+                steps=step.sequence.steps,
+            )
+            jobs.append(job)
+        if skips:
+            conn.execute(_SKIP, skips)
+        if moves:
+            conn.execute(_MOVE, moves)
+        session.close()
+    for outcome, count in (
+        (Outcome.NOT_CLAIMED, not_mine),
+        (Outcome.SKIPPED, len(skips)),
+        (Outcome.RESCHEDULED, len(moves)),
+    ):
+        if count:
+            settled[outcome] = count
+    return jobs, settled
+
+
+def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
+    # A retry keeps its Message-ID, so a receiver can drop a copy that did arrive before.
+    if job.kind is DeliveryKind.CONFIRM:
+        rendered = composer.confirmation(job, job.sequence)
+        return composer.wire(rendered, job, now, message_id=job.message_id)
+    step, sequence = job.step, job.sequence
+    assert step is not None and sequence is not None
+    url = composer.unsubscribe_url(job.subscriber_id)
+    rendered = composer.step(job, step, sequence, len(sequence.steps), unsubscribe_url=url)
+    return composer.wire(
+        rendered,
+        job,
+        now,
+        list_id=composer.list_id(sequence),
+        unsubscribe_url=url,
+        message_id=job.message_id,
+    )
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A message the server accepted, recorded with the next message's transaction."""
+
+    job: Job
+    at: datetime
+
+
+def _record_sent(conn: Connection, accepted: Accepted, policy: Policy) -> None:
+    job, now = accepted.job, accepted.at
+    conn.execute(_SENT, {"d_id": job.delivery_id, "now": now})
+    step_id = job.step.id if job.step is not None else None
+    data = {"kind": job.kind.value, "step_id": step_id}
+    conn.execute(
+        _SENT_EVENT, {"s_id": job.subscriber_id, "d_id": job.delivery_id, "data": data, "now": now}
+    )
+    if job.follow is not None:
+        drip.schedule_next(conn, job.follow, now, now, policy.day_seconds)
 
 
 def _mark_attempt(
-    sessions: SessionFactory, delivery_id: int, now: datetime, claim: datetime | None
+    conn: Connection, job: Job, message_id: str, now: datetime, claim: datetime | None
 ) -> bool:
     """Record that sending begins, if the delivery is still claimed; False means drop it.
 
     This is the last look before the SMTP conversation: an unsubscribe that landed while the
-    batch was being rendered has skipped the row, and wins.
+    batch was being sent has skipped the row, and wins. The Message-ID is stored first, so a
+    retry of a message that may have arrived carries the same one.
     """
-    still_ours = [Delivery.id == delivery_id, Delivery.state == DeliveryState.CLAIMED]
-    if claim is not None:
-        still_ours.append(Delivery.claimed_at == claim)
-    with sessions() as session, session.begin():
-        marked = session.execute(
-            update(Delivery)
-            .where(*still_ours)
-            .values(attempts=Delivery.attempts + 1, attempted_at=now)
-            .returning(Delivery.id)
-            .execution_options(synchronize_session=False)
-        ).first()
-    return marked is not None
-
-
-def _record_sent(sessions: SessionFactory, item: Prepared, now: datetime, policy: Policy) -> None:
-    with sessions() as session, session.begin():
-        # Record the truth even if an unsubscribe or the reaper touched the row meanwhile:
-        # the server accepted the message.
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id == item.delivery_id)
-            .values(state=DeliveryState.SENT, sent_at=now, last_error=None)
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            insert(Event).values(
-                subscriber_id=item.subscriber_id,
-                delivery_id=item.delivery_id,
-                kind="sent",
-                data={"kind": item.kind.value, "step_id": item.step_id},
-                created_at=now,
-            )
-        )
-        if item.follow is not None:
-            drip.schedule_next(session, item.follow, now, now, policy.day_seconds)
+    params = {"d_id": job.delivery_id, "now": now, "mid": message_id, "claim": claim}
+    return conn.execute(_MARK if claim is None else _MARK_CLAIM, params).first() is not None
 
 
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
@@ -254,9 +331,9 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
 
 
 def _record_failure(
-    sessions: SessionFactory, delivery_id: int, error: SendError, now: datetime, policy: Policy
+    conn: Connection, delivery_id: int, error: SendError, now: datetime, policy: Policy
 ) -> Outcome:
-    with sessions() as session, session.begin():
+    with conn.begin(), Session(bind=conn) as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
         delivery.last_error = str(error)[:2000]
@@ -272,46 +349,97 @@ def _record_failure(
                     created_at=now,
                 )
             )
-        if error.permanent:
+        if delivery.state is DeliveryState.SKIPPED and not error.permanent:
+            # An unsubscribe landed during the conversation: nothing is left to retry.
+            outcome = Outcome.SKIPPED
+        elif error.permanent:
             delivery.state = DeliveryState.FAILED
             _hard_bounce(session, delivery, str(error), now)
             log.warning("delivery %d failed permanently: %s", delivery_id, error)
-            return Outcome.FAILED
-        if now - (delivery.first_due_at or delivery.due_at) > policy.give_up_after:
+            outcome = Outcome.FAILED
+        elif now - (delivery.first_due_at or delivery.due_at) > policy.give_up_after:
             delivery.state = DeliveryState.FAILED
             log.error(
                 "delivery %d gave up after %d attempts: %s", delivery_id, delivery.attempts, error
             )
+            outcome = Outcome.FAILED
+        else:
+            delivery.state = DeliveryState.RETRY
+            delivery.due_at = now + policy.retry_delay(delivery.attempts)
+            log.warning(
+                "delivery %d will be retried at %s: %s", delivery_id, delivery.due_at, error
+            )
+            outcome = Outcome.RETRY
+        session.flush()
+    return outcome
+
+
+def _record_unbuildable(conn: Connection, job: Job, error: Exception) -> None:
+    # Bad content (a header with a line break, an address that is not ASCII) will not get
+    # better by retrying: the delivery fails, visibly, and the rest of the batch goes on.
+    log.error("delivery %d cannot be built: %s", job.delivery_id, error)
+    with conn.begin():
+        conn.execute(
+            update(_D)
+            .where(_D.c.id == job.delivery_id)
+            .values(state=DeliveryState.FAILED, last_error=f"cannot build the message: {error}")
+        )
+
+
+@contextmanager
+def _connection(engine: Engine) -> Iterator[Connection]:
+    # One connection for the whole batch: no pool checkout (and pre-ping) per transaction.
+    with engine.connect() as conn:
+        yield conn
+
+
+class _Batch:
+    """The send loop of one batch; holds the accepted message not yet recorded."""
+
+    def __init__(
+        self, conn: Connection, composer: Composer, transport: SmtpTransport, policy: Policy
+    ) -> None:
+        self.conn = conn
+        self.composer = composer
+        self.transport = transport
+        self.policy = policy
+        self.accepted: Accepted | None = None
+
+    def flush(self) -> None:
+        """Record the last accepted message in a transaction of its own."""
+        if self.accepted is not None:
+            with self.conn.begin():
+                _record_sent(self.conn, self.accepted, self.policy)
+            self.accepted = None
+
+    def send(self, job: Job, clock: Callable[[], datetime], claim: datetime | None) -> Outcome:
+        """Mark, send and (with the next message) record one job."""
+        now = clock()
+        try:
+            outgoing = _build(self.composer, job, now)
+        except (HeaderError, UnicodeError) as error:
+            self.flush()
+            _record_unbuildable(self.conn, job, error)
             return Outcome.FAILED
-        delivery.state = DeliveryState.RETRY
-        delivery.due_at = now + policy.retry_delay(delivery.attempts)
-        log.warning("delivery %d will be retried at %s: %s", delivery_id, delivery.due_at, error)
-        return Outcome.RETRY
-
-
-def _send_one(
-    sessions: SessionFactory,
-    transport: SmtpTransport,
-    item: Prepared,
-    clock: Callable[[], datetime],
-    policy: Policy,
-    claim: datetime | None,
-) -> Outcome:
-    assert item.message is not None
-    if not _mark_attempt(sessions, item.delivery_id, clock(), claim):
-        return Outcome.SKIPPED
-    try:
-        transport.send(item.message)
-    except SendError as error:
-        return _record_failure(sessions, item.delivery_id, error, clock(), policy)
-    # The unavoidable window: the server has the message. A crash before this commit leaves
-    # the row claimed; the reaper offers it again and counts it as uncertain.
-    _record_sent(sessions, item, clock(), policy)
-    return Outcome.SENT
+        with self.conn.begin():
+            if self.accepted is not None:
+                _record_sent(self.conn, self.accepted, self.policy)
+                self.accepted = None
+            marked = _mark_attempt(self.conn, job, outgoing.message_id, now, claim)
+        if not marked:
+            return Outcome.SKIPPED
+        try:
+            self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
+        except SendError as error:
+            return _record_failure(self.conn, job.delivery_id, error, clock(), self.policy)
+        # The unavoidable window: the server has the message. A crash before it is recorded
+        # leaves the row claimed; the reaper offers it again and counts it as uncertain.
+        self.accepted = Accepted(job, clock())
+        return Outcome.SENT
 
 
 def deliver_batch(
-    sessions: SessionFactory,
+    engine: Engine,
     composer: Composer,
     transport: SmtpTransport,
     delivery_ids: Iterable[int],
@@ -326,33 +454,38 @@ def deliver_batch(
     """Send several claimed deliveries over one connection; never raises for mail errors.
 
     `claim` is the claim time the dispatcher gave the batch: rows claimed again since (after the
-    reaper returned them) belong to another task and are left alone. The batch is loaded and
-    rendered in one transaction; each message is then marked, sent and recorded on its own.
-    `before_send` runs before each message (the rate limiter waits there); when `should_stop`
-    turns true (the error brake) the rest of the batch goes back, unsent, to
-    the queue.
+    reaper returned them) belong to another task and are left alone. `before_send` runs before
+    each message (the rate limiter waits there); when `should_stop` turns true (the error
+    brake) the rest of the batch goes back, unsent, to the queue.
     """
-    outcomes: Counter[Outcome] = Counter()
-    items = _prepare_batch(sessions, composer, list(delivery_ids), clock(), policy, claim)
-    for index, item in enumerate(items):
-        if item.message is None:
-            outcome = item.outcome
-        elif should_stop():
-            rest = [i.delivery_id for i in items[index:] if i.message is not None]
-            with sessions() as session, session.begin():
-                released = drip.release_claims(session, rest)
-            log.warning("error brake: released %d unsent deliveries of a batch", released)
-            break
-        else:
-            before_send()
-            outcome = _send_one(sessions, transport, item, clock, policy, claim)
-        outcomes[outcome] += 1
-        on_outcome(outcome)
+    with _connection(engine) as conn:
+        jobs, outcomes = _prepare(conn, list(delivery_ids), clock(), policy, claim)
+        batch = _Batch(conn, composer, transport, policy)
+        try:
+            for index, job in enumerate(jobs):
+                if should_stop():
+                    batch.flush()
+                    rest = [j.delivery_id for j in jobs[index:]]
+                    with conn.begin(), Session(bind=conn) as session:
+                        released = drip.release_claims(session, rest)
+                    log.warning("error brake: released %d unsent deliveries of a batch", released)
+                    break
+                before_send()
+                outcome = batch.send(job, clock, claim)
+                outcomes[outcome] += 1
+                on_outcome(outcome)
+        except BaseException:
+            try:
+                batch.flush()
+            except Exception:  # noqa: BLE001 - the first error is the one to raise
+                log.exception("an accepted message could not be recorded; the reaper will count it")
+            raise
+        batch.flush()
     return outcomes
 
 
 def deliver(
-    sessions: SessionFactory,
+    engine: Engine,
     composer: Composer,
     transport: SmtpTransport,
     delivery_id: int,
@@ -360,5 +493,5 @@ def deliver(
     policy: Policy,
 ) -> Outcome:
     """Send one claimed delivery and record the result."""
-    outcomes = deliver_batch(sessions, composer, transport, [delivery_id], clock, policy)
-    return next(iter(outcomes))
+    outcomes = deliver_batch(engine, composer, transport, [delivery_id], clock, policy)
+    return next(outcome for outcome, count in outcomes.items() if count)

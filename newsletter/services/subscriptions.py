@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 from newsletter.models import (
     Delivery,
     DeliveryKind,
+    DeliveryState,
     Enrollment,
     EnrollmentStatus,
     Event,
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 # form cannot be used to flood someone's inbox.
 CONFIRM_RESEND_INTERVAL = timedelta(minutes=5)
 MAX_NAME_LENGTH = 100
+MID_SEND_POLL_SECONDS = 0.05
 
 
 class SignupError(ValueError):
@@ -221,3 +225,56 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         )
     )
     return True
+
+
+def mid_send(session: Session, subscriber_id: int, now: datetime, within: timedelta) -> bool:
+    """Whether a worker is in the SMTP conversation of a mail to this subscriber right now.
+
+    That is a delivery whose current claim has begun sending (attempted_at at or after
+    claimed_at) and whose outcome is not recorded yet; an unsubscribe may have marked it
+    skipped meanwhile. An attempt older than `within` is a worker that died mid-send.
+    """
+    found = session.scalar(
+        select(Delivery.id)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.state.in_([DeliveryState.CLAIMED, DeliveryState.SKIPPED]),
+            Delivery.attempted_at >= Delivery.claimed_at,
+            Delivery.attempted_at > now - within,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
+def wait_while_mid_send(
+    sessions: Callable[[], Session],
+    subscriber_id: int,
+    clock: Callable[[], datetime],
+    bound_seconds: float,
+    *,
+    stale_after_seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
+    """After an unsubscribe: wait (at most `bound_seconds`) for a mail already on the wire.
+
+    The unsubscribe stops everything that has not begun; a mail whose SMTP conversation began
+    before it cannot be called back. Waiting for its outcome means the person's "you are
+    unsubscribed" page never comes before that last mail. An attempt that began more than
+    `stale_after_seconds` (default: the bound) ago is a worker that died mid-send, not a mail
+    on the wire. Returns False if the bound ran out.
+    """
+    deadline = time.monotonic() + bound_seconds
+    within = timedelta(seconds=stale_after_seconds or bound_seconds)
+    while True:
+        with sessions() as session:
+            if not mid_send(session, subscriber_id, clock(), within):
+                return True
+        if time.monotonic() >= deadline:
+            log.warning(
+                "unsubscribe of %d: a mail still in flight after %.0f s",
+                subscriber_id,
+                bound_seconds,
+            )
+            return False
+        sleep(MID_SEND_POLL_SECONDS)

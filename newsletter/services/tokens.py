@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
 
@@ -18,20 +19,23 @@ class Tokens:
     secret_key: str
     confirm_max_age: int
 
+    # Built once: an unsubscribe link is signed for every mail sent.
+    @cached_property
     def _confirm(self) -> URLSafeTimedSerializer:
         return URLSafeTimedSerializer(self.secret_key, salt="confirm-subscription")
 
+    @cached_property
     def _unsubscribe(self) -> URLSafeSerializer:
         return URLSafeSerializer(self.secret_key, salt="unsubscribe")
 
     def confirm_token(self, subscriber_id: int, email: str) -> str:
         """A token that confirms this address for this subscriber; it expires."""
-        return self._confirm().dumps([subscriber_id, email])
+        return self._confirm.dumps([subscriber_id, email])
 
     def read_confirm(self, token: str) -> tuple[int, str]:
         """The (subscriber id, email) a confirm token was made for."""
         try:
-            sid, email = self._confirm().loads(token, max_age=self.confirm_max_age)
+            sid, email = self._confirm.loads(token, max_age=self.confirm_max_age)
         except SignatureExpired:
             raise TokenError("this confirmation link has expired") from None
         except (BadSignature, ValueError, TypeError):
@@ -42,12 +46,12 @@ class Tokens:
 
     def unsubscribe_token(self, subscriber_id: int) -> str:
         """A token that unsubscribes this subscriber; it never expires (old mail keeps working)."""
-        return self._unsubscribe().dumps(subscriber_id)
+        return self._unsubscribe.dumps(subscriber_id)
 
     def read_unsubscribe(self, token: str) -> int:
         """The subscriber id an unsubscribe token was made for."""
         try:
-            sid = self._unsubscribe().loads(token)
+            sid = self._unsubscribe.loads(token)
         except (BadSignature, ValueError, TypeError):
             raise TokenError("this unsubscribe link is not valid") from None
         if not isinstance(sid, int):

@@ -123,6 +123,10 @@ def unsubscribe(token: str) -> str:
         found = subscriptions.unsubscribe(session, subscriber_id, clock.now(), source)
     if not found:
         abort(404)
+    settings = runtime().settings
+    subscriptions.wait_while_mid_send(
+        db.session, subscriber_id, clock.now, settings.unsubscribe_wait_seconds
+    )
     return render_template("unsubscribed.html")
 
 
