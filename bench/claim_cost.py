@@ -32,11 +32,11 @@ from bench._common import (  # noqa: E402
     log,
     machine,
     median_p95,
-    pg_database,
     source_revision,
     table,
     wait_for_quiet,
 )
+from bench._services import pg_database  # noqa: E402
 
 FILL = ("""
 INSERT INTO subscribers (id, email, first_name, time_zone, status, created_at, confirmed_at,

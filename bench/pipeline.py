@@ -53,23 +53,21 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
-    PrivateRedis,
-    ProcSampler,
-    Sink,
-    ceiling,
-    children_of,
-    kill_group,
     log,
     machine,
-    pg_database,
-    product_env,
-    product_messages,
-    seed_due_deliveries,
-    smtp_peers,
     source_revision,
     table,
     wait_for_quiet,
 )
+from bench._procs import ProcSampler, children_of, kill_group, smtp_peers  # noqa: E402
+from bench._services import (  # noqa: E402
+    PrivateRedis,
+    pg_database,
+    product_env,
+    product_messages,
+    seed_due_deliveries,
+)
+from bench._sink import Sink, ceiling  # noqa: E402
 
 STACKS = ("pg-redis", "embedded")
 POLL_SECONDS = 0.05

@@ -36,17 +36,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._common import (  # noqa: E402
-    PrivateRedis,
-    Sink,
     log,
     machine,
-    pg_database,
-    product_env,
-    seed_due_deliveries,
     source_revision,
     table,
     wait_for_quiet,
 )
+from bench._services import (  # noqa: E402
+    PrivateRedis,
+    pg_database,
+    product_env,
+    seed_due_deliveries,
+)
+from bench._sink import Sink  # noqa: E402
 
 
 @contextlib.contextmanager

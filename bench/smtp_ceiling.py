@@ -25,16 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench._common import (  # noqa: E402
-    CeilingResult,
-    Sink,
-    ceiling,
-    log,
-    machine,
-    synthetic_messages,
-    table,
-    wait_for_quiet,
-)
+from bench._common import log, machine, table, wait_for_quiet  # noqa: E402
+from bench._sink import CeilingResult, Sink, ceiling, synthetic_messages  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

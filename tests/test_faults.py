@@ -3,7 +3,7 @@
 Each case runs a real worker with beat against a real SMTP server the test owns, on two stacks
 ("embedded": SQLite + the embedded broker; "pg-redis": PostgreSQL + a private redis-server on
 its own port), injects one kind of fault while the series is in progress, and ends with the
-same check (`tests/faults.py::check_outcome`), judged from the mail the SMTP server received.
+same check (`tests/fault_check.py::check_outcome`), judged from the mail the SMTP server received.
 Every case prints a `[fault report]` line with its uncertain events and duplicates.
 """
 
@@ -44,13 +44,9 @@ from tests.conftest import (
     start_worker,
     stop_worker,
 )
-from tests.faults import (
-    EmbeddedBroker,
+from tests.fault_check import (
     Expectations,
     FaultFinding,
-    FaultSmtp,
-    Fleet,
-    PrivateRedis,
     Report,
     check_copies,
     check_outcome,
@@ -58,8 +54,9 @@ from tests.faults import (
     db_retry,
     in_flight_subscribers,
     sent_claimed_after,
-    terminate_backends,
 )
+from tests.fault_smtp import FaultSmtp
+from tests.fault_stack import EmbeddedBroker, Fleet, PrivateRedis, terminate_backends
 from tests.mailparse import link, unsubscribe_path
 
 pytestmark = pytest.mark.slow
