@@ -45,9 +45,10 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
         clock.now,
         rt.policy,
         claim=datetime.fromisoformat(claim),
-        should_stop=flow.paused,
-        before_send=flow.wait_for_slot,
-        on_outcome=flow.record,
+        group_size=rt.settings.record_group_size,
+        hooks=sending.Hooks(
+            should_stop=flow.paused, before_send=flow.wait_for_slot, on_outcome=flow.record
+        ),
     )
     return {outcome.value: count for outcome, count in outcomes.items()}
 

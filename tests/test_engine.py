@@ -176,7 +176,11 @@ def test_dropped_connection_is_reopened_without_a_failure(app: Flask, smtp_sink:
     assert (transport.connects, len(smtp_sink.messages), transport.sent) == (2, 2, 2)
 
 
-def test_batch_stops_and_releases_when_the_brake_trips(app: Flask, smtp_sink: SmtpSink) -> None:
+@pytest.mark.parametrize("group_size", [1, 3])
+def test_batch_stops_and_releases_when_the_brake_trips(
+    app: Flask, smtp_sink: SmtpSink, group_size: int
+) -> None:
+    """The brake trips after two mails: the rest go back unsent, inside a group or not."""
     for n in range(4):
         active_subscriber(f"b{n}@example.org")
     steps = [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]
@@ -189,11 +193,16 @@ def test_batch_stops_and_releases_when_the_brake_trips(app: Flask, smtp_sink: Sm
         steps,
         clock.now,
         rt.policy,
-        should_stop=lambda: len(sent) >= 2,
-        on_outcome=sent.append,
+        group_size=group_size,
+        hooks=sending.Hooks(should_stop=lambda: len(sent) >= 2, on_outcome=sent.append),
     )
-    assert outcomes[sending.Outcome.SENT] == 2
-    assert [delivery(i).state for i in steps[2:]] == [DeliveryState.SCHEDULED] * 2
+    assert outcomes == {sending.Outcome.SENT: 2}
+    assert len(smtp_sink.messages) == 2
+    assert [delivery(i).state for i in steps[:2]] == [DeliveryState.SENT] * 2
+    for row in (delivery(i) for i in steps[2:]):
+        # Back in the queue as if never tried: no attempt counted, nothing for the reaper.
+        assert row.state is DeliveryState.SCHEDULED
+        assert row.attempts == 0 and row.attempted_at is None and row.claimed_at is None
 
 
 class FakeWall:

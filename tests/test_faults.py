@@ -540,7 +540,7 @@ def test_reaped_claim_is_not_sent_twice(
                 clock.now,
                 runtime.policy,
                 claim=claim_of(batch),
-                before_send=worker_a.before_send,
+                hooks=sending.Hooks(before_send=worker_a.before_send),
             )
             assert worker_a.fired
     report = check_copies(f"reaped-claim[{stack.name}]", fault_smtp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
 from dataclasses import dataclass
@@ -100,6 +102,9 @@ class Composer:
         self._step_cache: dict[tuple[object, ...], Rendered] = {}
         self._from_header = self._encode_from(settings.mail_from)
         self._envelope_from = parseaddr(settings.mail_from)[1]
+        self._message_id_key = hashlib.sha256(
+            b"message-id:" + settings.secret_key.encode()
+        ).digest()
 
     @staticmethod
     def _encode_from(mail_from: str) -> str:
@@ -221,6 +226,16 @@ class Composer:
         }
         html, text = self._page("layouts/step", context)
         return Rendered(subject=context["subject"], text=text, html=html)
+
+    def message_id(self, delivery_id: int, created_at: datetime) -> str:
+        """The Message-ID of a delivery: the same on every attempt, unique per deployment.
+
+        Derived, not random, so a retry carries the ID of a copy that may have arrived, without
+        a write before each send; keyed, so it reveals neither the id nor the list's size.
+        """
+        stamp = f"{delivery_id}.{created_at.timestamp():.6f}".encode()
+        digest = hmac.new(self._message_id_key, stamp, hashlib.sha256).hexdigest()[:32]
+        return f"<{digest}@{self.settings.mail_from_domain}>"
 
     def wire(
         self,

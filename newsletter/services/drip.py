@@ -168,34 +168,41 @@ _INSERT_NEXT = text(
 
 
 def schedule_next(
-    conn: Connection, follow: FollowUp, sent_at: datetime, now: datetime, day_seconds: float
+    conn: Connection, sent: list[tuple[FollowUp, datetime]], now: datetime, day_seconds: float
 ) -> None:
-    """After a part was sent: schedule the next one, or complete the enrollment.
+    """After parts were sent (each with its send time): schedule each next part, or complete.
 
     Nothing happens for an enrollment that stopped meanwhile (an unsubscribe). The unique
-    (enrollment, step) constraint makes a second scheduling of the same part a no-op.
+    (enrollment, step) constraint makes a second scheduling of the same part a no-op. Each
+    kind of change is one executemany, whatever the number of mails.
     """
-    if follow.next_step_id is None:
-        conn.execute(_COMPLETE, {"enrollment_id": follow.enrollment_id, "now": now})
-        return
-    due = step_due_at(
-        started_at=follow.started_at,
-        day_offset=follow.next_day_offset,
-        time_zone=follow.time_zone,
-        window=follow.window,
-        day_seconds=day_seconds,
-        previous_sent_at=sent_at,
-    )
-    conn.execute(
-        _INSERT_NEXT,
-        {
-            "enrollment_id": follow.enrollment_id,
-            "subscriber_id": follow.subscriber_id,
-            "step_id": follow.next_step_id,
-            "due": due,
-            "now": now,
-        },
-    )
+    completed: list[dict[str, object]] = []
+    following: list[dict[str, object]] = []
+    for follow, sent_at in sent:
+        if follow.next_step_id is None:
+            completed.append({"enrollment_id": follow.enrollment_id, "now": now})
+            continue
+        due = step_due_at(
+            started_at=follow.started_at,
+            day_offset=follow.next_day_offset,
+            time_zone=follow.time_zone,
+            window=follow.window,
+            day_seconds=day_seconds,
+            previous_sent_at=sent_at,
+        )
+        following.append(
+            {
+                "enrollment_id": follow.enrollment_id,
+                "subscriber_id": follow.subscriber_id,
+                "step_id": follow.next_step_id,
+                "due": due,
+                "now": now,
+            }
+        )
+    if completed:
+        conn.execute(_COMPLETE, completed)
+    if following:
+        conn.execute(_INSERT_NEXT, following)
 
 
 def stop_enrollments(session: Session, subscriber_id: int, now: datetime) -> None:

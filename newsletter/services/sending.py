@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,17 +74,38 @@ _LOAD = (
 )
 _MARK = (
     update(_D)
-    .where(_D.c.id == bindparam("d_id"), _D.c.state == DeliveryState.CLAIMED)
-    .values(attempts=_D.c.attempts + 1, attempted_at=bindparam("now"), message_id=bindparam("mid"))
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)), _D.c.state == DeliveryState.CLAIMED)
+    .values(attempts=_D.c.attempts + 1, attempted_at=bindparam("now"))
     .returning(_D.c.id)
 )
 _MARK_CLAIM = _MARK.where(_D.c.claimed_at == bindparam("claim"))
+_RELEASE = (
+    update(_D)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)), _D.c.state == DeliveryState.CLAIMED)
+    .values(state=DeliveryState.SCHEDULED, claimed_at=None)
+)
+# Marked but never sent (the error brake stopped the group): back to the queue, unmarked.
+_UNMARK = (
+    update(_D)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)), _D.c.state == DeliveryState.CLAIMED)
+    .values(
+        state=DeliveryState.SCHEDULED,
+        claimed_at=None,
+        attempted_at=None,
+        attempts=_D.c.attempts - 1,
+    )
+)
 # The server accepted the message: record that even if an unsubscribe or the reaper touched
 # the row meanwhile, because it is the truth.
 _SENT = (
     update(_D)
     .where(_D.c.id == bindparam("d_id"))
-    .values(state=DeliveryState.SENT, sent_at=bindparam("now"), last_error=None)
+    .values(
+        state=DeliveryState.SENT,
+        sent_at=bindparam("now"),
+        message_id=bindparam("mid"),
+        last_error=None,
+    )
 )
 _SENT_EVENT = _EVENTS.insert().values(
     subscriber_id=bindparam("s_id"),
@@ -116,7 +136,7 @@ class Job:
     email: str
     first_name: str | None
     time_zone: str
-    message_id: str | None
+    message_id: str
     step: Step | None = None
     sequence: Sequence | None = None
     follow: drip.FollowUp | None = None
@@ -186,7 +206,12 @@ def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
 
 
 def _prepare(
-    conn: Connection, ids: list[int], now: datetime, policy: Policy, claim: datetime | None
+    conn: Connection,
+    composer: Composer,
+    ids: list[int],
+    now: datetime,
+    policy: Policy,
+    claim: datetime | None,
 ) -> tuple[list[Job], Counter[Outcome]]:
     """Load and check a batch in one transaction: the jobs to send, and what was settled."""
     jobs: list[Job] = []
@@ -220,7 +245,9 @@ def _prepare(
                 row.email,
                 row.first_name,
                 row.time_zone,
-                row.message_id,
+                # The same Message-ID on every attempt, so a receiver can drop a copy of a mail
+                # that did arrive before (a retry after an uncertain reply).
+                row.message_id or composer.message_id(row.id, row.created_at),
             )
             if job.kind is DeliveryKind.CONFIRM:
                 job.sequence = _confirm_sequence(session, row.subscriber_id)
@@ -259,7 +286,6 @@ def _prepare(
 
 
 def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
-    # A retry keeps its Message-ID, so a receiver can drop a copy that did arrive before.
     if job.kind is DeliveryKind.CONFIRM:
         rendered = composer.confirmation(job, job.sequence)
         return composer.wire(rendered, job, now, message_id=job.message_id)
@@ -279,35 +305,49 @@ def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
 
 @dataclass(slots=True)
 class Accepted:
-    """A message the server accepted, recorded with the next message's transaction."""
+    """A message the server accepted, recorded with the next group's transaction."""
 
     job: Job
     at: datetime
 
 
-def _record_sent(conn: Connection, accepted: Accepted, policy: Policy) -> None:
-    job, now = accepted.job, accepted.at
-    conn.execute(_SENT, {"d_id": job.delivery_id, "now": now})
-    step_id = job.step.id if job.step is not None else None
-    data = {"kind": job.kind.value, "step_id": step_id}
+def _record_sent(conn: Connection, accepted: list[Accepted], policy: Policy) -> None:
+    """Record accepted messages: their rows, their events, what follows each."""
     conn.execute(
-        _SENT_EVENT, {"s_id": job.subscriber_id, "d_id": job.delivery_id, "data": data, "now": now}
+        _SENT, [{"d_id": a.job.delivery_id, "now": a.at, "mid": a.job.message_id} for a in accepted]
     )
-    if job.follow is not None:
-        drip.schedule_next(conn, job.follow, now, now, policy.day_seconds)
+    conn.execute(
+        _SENT_EVENT,
+        [
+            {
+                "s_id": a.job.subscriber_id,
+                "d_id": a.job.delivery_id,
+                "data": {
+                    "kind": a.job.kind.value,
+                    "step_id": a.job.step.id if a.job.step else None,
+                },
+                "now": a.at,
+            }
+            for a in accepted
+        ],
+    )
+    follows = [(a.job.follow, a.at) for a in accepted if a.job.follow is not None]
+    if follows:
+        drip.schedule_next(conn, follows, accepted[-1].at, policy.day_seconds)
 
 
-def _mark_attempt(
-    conn: Connection, job: Job, message_id: str, now: datetime, claim: datetime | None
-) -> bool:
-    """Record that sending begins, if the delivery is still claimed; False means drop it.
+def _mark_attempts(
+    conn: Connection, ids: list[int], now: datetime, claim: datetime | None
+) -> set[int]:
+    """Record that sending begins, for the rows still claimed; the others must be dropped.
 
-    This is the last look before the SMTP conversation: an unsubscribe that landed while the
-    batch was being sent has skipped the row, and wins. The Message-ID is stored first, so a
-    retry of a message that may have arrived carries the same one.
+    This is the last look before the SMTP conversations: an unsubscribe that landed while the
+    batch was being sent has skipped its row, and wins.
     """
-    params = {"d_id": job.delivery_id, "now": now, "mid": message_id, "claim": claim}
-    return conn.execute(_MARK if claim is None else _MARK_CLAIM, params).first() is not None
+    if not ids:
+        return set()
+    params = {"ids": ids, "now": now, "claim": claim}
+    return set(conn.scalars(_MARK if claim is None else _MARK_CLAIM, params))
 
 
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
@@ -331,12 +371,14 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
 
 
 def _record_failure(
-    conn: Connection, delivery_id: int, error: SendError, now: datetime, policy: Policy
+    conn: Connection, job: Job, error: SendError, now: datetime, policy: Policy
 ) -> Outcome:
+    delivery_id = job.delivery_id
     with conn.begin(), Session(bind=conn) as session:
         delivery = session.get(Delivery, delivery_id)
         assert delivery is not None
         delivery.last_error = str(error)[:2000]
+        delivery.message_id = job.message_id
         if error.ambiguous:
             # The counted window: the server may have the message. It is retried (with the same
             # Message-ID) rather than dropped; the event makes every such case visible.
@@ -378,64 +420,114 @@ def _record_unbuildable(conn: Connection, job: Job, error: Exception) -> None:
     # Bad content (a header with a line break, an address that is not ASCII) will not get
     # better by retrying: the delivery fails, visibly, and the rest of the batch goes on.
     log.error("delivery %d cannot be built: %s", job.delivery_id, error)
-    with conn.begin():
-        conn.execute(
-            update(_D)
-            .where(_D.c.id == job.delivery_id)
-            .values(state=DeliveryState.FAILED, last_error=f"cannot build the message: {error}")
-        )
+    conn.execute(
+        update(_D)
+        .where(_D.c.id == job.delivery_id)
+        .values(state=DeliveryState.FAILED, last_error=f"cannot build the message: {error}")
+    )
 
 
-@contextmanager
-def _connection(engine: Engine) -> Iterator[Connection]:
-    # One connection for the whole batch: no pool checkout (and pre-ping) per transaction.
-    with engine.connect() as conn:
-        yield conn
+@dataclass
+class Hooks:
+    """What flow control plugs into a batch (no-ops by default).
+
+    `before_send` runs before each message (the rate limiter waits there); when `should_stop`
+    turns true (the error brake) the rest of the batch goes back, unsent, to the queue;
+    `on_outcome` hears every message's outcome.
+    """
+
+    should_stop: Callable[[], bool] = lambda: False
+    before_send: Callable[[], None] = lambda: None
+    on_outcome: Callable[[Outcome], None] = lambda _: None
 
 
 class _Batch:
-    """The send loop of one batch; holds the accepted message not yet recorded."""
+    """The send loop of one batch over one database connection and one SMTP connection.
+
+    Messages go in groups: one transaction records the previous group's accepted messages
+    and marks this group's attempts, then the group is sent. A crash loses the outcome of at
+    most one group (its messages are offered again and counted as uncertain); with a group of
+    one, only the message in flight.
+    """
 
     def __init__(
-        self, conn: Connection, composer: Composer, transport: SmtpTransport, policy: Policy
+        self,
+        conn: Connection,
+        composer: Composer,
+        transport: SmtpTransport,
+        policy: Policy,
+        hooks: Hooks,
     ) -> None:
         self.conn = conn
         self.composer = composer
         self.transport = transport
         self.policy = policy
-        self.accepted: Accepted | None = None
+        self.hooks = hooks
+        self.accepted: list[Accepted] = []
+        self.outcomes: Counter[Outcome] = Counter()
+        self.stopped = False
+
+    def _outcome(self, outcome: Outcome) -> None:
+        self.outcomes[outcome] += 1
+        self.hooks.on_outcome(outcome)
 
     def flush(self) -> None:
-        """Record the last accepted message in a transaction of its own."""
-        if self.accepted is not None:
+        """Record the accepted messages not yet recorded, in a transaction of their own."""
+        if self.accepted:
             with self.conn.begin():
                 _record_sent(self.conn, self.accepted, self.policy)
-            self.accepted = None
+            self.accepted = []
 
-    def send(self, job: Job, clock: Callable[[], datetime], claim: datetime | None) -> Outcome:
-        """Mark, send and (with the next message) record one job."""
-        now = clock()
-        try:
-            outgoing = _build(self.composer, job, now)
-        except (HeaderError, UnicodeError) as error:
-            self.flush()
-            _record_unbuildable(self.conn, job, error)
-            return Outcome.FAILED
+    def release(self, marked: list[int], unmarked: list[int]) -> None:
+        """Give unsent deliveries back to the queue (the error brake), marked ones unmarked."""
+        self.stopped = True
         with self.conn.begin():
-            if self.accepted is not None:
+            if self.accepted:
                 _record_sent(self.conn, self.accepted, self.policy)
-                self.accepted = None
-            marked = _mark_attempt(self.conn, job, outgoing.message_id, now, claim)
-        if not marked:
-            return Outcome.SKIPPED
-        try:
-            self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
-        except SendError as error:
-            return _record_failure(self.conn, job.delivery_id, error, clock(), self.policy)
-        # The unavoidable window: the server has the message. A crash before it is recorded
-        # leaves the row claimed; the reaper offers it again and counts it as uncertain.
-        self.accepted = Accepted(job, clock())
-        return Outcome.SENT
+                self.accepted = []
+            released = self.conn.execute(_UNMARK, {"ids": marked}).rowcount if marked else 0
+            if unmarked:
+                released += self.conn.execute(_RELEASE, {"ids": unmarked}).rowcount
+        log.warning("error brake: released %d unsent deliveries of a batch", released)
+
+    def send_group(
+        self, group: list[Job], clock: Callable[[], datetime], claim: datetime | None
+    ) -> None:
+        """Build, mark and send one group; the accepted ones are recorded with the next."""
+        now = clock()
+        built: list[tuple[Job, Outgoing]] = []
+        broken: list[tuple[Job, Exception]] = []
+        for job in group:
+            try:
+                built.append((job, _build(self.composer, job, now)))
+            except (HeaderError, UnicodeError) as exc:
+                broken.append((job, exc))
+        with self.conn.begin():
+            if self.accepted:
+                _record_sent(self.conn, self.accepted, self.policy)
+                self.accepted = []
+            for job, problem in broken:
+                _record_unbuildable(self.conn, job, problem)
+            marked = _mark_attempts(self.conn, [job.delivery_id for job, _ in built], now, claim)
+        for _ in broken:
+            self._outcome(Outcome.FAILED)
+        pending = [(job, out) for job, out in built if job.delivery_id in marked]
+        for _ in range(len(built) - len(pending)):
+            self._outcome(Outcome.SKIPPED)
+        for index, (job, outgoing) in enumerate(pending):
+            if self.hooks.should_stop():
+                self.release([j.delivery_id for j, _ in pending[index:]], [])
+                return
+            self.hooks.before_send()
+            try:
+                self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
+            except SendError as error:
+                self._outcome(_record_failure(self.conn, job, error, clock(), self.policy))
+                continue
+            # The unavoidable window: the server has the message. A crash before it is
+            # recorded leaves the row claimed; the reaper offers it again and counts it.
+            self.accepted.append(Accepted(job, clock()))
+            self._outcome(Outcome.SENT)
 
 
 def deliver_batch(
@@ -447,41 +539,33 @@ def deliver_batch(
     policy: Policy,
     *,
     claim: datetime | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    before_send: Callable[[], None] = lambda: None,
-    on_outcome: Callable[[Outcome], None] = lambda _: None,
+    group_size: int = 1,
+    hooks: Hooks | None = None,
 ) -> Counter[Outcome]:
     """Send several claimed deliveries over one connection; never raises for mail errors.
 
     `claim` is the claim time the dispatcher gave the batch: rows claimed again since (after the
-    reaper returned them) belong to another task and are left alone. `before_send` runs before
-    each message (the rate limiter waits there); when `should_stop` turns true (the error
-    brake) the rest of the batch goes back, unsent, to the queue.
+    reaper returned them) belong to another task and are left alone. `group_size` mails are
+    recorded per transaction (see `_Batch`).
     """
-    with _connection(engine) as conn:
-        jobs, outcomes = _prepare(conn, list(delivery_ids), clock(), policy, claim)
-        batch = _Batch(conn, composer, transport, policy)
+    hooks = hooks or Hooks()
+    with engine.connect() as conn:  # one connection: no pool checkout per transaction
+        jobs, settled = _prepare(conn, composer, list(delivery_ids), clock(), policy, claim)
+        batch = _Batch(conn, composer, transport, policy, hooks)
         try:
-            for index, job in enumerate(jobs):
-                if should_stop():
-                    batch.flush()
-                    rest = [j.delivery_id for j in jobs[index:]]
-                    with conn.begin(), Session(bind=conn) as session:
-                        released = drip.release_claims(session, rest)
-                    log.warning("error brake: released %d unsent deliveries of a batch", released)
+            for start in range(0, len(jobs), group_size):
+                if batch.stopped or hooks.should_stop():
+                    batch.release([], [job.delivery_id for job in jobs[start:]])
                     break
-                before_send()
-                outcome = batch.send(job, clock, claim)
-                outcomes[outcome] += 1
-                on_outcome(outcome)
+                batch.send_group(jobs[start : start + group_size], clock, claim)
         except BaseException:
             try:
                 batch.flush()
             except Exception:  # noqa: BLE001 - the first error is the one to raise
-                log.exception("an accepted message could not be recorded; the reaper will count it")
+                log.exception("accepted messages could not be recorded; the reaper will count them")
             raise
         batch.flush()
-    return outcomes
+    return settled + batch.outcomes
 
 
 def deliver(
@@ -494,4 +578,4 @@ def deliver(
 ) -> Outcome:
     """Send one claimed delivery and record the result."""
     outcomes = deliver_batch(engine, composer, transport, [delivery_id], clock, policy)
-    return next(outcome for outcome, count in outcomes.items() if count)
+    return next(iter(outcomes))
