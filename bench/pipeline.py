@@ -239,10 +239,10 @@ def start_profiles(
 
 
 def run_case(
-    stack: str, concurrency: int, send_batch: int, sink: Sink, args: argparse.Namespace
+    stack: str, concurrency: int, send_batch: int, group: int, sink: Sink, args: argparse.Namespace
 ) -> dict[str, Any]:
     result: dict[str, Any] = {
-        "stack": stack, "concurrency": concurrency, "send_batch": send_batch,
+        "stack": stack, "concurrency": concurrency, "send_batch": send_batch, "group": group,
         "n": args.deliveries, "status": "not started",
     }  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-pipeline-{stack}-"))
@@ -250,6 +250,7 @@ def run_case(
         "DISPATCH_INTERVAL_SECONDS": str(args.dispatch_interval),
         "DISPATCH_BATCH_SIZE": str(args.dispatch_batch_size),
         "SEND_BATCH_SIZE": str(send_batch),
+        "RECORD_GROUP_SIZE": str(group),
     }
     if args.flow_store == "memory":
         extra["REDIS_URL"] = "memory://"
@@ -315,8 +316,9 @@ def run_case(
                         }
                         targets = {pid: f"child-{label}" for pid, label in kids.items()}
                         targets[worker.pid] = "main"
+                        name = f"{stack}-c{concurrency}-b{send_batch}-g{group}"
                         profilers = start_profiles(
-                            targets, Path(args.profile) / f"{stack}-c{concurrency}-b{send_batch}",
+                            targets, Path(args.profile) / name,
                             args.profile_seconds, args.profile_rate,
                         )  # fmt: skip
                     if done >= args.deliveries:
@@ -421,19 +423,19 @@ def report(results: list[dict[str, Any]], load: str, args: argparse.Namespace) -
     print(f"product code: {args.revision}")
     print()
     rows = [[
-        "stack", "C", "SEND_BATCH", "received", "seconds", "msg/s", "ceiling thr",
+        "stack", "C", "SEND_BATCH", "GROUP", "received", "seconds", "msg/s", "ceiling thr",
         "ceiling proc", "ratio", "status",
     ]]  # fmt: skip
     for r in results:
         ceil = r.get("ceiling_processes")
         ratio = r["per_s"] / ceil if r.get("per_s") and ceil else None
         rows.append([
-            r["stack"], str(r["concurrency"]), str(r["send_batch"]),
+            r["stack"], str(r["concurrency"]), str(r["send_batch"]), str(r["group"]),
             f"{r.get('received', 0):,}", _fmt(r.get("seconds"), ".1f"), _fmt(r.get("per_s")),
             _fmt(r.get("ceiling_threads")), _fmt(ceil),
             "n/a" if ratio is None else f"{100 * ratio:.1f}%", r["status"],
         ])  # fmt: skip
-    print(table(rows, right=(1, 2, 3, 4, 5, 6, 7, 8)))
+    print(table(rows, right=(1, 2, 3, 4, 5, 6, 7, 8, 9)))
     print()
     print("msg/s: first to last message at the sink (worker start-up excluded). ceiling: raw")
     print("smtplib, same messages (the product's part 1), C connections in C threads / C")
@@ -441,7 +443,8 @@ def report(results: list[dict[str, Any]], load: str, args: argparse.Namespace) -
     for r in results:
         print()
         print(
-            f"{r['stack']} C={r['concurrency']} SEND_BATCH_SIZE={r['send_batch']}: "
+            f"{r['stack']} C={r['concurrency']} SEND_BATCH_SIZE={r['send_batch']} "
+            f"RECORD_GROUP_SIZE={r['group']}: "
             f"message {_fmt(r.get('message_bytes'))} bytes; seeding {_fmt(r.get('seed_s'), '.1f')}"
             f" s; worker ready after {_fmt(r.get('ready_s'), '.1f')} s; first message "
             f"{_fmt(r.get('first_after_launch_s'), '.1f')} s after launch; "
@@ -492,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deliveries", type=int, default=20000, help="due part-1 deliveries")
     parser.add_argument("--concurrency", default="2", help="pool processes; comma list sweeps")
     parser.add_argument("--send-batch-size", default="50", help="SEND_BATCH_SIZE; comma list")
+    parser.add_argument(
+        "--record-group-size", default="10", help="RECORD_GROUP_SIZE; comma list"
+    )
     parser.add_argument("--dispatch-interval", type=float, default=0.5)
     parser.add_argument("--dispatch-batch-size", type=int, default=500)
     parser.add_argument(
@@ -541,12 +547,13 @@ def main(argv: list[str] | None = None) -> int:
             for stack in stacks:
                 for c in (int(x) for x in args.concurrency.split(",")):
                     for b in (int(x) for x in args.send_batch_size.split(",")):
-                        started = time.monotonic()
-                        result = run_case(stack, c, b, sink, args)
-                        log(f"[{stack} C={c} batch={b}] {result['status']}: "
-                            f"{_fmt(result.get('per_s'))} msg/s "
-                            f"({time.monotonic() - started:.0f} s)")  # fmt: skip
-                        results.append(result)
+                        for g in (int(x) for x in args.record_group_size.split(",")):
+                            started = time.monotonic()
+                            result = run_case(stack, c, b, g, sink, args)
+                            log(f"[{stack} C={c} batch={b} group={g}] {result['status']}: "
+                                f"{_fmt(result.get('per_s'))} msg/s "
+                                f"({time.monotonic() - started:.0f} s)")  # fmt: skip
+                            results.append(result)
     except Overrun:
         log("total timeout reached; reporting what finished")
     finally:

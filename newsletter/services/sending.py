@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 _D = table_of(Delivery)
 _S = table_of(Subscriber)
 _E = table_of(Enrollment)
-_EVENTS = table_of(Event)
 
 _LOAD = (
     select(
@@ -106,13 +105,6 @@ _SENT = (
         message_id=bindparam("mid"),
         last_error=None,
     )
-)
-_SENT_EVENT = _EVENTS.insert().values(
-    subscriber_id=bindparam("s_id"),
-    delivery_id=bindparam("d_id"),
-    kind="sent",
-    data=bindparam("data", type_=_EVENTS.c.data.type),
-    created_at=bindparam("now"),
 )
 _SKIP = (
     update(_D)
@@ -312,24 +304,14 @@ class Accepted:
 
 
 def _record_sent(conn: Connection, accepted: list[Accepted], policy: Policy) -> None:
-    """Record accepted messages: their rows, their events, what follows each."""
+    """Record accepted messages and schedule what follows each.
+
+    The delivery row is the record of a sent mail (state, sent_at, Message-ID); the events
+    log keeps what the rows cannot show (bounces, uncertain outcomes, unsubscribes), so it
+    does not grow by a row per mail.
+    """
     conn.execute(
         _SENT, [{"d_id": a.job.delivery_id, "now": a.at, "mid": a.job.message_id} for a in accepted]
-    )
-    conn.execute(
-        _SENT_EVENT,
-        [
-            {
-                "s_id": a.job.subscriber_id,
-                "d_id": a.job.delivery_id,
-                "data": {
-                    "kind": a.job.kind.value,
-                    "step_id": a.job.step.id if a.job.step else None,
-                },
-                "now": a.at,
-            }
-            for a in accepted
-        ],
     )
     follows = [(a.job.follow, a.at) for a in accepted if a.job.follow is not None]
     if follows:
