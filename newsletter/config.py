@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,6 +49,7 @@ class Settings:
     confirm_max_age_seconds: int
     claim_timeout_seconds: float
     dispatch_batch_size: int
+    dispatch_max_in_flight: int
     dev_mail_dir: Path | None
     signup_rate_limit: str
     trusted_proxies: int
@@ -81,6 +83,18 @@ class Settings:
         return min(2 * self.smtp_timeout, UNSUBSCRIBE_WAIT_CAP_SECONDS)
 
     @property
+    def claim_ceiling(self) -> int:
+        """At most this many deliveries are claimed and not yet sent, across all workers.
+
+        Claims are cheap, but a claim older than CLAIM_TIMEOUT_SECONDS is reaped and offered
+        again; with a rate limit, no more is claimed than half the timeout can send.
+        """
+        if self.send_rate_per_second > 0:
+            by_rate = int(self.send_rate_per_second * self.claim_timeout_seconds / 2)
+            return max(1, min(self.dispatch_max_in_flight, by_rate))
+        return self.dispatch_max_in_flight
+
+    @cached_property
     def mail_from_domain(self) -> str:
         """The domain of MAIL_FROM, used for Message-ID and List-Id."""
         return parseaddr(self.mail_from)[1].rpartition("@")[2]
@@ -208,6 +222,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         confirm_max_age_seconds=_integer(env, "CONFIRM_MAX_AGE_SECONDS", 7 * 86400, minimum=60),
         claim_timeout_seconds=_number(env, "CLAIM_TIMEOUT_SECONDS", 600.0, minimum=1.0),
         dispatch_batch_size=_integer(env, "DISPATCH_BATCH_SIZE", 500, minimum=1),
+        dispatch_max_in_flight=_integer(env, "DISPATCH_MAX_IN_FLIGHT", 5000, minimum=1),
         dev_mail_dir=Path(dev_mail).resolve() if dev_mail else None,
         signup_rate_limit=_rate_limit(env),
         trusted_proxies=_integer(env, "TRUSTED_PROXIES", 0, minimum=0),

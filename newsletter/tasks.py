@@ -28,6 +28,7 @@ def dispatch_due() -> int:
         claim_size=settings.dispatch_batch_size,
         send_batch_size=settings.send_batch_size,
         claim_timeout_seconds=settings.claim_timeout_seconds,
+        max_in_flight=settings.claim_ceiling,
         enqueue=lambda ids, claim: send_batch.delay(ids, claim.isoformat()),
     )
 

@@ -9,6 +9,7 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from newsletter import clock
+from newsletter.config import load_settings
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -127,3 +128,40 @@ def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
             select(func.count()).where(Delivery.state == DeliveryState.SCHEDULED)
         )
     assert (claimed, scheduled) == (4, 6)
+
+
+def test_dispatch_claims_no_more_than_the_in_flight_ceiling(app: Flask) -> None:
+    make_due(30)
+    queued: list[list[int]] = []
+
+    def tick() -> int:
+        return dispatch.dispatch(
+            db.session,
+            clock.now(),
+            claim_size=4,
+            send_batch_size=2,
+            claim_timeout_seconds=600,
+            enqueue=lambda batch, claim: queued.append(batch),
+            max_in_flight=10,
+        )
+
+    assert tick() == 10  # three claims of 4, 4 and 2, then the ceiling
+    assert tick() == 0  # nothing was sent meanwhile: no room
+    with db.transaction() as session:  # a worker sends three of them
+        for delivery_id in queued[0] + queued[1][:1]:
+            row = session.get(Delivery, delivery_id)
+            assert row is not None
+            row.state = DeliveryState.SENT
+    assert tick() == 3
+    with db.session() as session:
+        claimed = session.scalar(
+            select(func.count()).where(Delivery.state == DeliveryState.CLAIMED)
+        )
+    assert claimed == 10
+
+
+def test_claim_ceiling_follows_the_rate_limit() -> None:
+    base = {"SECRET_KEY": "k" * 32, "CLAIM_TIMEOUT_SECONDS": "600"}
+    assert load_settings(base).claim_ceiling == 5000
+    assert load_settings({**base, "SEND_RATE_PER_SECOND": "2"}).claim_ceiling == 600
+    assert load_settings({**base, "SEND_RATE_PER_SECOND": "1000"}).claim_ceiling == 5000

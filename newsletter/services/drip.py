@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, or_, select, text, update
+from sqlalchemy import Connection, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -263,6 +263,13 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
         .execution_options(synchronize_session=False)
     ).all()
     return sorted(claimed)
+
+
+def count_claimed(session: Session) -> int:
+    """How many deliveries are claimed and not yet sent (served by ix_deliveries_state_claimed)."""
+    return int(
+        session.scalar(select(func.count()).where(Delivery.state == DeliveryState.CLAIMED)) or 0
+    )
 
 
 def release_claims(session: Session, ids: list[int]) -> int:
