@@ -1,0 +1,236 @@
+"""Loading a batch of claimed deliveries and checking each before anything is sent.
+
+One query loads the batch with its subscribers and enrollments (plain rows, no ORM objects
+per delivery); the steps and sequences are a handful of objects per batch. Rows that must
+not go out are settled here: skipped (left, suppressed, no longer pending) or moved to the
+next send window (the catch-up rule).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, bindparam, select, update
+from sqlalchemy.orm import Session, joinedload, selectinload
+
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
+    Sequence,
+    Step,
+    Subscriber,
+    SubscriberStatus,
+    Suppression,
+    table_of,
+)
+from newsletter.services import drip
+from newsletter.services.compose import Composer
+from newsletter.services.policy import Outcome, Policy
+from newsletter.services.schedule import REAL_DAY
+
+log = logging.getLogger(__name__)
+
+_D = table_of(Delivery)
+_S = table_of(Subscriber)
+_E = table_of(Enrollment)
+
+_LOAD = (
+    select(
+        _D.c.id,
+        _D.c.kind,
+        _D.c.state,
+        _D.c.claimed_at,
+        _D.c.due_at,
+        _D.c.created_at,
+        _D.c.message_id,
+        _D.c.step_id,
+        _D.c.enrollment_id,
+        _D.c.subscriber_id,
+        _S.c.email,
+        _S.c.first_name,
+        _S.c.time_zone,
+        _S.c.status.label("subscriber_status"),
+        _E.c.status.label("enrollment_status"),
+        _E.c.started_at,
+    )
+    .join(_S, _S.c.id == _D.c.subscriber_id)
+    .outerjoin(_E, _E.c.id == _D.c.enrollment_id)
+    .where(_D.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(_D.c.id)
+)
+_SKIP = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.SKIPPED, last_error=bindparam("reason"))
+)
+_MOVE = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.SCHEDULED, due_at=bindparam("due"), claimed_at=None)
+)
+
+
+@dataclass(slots=True)
+class Job:
+    """One claimed delivery with what sending it needs, loaded with its batch."""
+
+    delivery_id: int
+    kind: DeliveryKind
+    subscriber_id: int
+    email: str
+    first_name: str | None
+    time_zone: str
+    message_id: str
+    step: Step | None = None
+    sequence: Sequence | None = None
+    follow: drip.FollowUp | None = None
+
+    @property
+    def id(self) -> int:
+        """The subscriber's id: a Job is also the Recipient the composer addresses."""
+        return self.subscriber_id
+
+
+def _skip_reason(row: Row[Any], suppressed: set[str]) -> str | None:
+    """None when the delivery may go out, else why it must be skipped."""
+    status = SubscriberStatus(row.subscriber_status)
+    if row.email in suppressed:
+        return "address is suppressed"
+    if row.kind == DeliveryKind.CONFIRM:
+        return None if status is SubscriberStatus.PENDING else "no longer pending"
+    if status is not SubscriberStatus.ACTIVE:
+        return f"subscriber is {status.value}"
+    if row.enrollment_status != EnrollmentStatus.ACTIVE:
+        return "enrollment is not active"
+    return None
+
+
+def _reschedule_at(
+    step: Step, due_at: datetime, time_zone: str, now: datetime, policy: Policy
+) -> datetime | None:
+    """For a step outside its send window, or too late: when it should go instead.
+
+    The catch-up rule: a step late by less than the grace goes now (inside the window); a later
+    one waits for the next window, so an outage never produces a burst of parts at once.
+    Windows only exist with real days. The first part answers the person's own click on the
+    confirmation link, so it goes at once whatever the hour.
+    """
+    if policy.day_seconds != REAL_DAY or step.day_offset == 0:
+        return None
+    window = step.sequence.window
+    if not window.contains(now, time_zone):
+        return window.next_opening(now, time_zone)
+    if now - due_at > policy.catch_up_grace:
+        return window.next_opening(now, time_zone)
+    return None
+
+
+def _steps(session: Session, step_ids: set[int]) -> dict[int, Step]:
+    """The batch's steps with their sequences and sibling steps (a few rows per batch)."""
+    if not step_ids:
+        return {}
+    steps = session.scalars(
+        select(Step)
+        .where(Step.id.in_(step_ids))
+        .options(joinedload(Step.sequence).selectinload(Sequence.steps))
+    ).unique()
+    return {step.id: step for step in steps}
+
+
+def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
+    """The sequence a pending subscriber signed up for (named in the confirmation mail)."""
+    return session.scalars(
+        select(Sequence)
+        .join(Enrollment, Enrollment.sequence_id == Sequence.id)
+        .where(Enrollment.subscriber_id == subscriber_id)
+        .order_by(Enrollment.id)
+        .options(selectinload(Sequence.steps))
+        .limit(1)
+    ).first()
+
+
+def prepare(
+    conn: Connection,
+    composer: Composer,
+    ids: list[int],
+    now: datetime,
+    policy: Policy,
+    claim: datetime | None,
+) -> tuple[list[Job], Counter[Outcome]]:
+    """Load and check a batch in one transaction: the jobs to send, and what was settled."""
+    jobs: list[Job] = []
+    settled: Counter[Outcome] = Counter()
+    with conn.begin():
+        rows = conn.execute(_LOAD, {"ids": ids}).all()
+        session = Session(bind=conn)
+        mine = [
+            r
+            for r in rows
+            if r.state == DeliveryState.CLAIMED and (claim is None or r.claimed_at == claim)
+        ]
+        # Rows claimed again since (after the reaper returned them) belong to another task.
+        not_mine = len(ids) - len(mine)
+        emails = {r.email for r in mine}
+        suppressed = set(
+            session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
+        )
+        steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
+        skips: list[dict[str, object]] = []
+        moves: list[dict[str, object]] = []
+        for row in mine:
+            reason = _skip_reason(row, suppressed)
+            if reason is not None:
+                skips.append({"d_id": row.id, "reason": reason})
+                continue
+            job = Job(
+                row.id,
+                DeliveryKind(row.kind),
+                row.subscriber_id,
+                row.email,
+                row.first_name,
+                row.time_zone,
+                # The same Message-ID on every attempt, so a receiver can drop a copy of a mail
+                # that did arrive before (a retry after an uncertain reply).
+                row.message_id or composer.message_id(row.id, row.created_at),
+            )
+            if job.kind is DeliveryKind.CONFIRM:
+                job.sequence = _confirm_sequence(session, row.subscriber_id)
+                jobs.append(job)
+                continue
+            step = steps[row.step_id]
+            later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
+            if later is not None:
+                log.info("delivery %d moved to the next send window at %s", row.id, later)
+                moves.append({"d_id": row.id, "due": later})
+                continue
+            job.step, job.sequence = step, step.sequence
+            job.follow = drip.follow_up(
+                enrollment_id=row.enrollment_id,
+                subscriber_id=row.subscriber_id,
+                started_at=row.started_at or row.created_at,
+                time_zone=row.time_zone,
+                window=step.sequence.window,
+                step=step,
+                steps=step.sequence.steps,
+            )
+            jobs.append(job)
+        if skips:
+            conn.execute(_SKIP, skips)
+        if moves:
+            conn.execute(_MOVE, moves)
+        session.close()
+    for outcome, count in (
+        (Outcome.NOT_CLAIMED, not_mine),
+        (Outcome.SKIPPED, len(skips)),
+        (Outcome.RESCHEDULED, len(moves)),
+    ):
+        if count:
+            settled[outcome] = count
+    return jobs, settled
