@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from celery import shared_task
 
@@ -38,6 +38,7 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
     """Send a batch of claimed deliveries over this worker's SMTP connection."""
     rt = runtime()
     flow = rt.flow()
+    claimed_at = datetime.fromisoformat(claim)
     outcomes = sending.deliver_batch(
         db.engine,
         rt.composer,
@@ -45,7 +46,9 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
         delivery_ids,
         clock.now,
         rt.policy,
-        claim=datetime.fromisoformat(claim),
+        claim=claimed_at,
+        # A little before the reaper's cutoff, so a mail is never begun on an expired claim.
+        claim_expires=claimed_at + timedelta(seconds=0.9 * rt.settings.claim_timeout_seconds),
         group_size=rt.settings.record_group_size,
         hooks=sending.Hooks(
             should_stop=flow.paused, before_send=flow.wait_for_slot, on_outcome=flow.record

@@ -311,3 +311,30 @@ def test_task_of_a_reaped_claim_cannot_send_the_reclaimed_rows(
     )
     assert current[sending.Outcome.SENT] == 1  # part 1; the confirmation mail is skipped
     assert len(smtp_sink.messages) == 1
+
+
+def test_nothing_is_sent_on_an_expired_claim(app: Flask, smtp_sink: SmtpSink) -> None:
+    """A batch that waited in the queue past its claim's expiry hands its rows back unsent."""
+    for n in range(3):
+        active_subscriber(f"late{n}@example.org")
+    claim = clock.now()
+    with db.transaction() as session:
+        claimed = drip.claim_due(session, claim, 100)
+    steps = [i for i in claimed if delivery(i).kind is DeliveryKind.STEP]
+    rt = runtime_of(app)
+    outcomes = sending.deliver_batch(
+        db.engine,
+        rt.composer,
+        SmtpTransport(rt.settings),
+        steps,
+        clock.now,
+        rt.policy,
+        claim=claim,
+        claim_expires=claim - timedelta(seconds=1),
+        group_size=2,
+    )
+    assert len(steps) == 3 and sending.Outcome.SENT not in outcomes
+    assert smtp_sink.messages == []
+    for row in (delivery(i) for i in steps):
+        assert row.state is DeliveryState.SCHEDULED
+        assert row.attempts == 0 and row.claimed_at is None

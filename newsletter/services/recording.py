@@ -51,6 +51,7 @@ _UNMARK = (
         attempts=_D.c.attempts - 1,
     )
 )
+_UNMARK_OURS = _UNMARK.where(_OURS)
 _RELEASE = update(_D).where(_IDS, _CLAIMED).values(state=DeliveryState.SCHEDULED, claimed_at=None)
 _RELEASE_OURS = _RELEASE.where(_OURS)
 # The server accepted the message: record that even if an unsubscribe or the reaper touched
@@ -138,7 +139,10 @@ def release(
     """Record what was sent; put the unsent rows of a stopped batch back in the queue."""
     with conn.begin():
         record_sent(conn, accepted, policy)
-        released = conn.execute(_UNMARK, {"ids": marked}).rowcount if marked else 0
+        released = 0
+        if marked:
+            statement = _UNMARK if claim is None else _UNMARK_OURS
+            released += conn.execute(statement, {"ids": marked, "claim": claim}).rowcount
         if unmarked:
             statement = _RELEASE if claim is None else _RELEASE_OURS
             released += conn.execute(statement, {"ids": unmarked, "claim": claim}).rowcount

@@ -71,11 +71,12 @@ class Hooks:
 
 
 class _Brake(Exception):
-    """The error brake tripped in the middle of a group; `unsent` were marked, not sent."""
+    """Sending must stop mid-group; `unsent` were marked, not sent; `reason` says why."""
 
-    def __init__(self, unsent: list[int]) -> None:
-        super().__init__("error brake")
+    def __init__(self, unsent: list[int], reason: str) -> None:
+        super().__init__(reason)
         self.unsent = unsent
+        self.reason = reason
 
 
 @dataclass
@@ -98,9 +99,11 @@ class _Batch:
         clock: Callable[[], datetime],
         policy: Policy,
         claim: datetime | None,
+        claim_expires: datetime | None,
         hooks: Hooks,
     ) -> None:
         self.db = db
+        self.claim_expires = claim_expires
         self.conn = conn
         self.composer = composer
         self.transport = transport
@@ -151,8 +154,11 @@ class _Batch:
             self._outcome(Outcome.SKIPPED)  # an unsubscribe or another claim won
         for index, (job, outgoing) in enumerate(pending):
             if self.hooks.should_stop():
-                raise _Brake([j.delivery_id for j, _ in pending[index:]])
+                raise _Brake([j.delivery_id for j, _ in pending[index:]], "error brake")
             self.hooks.before_send()
+            if self.claim_expires is not None and self.clock() >= self.claim_expires:
+                # The reaper may have offered these rows again: sending now could send twice.
+                raise _Brake([j.delivery_id for j, _ in pending[index:]], "claim expired")
             try:
                 self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
             except SendError as error:
@@ -166,13 +172,13 @@ class _Batch:
             self.accepted.append(Accepted(job, self.clock()))
             self._outcome(Outcome.SENT)
 
-    def stop(self, marked: list[int], unmarked: list[int]) -> None:
-        """The error brake: record what went, give the rest back to the queue unsent."""
+    def stop(self, marked: list[int], unmarked: list[int], reason: str) -> None:
+        """Record what went, give the rest back to the queue unsent (if still ours)."""
         accepted, self.accepted = self.accepted, []
         released = self._call(
             recording.release, accepted, marked, unmarked, self.claim, self.policy
         )
-        log.warning("error brake: released %d unsent deliveries of a batch", released)
+        log.warning("%s: released %d unsent deliveries of a batch", reason, released)
 
     def flush(self) -> None:
         """Record the accepted messages not yet recorded."""
@@ -190,14 +196,16 @@ def deliver_batch(
     policy: Policy,
     *,
     claim: datetime | None = None,
+    claim_expires: datetime | None = None,
     group_size: int = 1,
     hooks: Hooks | None = None,
 ) -> Counter[Outcome]:
     """Send several claimed deliveries; never raises for mail errors.
 
     `claim` is the claim time the dispatcher gave the batch: rows claimed again since (after the
-    reaper returned them) belong to another task and are left alone. `group_size` mails are
-    recorded per transaction (see the module docstring).
+    reaper returned them) belong to another task and are left alone; from `claim_expires` on
+    (the reaper's cutoff) nothing more is sent. `group_size` mails are recorded per
+    transaction (see the module docstring).
     """
     hooks = hooks or Hooks()
     with ThreadPoolExecutor(1, thread_name_prefix="newsletter-db") as db:
@@ -207,7 +215,9 @@ def deliver_batch(
             jobs, settled = db.submit(
                 prepare, conn, composer, list(delivery_ids), clock(), policy, claim
             ).result()
-            batch = _Batch(db, conn, composer, transport, clock, policy, claim, hooks)
+            batch = _Batch(
+                db, conn, composer, transport, clock, policy, claim, claim_expires, hooks
+            )
             _run(batch, jobs, group_size)
         finally:
             db.submit(conn.close).result()
@@ -234,7 +244,7 @@ def _run(batch: _Batch, jobs: list[Job], group_size: int) -> None:
                         job.delivery_id for job, _ in following.built if job.delivery_id in mine
                     ]
                 later = [job.delivery_id for group in groups[index + 2 :] for job in group]
-                batch.stop(marked, later)
+                batch.stop(marked, later, brake.reason)
                 return
             if following is None:
                 break
