@@ -15,6 +15,7 @@ built just before its group goes, from a step rendered once per process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from newsletter.models import DeliveryKind
 from newsletter.services import recording
@@ -81,10 +83,11 @@ class _Brake(Exception):
 
 @dataclass
 class _Group:
-    """One group: its messages, and the future of the transaction that marks them."""
+    """One group: its messages, and the transaction that marks them and records `recording`."""
 
     built: list[tuple[Job, Outgoing]]
     marked: Future[set[int]]
+    recording: list[Accepted]
 
 
 class _Batch:
@@ -93,6 +96,7 @@ class _Batch:
     def __init__(
         self,
         db: ThreadPoolExecutor,
+        engine: Engine,
         conn: Connection,
         composer: Composer,
         transport: SmtpTransport,
@@ -103,6 +107,7 @@ class _Batch:
         hooks: Hooks,
     ) -> None:
         self.db = db
+        self.engine = engine
         self.claim_expires = claim_expires
         self.conn = conn
         self.composer = composer
@@ -144,11 +149,11 @@ class _Batch:
         )
         for _ in broken:
             self._outcome(Outcome.FAILED)
-        return _Group(built, marked)
+        return _Group(built, marked, accepted)
 
     def send(self, group: _Group) -> None:
         """Send a started group; raise _Brake with the unsent ids if the brake trips."""
-        marked = group.marked.result()
+        marked = self.settle(group)
         pending = [(job, out) for job, out in group.built if job.delivery_id in marked]
         for _ in range(len(group.built) - len(pending)):
             self._outcome(Outcome.SKIPPED)  # an unsubscribe or another claim won
@@ -180,11 +185,32 @@ class _Batch:
         )
         log.warning("%s: released %d unsent deliveries of a batch", reason, released)
 
+    def settle(self, group: _Group) -> set[int]:
+        """The ids a group's transaction marked; if it failed, its records are kept to retry."""
+        try:
+            return group.marked.result()
+        except BaseException:
+            self.accepted = group.recording + self.accepted
+            raise
+
     def flush(self) -> None:
-        """Record the accepted messages not yet recorded."""
-        if self.accepted:
-            accepted, self.accepted = self.accepted, []
-            self._call(recording.advance, accepted, [], [], self.clock(), self.claim, self.policy)
+        """Record the accepted messages not yet recorded, on a new connection if need be.
+
+        After a database failure this is the last chance to record mail that went out; a
+        dropped connection is replaced once, so a killed backend does not cost duplicates.
+        """
+        if not self.accepted:
+            return
+        accepted, self.accepted = self.accepted, []
+        args: tuple[object, ...] = (accepted, [], [], self.clock(), self.claim, self.policy)
+        try:
+            self._call(recording.advance, *args)
+        except DBAPIError as exc:
+            log.warning("recording sent mail failed (%s); retrying on a new connection", exc)
+            with contextlib.suppress(Exception):
+                self.db.submit(self.conn.close).result()
+            self.conn = self.db.submit(self.engine.connect).result()
+            self._call(recording.advance, *args)
 
 
 def deliver_batch(
@@ -216,7 +242,7 @@ def deliver_batch(
                 prepare, conn, composer, list(delivery_ids), clock(), policy, claim
             ).result()
             batch = _Batch(
-                db, conn, composer, transport, clock, policy, claim, claim_expires, hooks
+                db, engine, conn, composer, transport, clock, policy, claim, claim_expires, hooks
             )
             _run(batch, jobs, group_size)
         finally:
@@ -229,6 +255,7 @@ def _run(batch: _Batch, jobs: list[Job], group_size: int) -> None:
     if not groups:
         return
     current = batch.start(groups[0])
+    following: _Group | None = None
     try:
         for index in range(len(groups)):
             # The next group is built, and marked on the database thread, while this one is
@@ -239,7 +266,7 @@ def _run(batch: _Batch, jobs: list[Job], group_size: int) -> None:
             except _Brake as brake:
                 marked = brake.unsent
                 if following is not None:
-                    mine = following.marked.result()
+                    mine = batch.settle(following)
                     marked += [
                         job.delivery_id for job, _ in following.built if job.delivery_id in mine
                     ]
@@ -251,6 +278,9 @@ def _run(batch: _Batch, jobs: list[Job], group_size: int) -> None:
             current = following
     except BaseException:
         try:
+            if following is not None and following is not current:
+                with contextlib.suppress(BaseException):
+                    batch.settle(following)  # its records must not be lost either
             batch.flush()
         except Exception:  # noqa: BLE001 - the first error is the one to raise
             log.exception("accepted messages could not be recorded; the reaper will count them")
