@@ -229,7 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retry_schedule=_retry_schedule(env),
         retry_give_up_seconds=_number(env, "RETRY_GIVE_UP_SECONDS", 3 * 86400.0, minimum=1.0),
         catch_up_grace_seconds=_number(env, "CATCH_UP_GRACE_SECONDS", 4 * 3600.0, minimum=0.0),
-        send_batch_size=_integer(env, "SEND_BATCH_SIZE", 50, minimum=1),
+        send_batch_size=_integer(env, "SEND_BATCH_SIZE", 200, minimum=1),
         record_group_size=_integer(env, "RECORD_GROUP_SIZE", 10, minimum=1),
         send_rate_per_second=_number(env, "SEND_RATE_PER_SECOND", 0.0, minimum=0.0),
         brake_after_failures=_integer(env, "BRAKE_AFTER_FAILURES", 10, minimum=1),
