@@ -90,7 +90,7 @@ class Timer:
 
 
 def _verb(sql: str) -> str:
-    words = sql.strip().rstrip('"').split()
+    words = sql.strip().strip('"').split()
     if not words or words[0] == ";":
         return "pool pre-ping (empty query)"
     return words[0].upper()

@@ -151,13 +151,11 @@ _COMPLETE = (
 # Written as text because SQLAlchemy does not cache the compiled form of dialect INSERTs with
 # ON CONFLICT, and this runs once per mail; PostgreSQL and SQLite share the syntax.
 _INSERT_NEXT = text(
-    """
-    INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,
-                            state, attempts, created_at)
-    SELECT :kind, :subscriber_id, id, :step_id, :due, :due, :state, 0, :now
-    FROM enrollments WHERE id = :enrollment_id AND status = :active
-    ON CONFLICT (enrollment_id, step_id) DO NOTHING
-    """
+    "INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,"
+    " state, attempts, created_at)"
+    " SELECT :kind, :subscriber_id, id, :step_id, :due, :due, :state, 0, :now"
+    " FROM enrollments WHERE id = :enrollment_id AND status = :active"
+    " ON CONFLICT (enrollment_id, step_id) DO NOTHING"
 ).bindparams(
     bindparam("due", type_=_DELIVERIES.c.due_at.type),
     bindparam("now", type_=_DELIVERIES.c.created_at.type),
