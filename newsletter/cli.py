@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from newsletter.db import db
 from newsletter.runtime import runtime
 from newsletter.services import sequences
 from newsletter.services.article import ArticleError
+
+MAX_UNSUBSCRIBE_MAIL_BYTES = 1_000_000
 
 
 def _print_report(report: sequences.ImportReport) -> None:
@@ -121,6 +124,39 @@ def dev_command(port: int) -> None:
     raise SystemExit(devserver.run(runtime().settings, port=port))
 
 
+@click.command("dkim-record")
+@with_appcontext
+def dkim_record_command() -> None:
+    """Print the DNS TXT record that publishes the DKIM public key."""
+    signer = runtime().composer.signer
+    if signer is None:
+        raise click.ClickException("DKIM is off: set DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE")
+    click.echo(signer.dns_record())
+
+
+@click.command("unsubscribe-mail")
+@with_appcontext
+def unsubscribe_mail_command() -> None:
+    """Unsubscribe the sender of a mailto unsubscribe request read from standard input.
+
+    For the mailbox named in UNSUBSCRIBE_MAILTO: have the mail server pipe each message to this
+    command (Postfix: an alias `"|flask --app web unsubscribe-mail"`).
+    """
+    from newsletter import clock
+    from newsletter.services import subscriptions
+
+    raw = sys.stdin.buffer.read(MAX_UNSUBSCRIBE_MAIL_BYTES)
+    try:
+        subscriber_id = subscriptions.mailto_unsubscribe_target(raw, runtime().tokens)
+    except subscriptions.UnsubscribeError as exc:
+        raise click.ClickException(str(exc)) from None
+    with db.transaction() as session:
+        found = subscriptions.unsubscribe(session, subscriber_id, clock.now(), "mailto")
+    if not found:
+        raise click.ClickException("that subscriber no longer exists")
+    click.echo(f"unsubscribed subscriber {subscriber_id}")
+
+
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
     for command in (
@@ -130,5 +166,7 @@ def register(app: Flask) -> None:
         dispatch_command,
         mailcatcher_command,
         dev_command,
+        dkim_record_command,
+        unsubscribe_mail_command,
     ):
         app.cli.add_command(command)

@@ -7,12 +7,14 @@ a value that is present but wrong stops the process with a message naming the va
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from limits import parse_many  # the parser Flask-Limiter itself uses
@@ -62,6 +64,11 @@ class Settings:
     brake_after_failures: int
     brake_max_pause_seconds: float
     clock_offset_file: Path | None
+    reply_to: str | None = None
+    unsubscribe_mailto: str | None = None
+    dkim_selector: str | None = None
+    dkim_private_key_file: Path | None = None
+    dkim_domain: str | None = None
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -162,6 +169,37 @@ def _mail_from(env: Mapping[str, str]) -> str:
     return value
 
 
+def _optional_address(env: Mapping[str, str], name: str, *, bare: bool = False) -> str | None:
+    """An optional address setting; `bare` ones must be a plain address without a name."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    display, address = parseaddr(value)
+    if "@" not in address or any(c in value for c in "\r\n") or (bare and display):
+        shape = "me@example.com" if bare else "'Name <me@example.com>' or me@example.com"
+        raise ConfigError(f"{name} must be an address like {shape}, got {value!r}")
+    return address if bare else value
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+
+
+def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
+    selector = env.get("DKIM_SELECTOR", "").strip()
+    key_file = env.get("DKIM_PRIVATE_KEY_FILE", "").strip()
+    domain = env.get("DKIM_DOMAIN", "").strip()
+    if bool(selector) != bool(key_file):
+        raise ConfigError("DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE must be set together")
+    if selector and not _DNS_NAME.fullmatch(selector):
+        raise ConfigError(f"DKIM_SELECTOR must be a DNS label like 'mail2026', got {selector!r}")
+    return {
+        "dkim_selector": selector or None,
+        "dkim_private_key_file": Path(key_file).resolve() if key_file else None,
+        "dkim_domain": domain or None,
+    }
+
+
 def _rate_limit(env: Mapping[str, str]) -> str:
     value = env.get("SIGNUP_RATE_LIMIT", "").strip() or "20 per minute; 200 per hour"
     try:
@@ -235,4 +273,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         brake_after_failures=_integer(env, "BRAKE_AFTER_FAILURES", 10, minimum=1),
         brake_max_pause_seconds=_number(env, "BRAKE_MAX_PAUSE_SECONDS", 900.0, minimum=1.0),
         clock_offset_file=Path(clock_file).resolve() if clock_file else None,
+        reply_to=_optional_address(env, "REPLY_TO"),
+        unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),
+        **_dkim(env),
     )

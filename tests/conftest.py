@@ -59,6 +59,7 @@ class SinkHandler:
 
     messages: list[EmailMessage] = field(default_factory=list)
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # each message exactly as received
     refuse: dict[str, str] = field(default_factory=dict)  # address -> SMTP reply
     data_reply: str | None = None  # reply to DATA instead of 250, e.g. "451 try later"
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -77,6 +78,7 @@ class SinkHandler:
         msg = BytesParser(policy=policy.default).parsebytes(envelope.original_content)
         with self.cond:
             self.messages.append(msg)  # type: ignore[arg-type]
+            self.raw.append(bytes(envelope.original_content))
             self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
             self.cond.notify_all()
         return "250 Message accepted"

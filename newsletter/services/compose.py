@@ -22,6 +22,7 @@ from markupsafe import Markup, escape
 
 from newsletter.config import Settings
 from newsletter.models import Sequence, Step
+from newsletter.services.dkim_sign import DkimSigner
 from newsletter.services.mime import (
     HeaderError,
     Outgoing,
@@ -105,11 +106,22 @@ class Composer:
         self._message_id_key = hashlib.sha256(
             b"message-id:" + settings.secret_key.encode()
         ).digest()
+        self._reply_to = (
+            self._encode_from(settings.reply_to, "Reply-To") if settings.reply_to else None
+        )
+        # Loaded at start, so a missing or unreadable key fails the process, naming the setting.
+        self.signer: DkimSigner | None = None
+        if settings.dkim_selector and settings.dkim_private_key_file:
+            self.signer = DkimSigner.from_file(
+                settings.dkim_domain or settings.mail_from_domain,
+                settings.dkim_selector,
+                settings.dkim_private_key_file,
+            )
 
     @staticmethod
-    def _encode_from(mail_from: str) -> str:
-        display, address = parseaddr(checked_header("From", mail_from))
-        return encode_address("From", display, address)
+    def _encode_from(value: str, name: str = "From") -> str:
+        display, address = parseaddr(checked_header(name, value))
+        return encode_address(name, display, address)
 
     # -- pieces -----------------------------------------------------------------------------
 
@@ -256,14 +268,26 @@ class Composer:
             ("Date", format_datetime(now)),
             ("Message-ID", checked_header("Message-ID", message_id)),
         ]
+        if self._reply_to:
+            headers.append(("Reply-To", self._reply_to))
         if list_id:
             headers.append(("List-Id", encode_value("List-Id", list_id)))
         if unsubscribe_url:
-            url = checked_header("List-Unsubscribe", f"<{unsubscribe_url}>")
-            headers.append(("List-Unsubscribe", url))
+            headers.append(("List-Unsubscribe", self._list_unsubscribe(unsubscribe_url)))
             headers.append(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"))
         data = assemble(headers, rendered.text, rendered.html, new_boundary())
+        if self.signer is not None:
+            data = self.signer.sign(data)
         return Outgoing(self._envelope_from, (subscriber.email,), data, message_id)
+
+    def _list_unsubscribe(self, url: str) -> str:
+        """The https one-click link, and a mailto whose subject carries the same token."""
+        value = f"<{url}>"
+        mailto = self.settings.unsubscribe_mailto
+        if mailto:
+            token = url.rsplit("/", 1)[-1]
+            value += f", <mailto:{mailto}?subject=unsubscribe%20{token}>"
+        return checked_header("List-Unsubscribe", value)
 
     def message(
         self,

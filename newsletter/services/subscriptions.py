@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import policy
+from email.parser import BytesParser
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
@@ -31,6 +34,7 @@ from newsletter.models import (
 )
 from newsletter.services import drip
 from newsletter.services.schedule import valid_time_zone
+from newsletter.services.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +229,30 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         )
     )
     return True
+
+
+class UnsubscribeError(ValueError):
+    """An unsubscribe request that names nobody (no token, or a forged one)."""
+
+
+_MAILTO_SUBJECT = re.compile(r"\bunsubscribe\s+(\S+)", re.IGNORECASE)
+
+
+def mailto_unsubscribe_target(raw: bytes, tokens: Tokens) -> int:
+    """The subscriber a mailto unsubscribe request names (the token in its Subject).
+
+    Raises UnsubscribeError for a message without a valid token; a reply that quotes the subject
+    ("Re: unsubscribe ...") still works.
+    """
+    message = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+    subject = str(message.get("Subject", ""))
+    match = _MAILTO_SUBJECT.search(subject)
+    if match is None:
+        raise UnsubscribeError("the message has no 'unsubscribe <token>' subject")
+    try:
+        return tokens.read_unsubscribe(match.group(1))
+    except TokenError as exc:
+        raise UnsubscribeError(str(exc)) from None
 
 
 def mid_send(session: Session, subscriber_id: int, now: datetime, within: timedelta) -> bool:
