@@ -178,3 +178,19 @@ def test_unsigned_when_dkim_is_off(app: Flask, smtp_sink: SmtpSink) -> None:
     raw = send_part_one(app, smtp_sink, "plain@example.org")
     assert b"DKIM-Signature" not in raw and b"Reply-To" not in raw
     assert b"mailto:" not in raw
+
+
+def test_openssl_signature_is_byte_for_byte_dkimpys(key_file: Path) -> None:
+    """The RSA step handed to OpenSSL gives exactly the signature dkimpy's own code gives."""
+    import hashlib
+
+    import dkim.crypto
+
+    from newsletter.services import dkim_sign
+
+    private = dkim.crypto.parse_pem_private_key(key_file.read_bytes())
+    for algorithm in (hashlib.sha256, hashlib.sha1):
+        digest = algorithm(b"a header block to sign")
+        ours = dkim_sign.openssl_rsa_sign(digest, private)
+        assert ours == dkim_sign._PYTHON_RSA_SIGN(digest, private)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is dkim_sign.openssl_rsa_sign

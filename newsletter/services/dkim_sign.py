@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from newsletter.config import ConfigError
 
@@ -28,6 +30,40 @@ SIGNED_HEADERS = (
     b"MIME-Version",
     b"Content-Type",
 )
+
+
+_PYTHON_RSA_SIGN = dkim.RSASSA_PKCS1_v1_5_sign
+_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}
+_HASHES = {"sha256": hashes.SHA256, "sha1": hashes.SHA1}
+
+
+def openssl_rsa_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
+    """RSASSA-PKCS1-v1_5 over a finished hash, by OpenSSL; dkimpy's contract and result.
+
+    dkimpy computes the RSA step with Python's pow (about 10 ms for a 2048-bit key); OpenSSL
+    takes well under 1 ms. PKCS#1 v1.5 signatures are deterministic, so the bytes are the
+    same as dkimpy's own (the tests compare them).
+    """
+    key = _OPENSSL_KEYS.get(private_key["modulus"])
+    if key is None:
+        numbers = rsa.RSAPrivateNumbers(
+            p=private_key["prime1"],
+            q=private_key["prime2"],
+            d=private_key["privateExponent"],
+            dmp1=private_key["exponent1"],
+            dmq1=private_key["exponent2"],
+            iqmp=private_key["coefficient"],
+            public_numbers=rsa.RSAPublicNumbers(
+                private_key["publicExponent"], private_key["modulus"]
+            ),
+        )
+        key = _OPENSSL_KEYS[private_key["modulus"]] = numbers.private_key()
+    algorithm = _HASHES[hash_obj.name]()
+    return key.sign(hash_obj.digest(), padding.PKCS1v15(), Prehashed(algorithm))
+
+
+# dkimpy looks the function up in its module at signing time; signing is the only use here.
+dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
 
 
 class DkimError(ConfigError):
