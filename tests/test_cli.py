@@ -86,6 +86,8 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
         (["import-article", "{empty}"], "empty"),
         (["import-article", "{ok}", "--slug", "Bad Slug!"], "slug"),
         (["import-article", "{ok}", "--parts", "0"], "0"),
+        (["import-article", "{looping}"], "loops are not allowed"),
+        (["import-article", "{prying}"], "unknown name 'config'"),
     ],
 )
 def test_import_article_errors_change_nothing(
@@ -97,7 +99,11 @@ def test_import_article_errors_change_nothing(
     empty.write_text("\n\n")
     ok = tmp_path / "ok.txt"
     ok.write_text("A Title Line\nSome text here.\n")
-    args = [a.format(empty=empty, ok=ok) for a in args]
+    looping = tmp_path / "looping.txt"
+    looping.write_text("A Title Line\n{% for i in range(9) %}spam{% endfor %} here.\n")
+    prying = tmp_path / "prying.txt"
+    prying.write_text("A Title Line\nYour key: {{ config }}\n")
+    args = [a.format(empty=empty, ok=ok, looping=looping, prying=prying) for a in args]
     result = runner.invoke(args=args)
     assert result.exit_code != 0
     assert message in result.output

@@ -16,12 +16,12 @@ from typing import Any, Protocol
 
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 
 from newsletter.config import Settings
 from newsletter.models import Sequence, Step
+from newsletter.services.admin_templates import AdminTemplates
 from newsletter.services.dkim_sign import DkimSigner
 from newsletter.services.mime import (
     HeaderError,
@@ -96,8 +96,8 @@ class Composer:
             lstrip_blocks=True,
         )
         # Text written by admins goes through the sandbox: no attribute access to internals,
-        # no config, no environment.
-        self.sandbox = SandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+        # no config, no environment, no loops, bounded size and time.
+        self.admin_text = AdminTemplates()
         self.markdown = MarkdownIt("commonmark", {"html": False, "typographer": False})
         self.inliner = css_inline.CSSInliner(keep_style_tags=True)
         self._step_cache: dict[tuple[object, ...], Rendered] = {}
@@ -152,7 +152,7 @@ class Composer:
         """Fill admin-written text with the subscriber's fields, inside the sandbox."""
         if "{" not in source:
             return source
-        return self.sandbox.from_string(source).render(first_name=subscriber.first_name or "")
+        return self.admin_text.render(source, first_name=subscriber.first_name or "")
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from newsletter.models import DeliveryKind
 from newsletter.services import recording
+from newsletter.services.admin_templates import AdminTemplateError
 from newsletter.services.batch_load import Job, prepare
 from newsletter.services.compose import Composer, Outgoing
 from newsletter.services.mailer import SendError, SmtpTransport
@@ -134,7 +135,7 @@ class _Batch:
         for job in jobs:
             try:
                 built.append((job, _build(self.composer, job, now)))
-            except (HeaderError, UnicodeError) as exc:
+            except (HeaderError, UnicodeError, AdminTemplateError) as exc:
                 broken.append((job, exc))
         accepted, self.accepted = self.accepted, []
         marked = self.db.submit(

@@ -6,11 +6,13 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import Delivery, Sequence, Step
+from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
 from newsletter.services.article import ArticleError, load_sidecar, split_article
 from newsletter.services.compose import EMAILS_DIR
 
@@ -34,6 +36,20 @@ def slug_for(path: Path) -> str:
     """A URL-safe slug from a file name."""
     slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")
     return slug or "article"
+
+
+def _check_templates(parts: list[Any]) -> None:
+    """Refuse, at import, any text the sender could not render (a template error)."""
+    templates = AdminTemplates()
+    for part in parts:
+        for name in ("subject", "preheader", "body_md"):
+            text = getattr(part, name) or ""
+            if "{" not in text:
+                continue
+            try:
+                templates.check(text)
+            except AdminTemplateError as exc:
+                raise ArticleError(f"part {part.number} {name}: {exc}") from None
 
 
 def import_article(
@@ -91,6 +107,7 @@ def import_article(
         session.flush()
     sequence.title = result.title
     sequence.description = sidecar.description or ""
+    _check_templates(result.parts)
     for index, part in enumerate(result.parts):
         sequence.steps.append(
             Step(

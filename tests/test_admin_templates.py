@@ -1,0 +1,99 @@
+"""Admin-written text: what a template can do, and everything it cannot."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+
+from newsletter.services import admin_templates
+from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
+
+
+@pytest.fixture
+def templates() -> AdminTemplates:
+    return AdminTemplates()
+
+
+def test_fields_and_conditions_work(templates: AdminTemplates) -> None:
+    assert templates.render("Hi {{ first_name }}!", first_name="Ann") == "Hi Ann!"
+    text = "{% if first_name %}Hi {{ first_name|title }}{% else %}Hello{% endif %}, welcome"
+    assert templates.render(text, first_name="bo") == "Hi Bo, welcome"
+    assert templates.render(text, first_name="") == "Hello, welcome"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ config }}",
+        "{{ settings.secret_key }}",
+        "{{ environ }}",
+        "{{ self }}",
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ lipsum.__globals__['os'].environ }}",
+        "{{ range.__self__ }}",
+        "{{ request }}",
+    ],
+)
+def test_no_name_but_the_subscribers_fields(templates: AdminTemplates, source: str) -> None:
+    with pytest.raises(AdminTemplateError, match="unknown name"):
+        templates.render(source, first_name="Ann")
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ first_name.__class__ }}",
+        "{{ first_name.__class__.__mro__[1].__subclasses__() }}",
+        "{{ first_name.format.__globals__ }}",
+        "{{ first_name|attr('__class__') }}",
+        "{{ first_name.__init__.__globals__['os'] }}",
+    ],
+)
+def test_python_internals_are_out_of_reach(templates: AdminTemplates, source: str) -> None:
+    os.environ["NEWSLETTER_TEST_CANARY"] = "canary-7d1c"
+    try:
+        with pytest.raises(AdminTemplateError):
+            out = templates.render(source, first_name="Ann")
+            assert "canary" not in out  # reached only if no error: then it must leak nothing
+            raise AssertionError(f"rendered {out!r}")
+    finally:
+        del os.environ["NEWSLETTER_TEST_CANARY"]
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("{% for i in range(10) %}x{% endfor %}", "loops"),
+        ("{% macro m() %}x{% endmacro %}{{ m() }}", "macros"),
+        ("{% include 'layouts/base.html' %}", "includes"),
+        ("{% import 'x' as y %}", "imports"),
+        ("{% extends 'layouts/base.html' %}", "extends"),
+        ("{{ first_name", "syntax"),
+    ],
+)
+def test_refused_when_checked(templates: AdminTemplates, source: str, reason: str) -> None:
+    with pytest.raises(AdminTemplateError, match=reason):
+        templates.check(source)
+
+
+def test_size_caps(templates: AdminTemplates) -> None:
+    with pytest.raises(AdminTemplateError, match="longer than"):
+        templates.check("x" * (admin_templates.MAX_SOURCE_CHARS + 1))
+    with pytest.raises(AdminTemplateError, match="too long"):
+        templates.render("{{ 'x' * 100000000 }}", first_name="")
+    with pytest.raises(AdminTemplateError, match="powers"):
+        templates.render("{{ 9 ** 9 ** 9 }}", first_name="")
+    many = "{{ first_name }}" * 2000  # a short text, a long output
+    with pytest.raises(AdminTemplateError, match="renders longer"):
+        templates.render(many, first_name="y" * 200)
+
+
+def test_render_time_limit() -> None:
+    ticks = itertools.count(step=0.2)  # every look at the clock: 0.2 s later
+    templates = AdminTemplates(clock=lambda: next(ticks))
+    assert templates.render("{{ first_name }}", first_name="a") == "a"
+    slow = " ".join(["{{ first_name }}"] * 10)
+    with pytest.raises(AdminTemplateError, match="took longer"):
+        templates.render(slow, first_name="a")
