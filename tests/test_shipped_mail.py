@@ -1,0 +1,83 @@
+"""Every mail the product ships (the seed series and the confirmation) parses strictly.
+
+Built by the real Composer and sent to a real SMTP server, then read back with Python's
+`email` package under `policy.strict`, which raises on any defect.
+"""
+
+from __future__ import annotations
+
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+
+from flask import Flask
+from sqlalchemy import select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import Sequence, Subscriber
+from newsletter.services import subscriptions
+from newsletter.services.mailer import SmtpTransport
+from tests.conftest import SmtpSink
+from tests.test_sending import runtime_of
+
+COMMON = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type")
+SERIES = ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post")
+
+
+def strict(raw: bytes) -> EmailMessage:
+    parsed = BytesParser(policy=policy.strict).parsebytes(raw)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+def check(message: EmailMessage, headers: tuple[str, ...]) -> None:
+    for name in headers:
+        assert len(message.get_all(name, [])) == 1, f"{name} missing or repeated"
+    assert message.get_content_type() == "multipart/alternative"
+    kinds = [part.get_content_type() for part in message.iter_parts()]
+    assert kinds == ["text/plain", "text/html"]
+    for part in message.iter_parts():
+        assert not part.defects
+        assert part.get_content().strip()
+    assert not message.defects
+
+
+def test_the_seed_series_and_the_confirmation_parse_strictly(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    rt = runtime_of(app)
+    composer, transport = rt.composer, SmtpTransport(rt.settings)
+    now = clock.now()
+    with db.transaction() as session:
+        subscriptions.signup(
+            session, subscriptions.SignupRequest(email="zoe@example.org", first_name="Zoë"), now
+        )
+    with db.session() as session:
+        sequence = session.scalars(select(Sequence)).one()
+        steps = list(sequence.steps)
+        subscriber = session.scalars(select(Subscriber)).one()
+        outgoing = [composer.wire(composer.confirmation(subscriber, sequence), subscriber, now)]
+        for step in steps:
+            url = composer.unsubscribe_url(subscriber.id)
+            rendered = composer.step(subscriber, step, sequence, len(steps), unsubscribe_url=url)
+            outgoing.append(
+                composer.wire(
+                    rendered,
+                    subscriber,
+                    now,
+                    list_id=composer.list_id(sequence),
+                    unsubscribe_url=url,
+                )
+            )
+    for mail in outgoing:
+        transport.send_data(mail.sender, mail.recipients, mail.data)
+    received = [strict(raw) for raw in smtp_sink.handler.raw]
+    assert len(received) == 1 + len(steps) == 5
+    check(received[0], COMMON)
+    for message in received[1:]:
+        check(message, COMMON + SERIES)
+        assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+        assert message["To"].addresses[0].display_name == "Zoë"
+    subjects = [str(m["Subject"]) for m in received[1:]]
+    assert subjects == [step.subject for step in steps]
