@@ -17,6 +17,7 @@ from newsletter import clock
 from newsletter.db import db
 from newsletter.models import Sequence, Subscriber
 from newsletter.services import subscriptions
+from newsletter.services.compose import markdown_to_text
 from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
 from tests.test_sending import runtime_of
@@ -81,3 +82,15 @@ def test_the_seed_series_and_the_confirmation_parse_strictly(
         assert message["To"].addresses[0].display_name == "Zoë"
     subjects = [str(m["Subject"]) for m in received[1:]]
     assert subjects == [step.subject for step in steps]
+
+
+def test_text_part_numbers_links_and_lists_them() -> None:
+    source = (
+        "# Title\n\nSee [the guide](https://e.org/g) and [again](https://e.org/g), "
+        "then [more](https://e.org/m).\n\n* one\n+ two\n- three\n\nA \\*literal\\* star."
+    )
+    assert markdown_to_text(source) == (
+        "Title\n=====\n\nSee the guide [1] and again [1], then more [2].\n\n"
+        "- one\n- two\n- three\n\nA *literal* star.\n\n"
+        "Links:\n[1] https://e.org/g\n[2] https://e.org/m\n"
+    )

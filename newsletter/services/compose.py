@@ -48,18 +48,34 @@ _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
 def markdown_to_text(source: str) -> str:
-    """Readable plain text from Markdown: headings underlined, links with their URLs."""
+    """Readable plain text from Markdown: headings underlined, lists as dashes, links numbered.
+
+    A link reads "its text [1]" in the flow, and the URLs follow as a numbered list, so the
+    text part stays readable and every address is there to copy.
+    """
     lines: list[str] = []
+    urls: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        url = match.group(2)
+        if url not in urls:
+            urls.append(url)
+        return f"{match.group(1)} [{urls.index(url) + 1}]"
+
     for line in source.splitlines():
         heading = re.match(r"^(#{1,6})\s+(.*)$", line)
         if heading:
             title = heading.group(2).strip()
             lines.extend([title, ("=" if len(heading.group(1)) == 1 else "-") * len(title)])
             continue
-        line = _MD_LINK.sub(lambda m: f"{m.group(1)} ({m.group(2)})", line)
+        line = re.sub(r"^(\s*)[*+]\s+", r"\1- ", line)
+        line = _MD_LINK.sub(number, line)
         line = re.sub(r"\\([\\`*_{}\[\]()#+\-.!>])", r"\1", line)
         lines.append(line)
-    return "\n".join(lines).strip() + "\n"
+    text = "\n".join(lines).strip() + "\n"
+    if urls:
+        text += "\nLinks:\n" + "".join(f"[{i}] {url}\n" for i, url in enumerate(urls, 1))
+    return text
 
 
 class Recipient(Protocol):
