@@ -69,9 +69,10 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import public
+    from newsletter.web import public, reader
 
     app.register_blueprint(public.bp)
+    app.register_blueprint(reader.bp)
     if settings.dev_mail_dir is not None:
         from newsletter.web import devmail
 

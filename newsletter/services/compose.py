@@ -44,6 +44,7 @@ STEP_CACHE_SIZE = 256
 # CSS inlining leave them intact.
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
+_READER_TOKEN = "NLSUBSTREADER7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
@@ -159,6 +160,11 @@ class Composer:
             f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
         )
 
+    def reader_url(self, subscriber_id: int, step_id: int | None = None) -> str:
+        """The web archive of a subscriber's received parts, or one part in it."""
+        base = f"{self.settings.site_url}/read/{self.tokens.reader_token(subscriber_id)}"
+        return base if step_id is None else f"{base}/{step_id}"
+
     def confirm_url(self, subscriber: Recipient) -> str:
         """The signed confirmation URL for a pending subscriber."""
         token = self.tokens.confirm_token(subscriber.id, subscriber.email)
@@ -201,23 +207,39 @@ class Composer:
         """
         url = unsubscribe_url or self.unsubscribe_url(subscriber.id)
         name = subscriber.first_name or ""
+        reader = self.tokens.reader_token(subscriber.id)
         if any("{" in text for text in (step.body_md, step.subject, step.preheader)):
-            return self._render_step(step, sequence, total, name, url, subscriber)
+            return self._render_step(step, sequence, total, name, url, reader, subscriber)
         key = (step.id, step.updated_at, total, sequence.title, bool(name))
         template = self._step_cache.get(key)
         if template is None:
             if len(self._step_cache) >= STEP_CACHE_SIZE:
                 self._step_cache.clear()
             token_name = _NAME_TOKEN if name else ""
-            template = self._render_step(step, sequence, total, token_name, _URL_TOKEN, subscriber)
+            template = self._render_step(
+                step, sequence, total, token_name, _URL_TOKEN, _READER_TOKEN, subscriber
+            )
             self._step_cache[key] = template
+        html = template.html.replace(_NAME_TOKEN, str(escape(name)))
+        text = template.text.replace(_NAME_TOKEN, name)
         return Rendered(
             subject=template.subject,
-            html=template.html.replace(_NAME_TOKEN, str(escape(name))).replace(
-                _URL_TOKEN, str(escape(url))
-            ),
-            text=template.text.replace(_NAME_TOKEN, name).replace(_URL_TOKEN, url),
+            html=html.replace(_URL_TOKEN, str(escape(url))).replace(_READER_TOKEN, reader),
+            text=text.replace(_URL_TOKEN, url).replace(_READER_TOKEN, reader),
         )
+
+    def web_page(self, subscriber: Recipient, step: Step, sequence: Sequence) -> str:
+        """A received part as a web page (the archive), without the "view in browser" link."""
+        return self._render_step(
+            step,
+            sequence,
+            len(sequence.steps),
+            subscriber.first_name or "",
+            self.unsubscribe_url(subscriber.id),
+            self.tokens.reader_token(subscriber.id),
+            subscriber,
+            in_browser=True,
+        ).html
 
     def _render_step(
         self,
@@ -226,7 +248,10 @@ class Composer:
         total: int,
         first_name: str,
         unsubscribe_url: str,
+        reader: str,
         subscriber: Recipient,
+        *,
+        in_browser: bool = False,
     ) -> Rendered:
         body_md = self.personalise(step.body_md, subscriber)
         resources = [dict(r) for r in (step.resources or [])]
@@ -251,6 +276,9 @@ class Composer:
             "resources": resources,
             "resources_intro": step.resources_intro,
             "unsubscribe_url": unsubscribe_url,
+            "view_url": f"{self.settings.site_url}/read/{reader}/{step.id}",
+            "archive_url": f"{self.settings.site_url}/read/{reader}",
+            "in_browser": in_browser,
         }
         html, text = self._page("layouts/step", context)
         return Rendered(subject=context["subject"], text=text, html=html)

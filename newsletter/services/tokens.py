@@ -25,6 +25,10 @@ class Tokens:
         return URLSafeTimedSerializer(self.secret_key, salt="confirm-subscription")
 
     @cached_property
+    def _reader(self) -> URLSafeSerializer:
+        return URLSafeSerializer(self.secret_key, salt="reader")
+
+    @cached_property
     def _unsubscribe(self) -> URLSafeSerializer:
         return URLSafeSerializer(self.secret_key, salt="unsubscribe")
 
@@ -56,4 +60,18 @@ class Tokens:
             raise TokenError("this unsubscribe link is not valid") from None
         if not isinstance(sid, int):
             raise TokenError("this unsubscribe link is not valid")
+        return sid
+
+    def reader_token(self, subscriber_id: int) -> str:
+        """A token that opens this subscriber's archive of received parts; it never expires."""
+        return self._reader.dumps(subscriber_id)
+
+    def read_reader(self, token: str) -> int:
+        """The subscriber id a reader token was made for."""
+        try:
+            sid = self._reader.loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise TokenError("this link is not valid") from None
+        if not isinstance(sid, int):
+            raise TokenError("this link is not valid")
         return sid
