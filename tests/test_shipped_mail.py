@@ -44,9 +44,8 @@ def check(message: EmailMessage, headers: tuple[str, ...]) -> None:
     assert not message.defects
 
 
-def test_the_seed_series_and_the_confirmation_parse_strictly(
-    app: Flask, smtp_sink: SmtpSink
-) -> None:
+def send_shipped_mails(app: Flask, smtp_sink: SmtpSink) -> list[bytes]:
+    """The confirmation and every part of the seed series, as sent; the bytes received."""
     rt = runtime_of(app)
     composer, transport = rt.composer, SmtpTransport(rt.settings)
     now = clock.now()
@@ -73,7 +72,15 @@ def test_the_seed_series_and_the_confirmation_parse_strictly(
             )
     for mail in outgoing:
         transport.send_data(mail.sender, mail.recipients, mail.data)
-    received = [strict(raw) for raw in smtp_sink.handler.raw]
+    return list(smtp_sink.handler.raw)
+
+
+def test_the_seed_series_and_the_confirmation_parse_strictly(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    received = [strict(raw) for raw in send_shipped_mails(app, smtp_sink)]
+    with db.session() as session:
+        steps = list(session.scalars(select(Sequence)).one().steps)
     assert len(received) == 1 + len(steps) == 5
     check(received[0], COMMON)
     for message in received[1:]:
