@@ -244,12 +244,12 @@ def product_messages(env: dict[str, str], count: int, distinct: int = 200) -> li
             now = datetime.now(UTC)
             for sub in subscribers:
                 rendered = composer.step(sub, steps[0], sequence, len(steps))
-                msg = composer.message(
+                outgoing = composer.wire(
                     rendered, sub, now,
                     list_id=composer.list_id(sequence),
                     unsubscribe_url=composer.unsubscribe_url(sub.id),
                 )  # fmt: skip
-                built.append(msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+                built.append(outgoing.data)  # the product's own bytes
     finally:
         engine.dispose()
     return [built[i % len(built)] for i in range(count)]

@@ -8,8 +8,6 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
 from typing import Any, Protocol
@@ -100,7 +98,7 @@ class Rendered:
 
 
 class Composer:
-    """Renders system mails and sequence steps into complete EmailMessages."""
+    """Renders system mails and sequence steps into wire-ready messages."""
 
     def __init__(self, settings: Settings, tokens: Tokens, emails_dir: Path = EMAILS_DIR) -> None:
         self.settings = settings
@@ -332,23 +330,6 @@ class Composer:
             token = url.rsplit("/", 1)[-1]
             value += f", <mailto:{mailto}?subject=unsubscribe%20{token}>"
         return checked_header("List-Unsubscribe", value)
-
-    def message(
-        self,
-        rendered: Rendered,
-        subscriber: Recipient,
-        now: datetime,
-        *,
-        list_id: str | None = None,
-        unsubscribe_url: str | None = None,
-    ) -> EmailMessage:
-        """The same mail as `wire`, parsed into an EmailMessage (for previews and tests)."""
-        outgoing = self.wire(
-            rendered, subscriber, now, list_id=list_id, unsubscribe_url=unsubscribe_url
-        )
-        parsed = message_from_bytes(outgoing.data, policy=policy.default)
-        assert isinstance(parsed, EmailMessage)
-        return parsed
 
     def list_id(self, sequence: Sequence) -> str:
         """The List-Id of a sequence: its title and `<slug.domain>`."""
