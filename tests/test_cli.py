@@ -88,6 +88,8 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
         (["import-article", "{ok}", "--parts", "0"], "0"),
         (["import-article", "{looping}"], "loops are not allowed"),
         (["import-article", "{prying}"], "unknown name 'config'"),
+        (["import-article", "{plain_http}"], "'http://e.org/a' must be an https:// or mailto:"),
+        (["import-article", "{no_alt}"], "needs alt text"),
     ],
 )
 def test_import_article_errors_change_nothing(
@@ -103,7 +105,13 @@ def test_import_article_errors_change_nothing(
     looping.write_text("A Title Line\n{% for i in range(9) %}spam{% endfor %} here.\n")
     prying = tmp_path / "prying.txt"
     prying.write_text("A Title Line\nYour key: {{ config }}\n")
-    args = [a.format(empty=empty, ok=ok, looping=looping, prying=prying) for a in args]
+    plain_http = tmp_path / "plain_http.md"
+    plain_http.write_text("# A Title\n\nSee [this](http://e.org/a).\n")
+    no_alt = tmp_path / "no_alt.md"
+    no_alt.write_text("# A Title\n\n![](https://e.org/chart.png)\n")
+    files = {"empty": empty, "ok": ok, "looping": looping, "prying": prying}
+    files |= {"plain_http": plain_http, "no_alt": no_alt}
+    args = [a.format(**files) for a in args]
     result = runner.invoke(args=args)
     assert result.exit_code != 0
     assert message in result.output

@@ -28,6 +28,7 @@ from newsletter.services.article_parse import (
     strip_boilerplate,
     trim,
 )
+from newsletter.services.content_rules import is_safe_url
 
 WORDS_PER_MINUTE = 230
 SUBJECT_MAX = 78
@@ -115,8 +116,8 @@ def normalize_title(text: str) -> str:
 
 
 def _check_url(where: str, url: str) -> str:
-    if url and not re.match(r"https?://[^\s/]+\S*$", url):
-        raise ArticleError(f"{where}: url must be empty or an http(s) URL, got {url!r}")
+    if url and not is_safe_url(url):
+        raise ArticleError(f"{where}: url must be empty, https:// or mailto:, got {url!r}")
     return url
 
 

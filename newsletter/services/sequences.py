@@ -15,6 +15,7 @@ from newsletter.models import Delivery, Sequence, Step
 from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
 from newsletter.services.article import ArticleError, load_sidecar, split_article
 from newsletter.services.compose import EMAILS_DIR
+from newsletter.services.content_rules import body_problems
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,16 @@ def slug_for(path: Path) -> str:
     return slug or "article"
 
 
-def _check_templates(parts: list[Any]) -> None:
-    """Refuse, at import, any text the sender could not render (a template error)."""
+def _check_parts(parts: list[Any]) -> None:
+    """Refuse, at import, any part the sender could not render or should not send.
+
+    A template error, a link that is not https:// or mailto:, an image without alt text.
+    """
     templates = AdminTemplates()
     for part in parts:
+        problems = body_problems(part.body_md)
+        if problems:
+            raise ArticleError(f"part {part.number}: " + "; ".join(problems))
         for name in ("subject", "preheader", "body_md"):
             text = getattr(part, name) or ""
             if "{" not in text:
@@ -85,6 +92,7 @@ def import_article(
         links=sidecar.links,
         sidecar_name=path.with_suffix(".toml").name,
     )
+    _check_parts(result.parts)
     sequence = session.scalar(select(Sequence).where(Sequence.slug == slug))
     if sequence is not None and not replace:
         raise ArticleError(f"a sequence with slug {slug!r} exists; pass --replace to rebuild it")
@@ -107,7 +115,6 @@ def import_article(
         session.flush()
     sequence.title = result.title
     sequence.description = sidecar.description or ""
-    _check_templates(result.parts)
     for index, part in enumerate(result.parts):
         sequence.steps.append(
             Step(
