@@ -15,12 +15,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -30,6 +31,9 @@ from newsletter import create_app, embedded
 from newsletter.config import load_settings
 from newsletter.db import db
 from newsletter.migrate import upgrade
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -118,9 +122,9 @@ class SmtpSink:
             return list(self.handler.messages)
 
 
-@pytest.fixture
-def smtp_sink() -> Iterator[SmtpSink]:
-    """A fresh aiosmtpd server per test."""
+@contextmanager
+def running_sink() -> Iterator[SmtpSink]:
+    """An aiosmtpd server on a free port of 127.0.0.1, stopped on exit."""
     handler = SinkHandler()
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
@@ -129,6 +133,13 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield SmtpSink("127.0.0.1", port, handler)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    """A fresh aiosmtpd server per test."""
+    with running_sink() as sink:
+        yield sink
 
 
 # -- databases and brokers ---------------------------------------------------------------------
@@ -330,3 +341,49 @@ def run_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     for env in envs:
         if env.get("BROKER_URL") == "embedded":
             embedded.stop(Path(env["INSTANCE_DIR"]).resolve())
+
+
+# -- headless Chromium ---------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """One headless Chromium (Debian's) for the module; each test opens its own context."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        _unavailable("Chromium", f"{CHROMIUM} does not exist (install Debian's chromium)")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """Open a page in a fresh context (cookies, zone, viewport of its own); closed at the end."""
+    contexts: list[BrowserContext] = []
+
+    def _open(**options: Any) -> Page:
+        context = browser.new_context(**options)
+        contexts.append(context)
+        return context.new_page()
+
+    yield _open
+    for context in contexts:
+        context.close()

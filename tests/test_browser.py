@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
 from werkzeug.serving import BaseWSGIServer, make_server
 
@@ -39,7 +39,6 @@ from tests.conftest import (
     ROOT,
     SmtpSink,
     WorkerProcess,
-    _unavailable,
     base_env,
     free_port,
     make_app,
@@ -47,52 +46,12 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DAY = 3.0  # DRIP_DAY_SECONDS: a whole series plays out in seconds
 TICK = 0.5  # DISPATCH_INTERVAL_SECONDS
 ARTIFACTS = ROOT / "test-artifacts"
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """One headless Chromium for the module; each test opens its own context."""
-    if not CHROMIUM.exists():
-        _unavailable("Chromium", f"{CHROMIUM} does not exist (install Debian's chromium)")
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield instance
-        finally:
-            instance.close()
-
-
-@pytest.fixture
-def new_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """Open a page in a fresh context (cookies, zone, viewport of its own); closed at the end."""
-    contexts: list[BrowserContext] = []
-
-    def _open(**options: Any) -> Page:
-        context = browser.new_context(**options)
-        contexts.append(context)
-        return context.new_page()
-
-    yield _open
-    for context in contexts:
-        context.close()
 
 
 @dataclass

@@ -6,6 +6,7 @@ Built by the real Composer and sent to a real SMTP server, then read back with P
 
 from __future__ import annotations
 
+from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -17,8 +18,9 @@ from newsletter import clock
 from newsletter.db import db
 from newsletter.models import Sequence, Subscriber
 from newsletter.services import subscriptions
-from newsletter.services.compose import markdown_to_text
+from newsletter.services.compose import Composer, markdown_to_text
 from newsletter.services.mailer import SmtpTransport
+from newsletter.services.mime import Outgoing
 from tests.conftest import SmtpSink
 from tests.test_sending import runtime_of
 
@@ -44,6 +46,23 @@ def check(message: EmailMessage, headers: tuple[str, ...]) -> None:
     assert not message.defects
 
 
+def part_mails(
+    composer: Composer, subscriber: Subscriber, sequence: Sequence, now: datetime
+) -> list[Outgoing]:
+    """Every part of `sequence` as the sender builds it for `subscriber`."""
+    steps = list(sequence.steps)
+    mails = []
+    for step in steps:
+        url = composer.unsubscribe_url(subscriber.id)
+        rendered = composer.step(subscriber, step, sequence, len(steps), unsubscribe_url=url)
+        mails.append(
+            composer.wire(
+                rendered, subscriber, now, list_id=composer.list_id(sequence), unsubscribe_url=url
+            )
+        )
+    return mails
+
+
 def send_shipped_mails(app: Flask, smtp_sink: SmtpSink) -> list[bytes]:
     """The confirmation and every part of the seed series, as sent; the bytes received."""
     rt = runtime_of(app)
@@ -54,22 +73,10 @@ def send_shipped_mails(app: Flask, smtp_sink: SmtpSink) -> list[bytes]:
             session, subscriptions.SignupRequest(email="zoe@example.org", first_name="Zoë"), now
         )
     with db.session() as session:
-        sequence = session.scalars(select(Sequence)).one()
-        steps = list(sequence.steps)
+        sequence = session.scalars(select(Sequence).where(Sequence.is_default)).one()
         subscriber = session.scalars(select(Subscriber)).one()
         outgoing = [composer.wire(composer.confirmation(subscriber, sequence), subscriber, now)]
-        for step in steps:
-            url = composer.unsubscribe_url(subscriber.id)
-            rendered = composer.step(subscriber, step, sequence, len(steps), unsubscribe_url=url)
-            outgoing.append(
-                composer.wire(
-                    rendered,
-                    subscriber,
-                    now,
-                    list_id=composer.list_id(sequence),
-                    unsubscribe_url=url,
-                )
-            )
+        outgoing += part_mails(composer, subscriber, sequence, now)
     for mail in outgoing:
         transport.send_data(mail.sender, mail.recipients, mail.data)
     return list(smtp_sink.handler.raw)
