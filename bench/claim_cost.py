@@ -38,7 +38,8 @@ from bench._common import (  # noqa: E402
 )
 from bench._services import pg_database  # noqa: E402
 
-FILL = ("""
+FILL = (
+    """
 INSERT INTO subscribers (id, email, first_name, time_zone, status, created_at, confirmed_at,
                          consent_at, consent_ip, consent_form)
 SELECT g, 'reader' || g || '@example.test', 'Reader' || g,
@@ -46,13 +47,15 @@ SELECT g, 'reader' || g || '@example.test', 'Reader' || g,
        CASE WHEN mod(g, 11) = 0 THEN 'unsubscribed' ELSE 'active' END,
        %(now)s - interval '10 days', %(now)s - interval '10 days', %(now)s - interval '10 days',
        '127.0.0.1', 'bench'
-FROM generate_series(1, %(subs)s) AS g""", """
+FROM generate_series(1, %(subs)s) AS g""",
+    """
 INSERT INTO enrollments (id, subscriber_id, sequence_id, status, created_at, started_at)
 SELECT g, g, %(sequence)s,
        CASE WHEN mod(g, 11) = 0 THEN 'stopped' WHEN mod(g, 5) = 4 THEN 'completed'
             ELSE 'active' END,
        %(now)s - interval '10 days', %(now)s - interval '10 days'
-FROM generate_series(1, %(subs)s) AS g""", """
+FROM generate_series(1, %(subs)s) AS g""",
+    """
 -- Row d: subscriber s = (d-1)/4 + 1, part p = mod(d-1, 4) + 1; s has sent mod(s, 5) parts.
 INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,
                         state, attempts, last_error, claimed_at, attempted_at, sent_at,
@@ -78,7 +81,8 @@ CROSS JOIN LATERAL (
              ELSE 'skipped' END AS state,
            (p = mod(s, 5) + 1 AND mod(s, 11) <> 0 AND mod(s, %(due_stride)s) = 0) AS due
 ) AS x
-""")
+""",
+)
 
 
 class Overrun(Exception):
@@ -104,9 +108,7 @@ def fill(engine: Any, sequence_id: int, rows: int, due: int) -> dict[str, Any]:
         for statement in FILL:
             conn.exec_driver_sql(statement, params)
         for name in ("subscribers", "enrollments"):
-            conn.execute(
-                text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), {subs})")
-            )
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), {subs})"))
     loaded = time.perf_counter() - started
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -96,16 +96,34 @@ def _publish(n: int, deadline: float) -> tuple[int, float]:
 
 def _start_worker(broker: str, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     cmd = [
-        sys.executable, "-m", "celery", "-A", "bench._broker_app", "worker",
-        "--pool", "prefork", "--concurrency", str(WORKER_CONCURRENCY),
-        "--loglevel", "WARNING", "--hostname", f"bench-{broker}@localhost",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench._broker_app",
+        "worker",
+        "--pool",
+        "prefork",
+        "--concurrency",
+        str(WORKER_CONCURRENCY),
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"bench-{broker}@localhost",
         # Broadcast chatter that only the redis transport supports: off for all three.
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
     ]
     log = open(workdir / "worker.log", "wb")  # the child inherits it; ours closes below
     try:
         worker = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
     finally:
@@ -224,20 +242,32 @@ def _kill_leftovers(workdir: Path) -> None:
 def orchestrate_case(broker: str, n: int, timeout: float, keep: bool) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{broker}-"))
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--timeout", str(timeout),
-        "--case", broker, "--case-tasks", str(n), "--case-dir", str(workdir),
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--timeout",
+        str(timeout),
+        "--case",
+        broker,
+        "--case-tasks",
+        str(n),
+        "--case-dir",
+        str(workdir),
     ]
     result: dict[str, Any] = {"broker": broker, "n": n, "status": "no result"}
     with open(workdir / "case.log", "wb") as err:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            cmd,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
             start_new_session=True,
         )
         try:
             out, _ = proc.communicate(timeout=timeout + HARD_KILL_GRACE_SECONDS)
             for line in out.decode(errors="replace").splitlines():
                 if line.startswith("RESULT "):
-                    result = json.loads(line[len("RESULT "):])
+                    result = json.loads(line[len("RESULT ") :])
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -344,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault(broker, []).append(case)
 
     header = [
-        "broker", "publish/s",
+        "broker",
+        "publish/s",
         f"drain/s ({_count_label(args.tasks)})",
         f"drain/s ({_count_label(args.backlog)} backlog)",
     ]

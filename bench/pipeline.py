@@ -83,9 +83,9 @@ class Overrun(Exception):
 
 
 @contextlib.contextmanager
-def stack_env(stack: str, workdir: Path, sink_port: int, extra: dict[str, str]) -> Iterator[
-    tuple[dict[str, str], PrivateRedis | None]
-]:
+def stack_env(
+    stack: str, workdir: Path, sink_port: int, extra: dict[str, str]
+) -> Iterator[tuple[dict[str, str], PrivateRedis | None]]:
     """A fresh database (and broker) for one run, and the worker's environment."""
     if stack == "pg-redis":
         with pg_database("bench_pipeline") as url, PrivateRedis(workdir) as redis:
@@ -190,9 +190,7 @@ def delivery_states(database_url: str, first_step_id: int) -> dict[str, int]:
             ):
                 part = "part1" if step_id == first_step_id else "next"
                 out[f"{part}:{state.value}"] = out.get(f"{part}:{state.value}", 0) + int(n)
-            for kind, n in session.execute(
-                select(Event.kind, func.count()).group_by(Event.kind)
-            ):
+            for kind, n in session.execute(select(Event.kind, func.count()).group_by(Event.kind)):
                 out[f"events:{kind}"] = int(n)
             return out
     finally:
@@ -229,7 +227,10 @@ def start_profiles(
             with open(outdir / f"py-spy-{pid}-{kind}.log", "wb") as err:
                 procs.append(
                     subprocess.Popen(
-                        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
                         start_new_session=True,
                     )  # fmt: skip
                 )
@@ -290,8 +291,10 @@ def run_case(
                 worker = start_worker(env, workdir, concurrency)
                 result["ready_s"] = wait_ready(worker, workdir)
                 extra_pids = {sink.pid: "sink"}
-                redis_pid = redis.proc.pid if redis and redis.proc else _redis_pid_embedded(
-                    Path(env["INSTANCE_DIR"])
+                redis_pid = (
+                    redis.proc.pid
+                    if redis and redis.proc
+                    else _redis_pid_embedded(Path(env["INSTANCE_DIR"]))
                 )
                 if redis_pid:
                     extra_pids[redis_pid] = "redis"
@@ -500,9 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deliveries", type=int, default=20000, help="due part-1 deliveries")
     parser.add_argument("--concurrency", default="2", help="pool processes; comma list sweeps")
     parser.add_argument("--send-batch-size", default="200", help="SEND_BATCH_SIZE; comma list")
-    parser.add_argument(
-        "--record-group-size", default="10", help="RECORD_GROUP_SIZE; comma list"
-    )
+    parser.add_argument("--record-group-size", default="10", help="RECORD_GROUP_SIZE; comma list")
     parser.add_argument("--dispatch-interval", type=float, default=0.5)
     parser.add_argument("--dispatch-batch-size", type=int, default=500)
     parser.add_argument(

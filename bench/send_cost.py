@@ -313,8 +313,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.what_if:
         print(f"WHAT-IF experiment (not the product's configuration): {args.what_if}")
     print()
-    rows = [["stack", "messages", "msg/s", "", "per msg, ms", "SQL execute", "compose",
-             "SMTP send", "rest (ORM, BEGIN/COMMIT, pings, Redis)", "statements", "commits"]]
+    rows = [
+        [
+            "stack",
+            "messages",
+            "msg/s",
+            "",
+            "per msg, ms",
+            "SQL execute",
+            "compose",
+            "SMTP send",
+            "rest (ORM, BEGIN/COMMIT, pings, Redis)",
+            "statements",
+            "commits",
+        ]
+    ]
     for r in results:
         n = r["n"]
         for kind, suffix in (("wall", ""), ("CPU", "_cpu")):
