@@ -238,6 +238,8 @@ def test_markup_is_built_for_mail_clients(shipped: list[Mail]) -> None:
         )
         (card,) = doc.with_class("card")
         assert f"max-width: {CARD_MAX}px" in card.style, f"{where}: card is not {CARD_MAX}px"
+        # Outlook for Windows ignores max-width; a table only it reads holds the column.
+        assert f'<!--[if mso]><table role="presentation" width="{CARD_MAX}"' in mail.html, where
         for cell in doc.with_class("content") + doc.with_class("footer"):
             family = re.search(r"font-family: ([^;]+)", cell.style)
             assert family, f"{where}: .{cell.classes[0]} has no inline font-family"
