@@ -44,19 +44,21 @@ from tests.conftest import (
     start_worker,
     stop_worker,
 )
-from tests.fault_check import (
-    Expectations,
-    FaultFinding,
-    Report,
-    check_copies,
-    check_outcome,
+from tests.fault_check import Expectations, Report, check_copies, check_outcome
+from tests.fault_probes import (
     claimed_subscribers,
     db_retry,
     in_flight_subscribers,
     sent_claimed_after,
 )
 from tests.fault_smtp import FaultSmtp
-from tests.fault_stack import EmbeddedBroker, Fleet, PrivateRedis, terminate_backends
+from tests.fault_stack import (
+    EmbeddedBroker,
+    FaultFinding,
+    Fleet,
+    PrivateRedis,
+    terminate_backends,
+)
 from tests.mailparse import link, unsubscribe_path
 
 pytestmark = pytest.mark.slow
