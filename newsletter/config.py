@@ -138,6 +138,26 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     return value
 
 
+_LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def _site_url(env: Mapping[str, str]) -> str:
+    value = _url(env, "SITE_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
+    parts = urlsplit(value)
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ConfigError(f"SITE_URL must name a host, got {value!r}")
+    # Links in mail to anywhere but this machine must be https: Gmail and Yahoo honour
+    # one-click unsubscribe (RFC 8058) only on an https URI, and a reader's click must not
+    # carry their personal token in the clear.
+    if parts.scheme == "http" and not (host in _LOOPBACK_HOSTS or host.endswith(".localhost")):
+        raise ConfigError(
+            f"SITE_URL must be an https:// URL (plain http is for 127.0.0.1 and localhost "
+            f"only: one-click unsubscribe needs https), got {value!r}"
+        )
+    return value
+
+
 def _secret_key(env: Mapping[str, str], instance_dir: Path) -> str:
     value = env.get("SECRET_KEY", "").strip()
     if value:
@@ -231,7 +251,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     # Only Redis: the broker settings (visibility timeout, fast publish give-up) are Redis's.
     broker_url = _url(env, "BROKER_URL", EMBEDDED, (EMBEDDED, "redis", "rediss"))
     default_redis = broker_url if urlsplit(broker_url).scheme.startswith("redis") else EMBEDDED
-    site_url = _url(env, "SITE_URL", "http://127.0.0.1:5000", ("http", "https")).rstrip("/")
+    site_url = _site_url(env)
     dev_mail = env.get("DEV_MAIL_DIR", "").strip()
     clock_file = env.get("CLOCK_OFFSET_FILE", "").strip()
     return Settings(

@@ -36,6 +36,8 @@ def test_embedded_defaults(tmp_path: Path) -> None:
         ("MAIL_FROM", "nobody"),
         ("MAIL_FROM", "A <a@example.org>\r\nBcc: b@example.org"),
         ("SITE_URL", "ftp://example.org"),
+        ("SITE_URL", "http://news.example.org"),
+        ("SITE_URL", "https://"),
         ("SECRET_KEY", "short"),
         ("DRIP_DAY_SECONDS", "-5"),
         ("DISPATCH_INTERVAL_SECONDS", "often"),
@@ -45,6 +47,16 @@ def test_embedded_defaults(tmp_path: Path) -> None:
 def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings({"INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "x" * 32, name: value})
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:5000", "http://localhost:8000/", "http://[::1]:80", "https://e.org"]
+)
+def test_plain_http_site_url_only_on_this_machine(tmp_path: Path, url: str) -> None:
+    settings = load_settings(
+        {"INSTANCE_DIR": str(tmp_path), "SECRET_KEY": "x" * 32, "SITE_URL": url}
+    )
+    assert settings.site_url == url.rstrip("/")
 
 
 def test_production_values(tmp_path: Path) -> None:
