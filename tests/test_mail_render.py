@@ -334,7 +334,17 @@ def contrast(a: str, b: str) -> float:
     return (high + 0.05) / (low + 0.05)
 
 
-def problems_at(page: Page, mail: Mail, width: int, scheme: str) -> list[str]:
+@dataclass
+class Seen:
+    """What the pages at one width showed: the problems, and the extremes for the report."""
+
+    problems: list[str] = field(default_factory=list)
+    smallest_px: float = float("inf")
+    lowest_contrast: float = float("inf")
+    widest_px: int = 0
+
+
+def problems_at(page: Page, mail: Mail, width: int, scheme: str, seen_all: Seen) -> list[str]:
     """Everything a reader at this width and colour scheme would trip over, as sentences."""
     page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
     page.set_content(mail.html, wait_until="load")
@@ -348,7 +358,12 @@ def problems_at(page: Page, mail: Mail, width: int, scheme: str) -> list[str]:
             f"{where}: scrolls sideways ({seen['scrollWidth']}px of content), "
             f"too wide: {sorted(set(seen['overflowing']))[:6]}"
         )
+    seen_all.widest_px = max(seen_all.widest_px, seen["scrollWidth"])
     for text in seen["texts"]:
+        seen_all.smallest_px = min(seen_all.smallest_px, text["size"])
+        seen_all.lowest_contrast = min(
+            seen_all.lowest_contrast, contrast(text["color"], text["background"])
+        )
         if text["size"] < MIN_FONT_PX:
             found.append(f"{where}: {text['size']}px text in <{text['tag']}>: {text['text']!r}")
         ratio = contrast(text["color"], text["background"])
@@ -389,13 +404,18 @@ def test_every_mail_reads_well_at_this_width(
     )
     try:
         page = context.new_page()
-        found: list[str] = []
+        seen = Seen()
         for mail in shipped:
             for scheme in ("light", "dark"):
-                found += problems_at(page, mail, width, scheme)
+                seen.problems += problems_at(page, mail, width, scheme, seen)
     finally:
         context.close()
-    assert found == [], "\n".join(found)
+    print(
+        f"[mail render] {width}px, {len(shipped)} mails, light and dark: content at most "
+        f"{seen.widest_px}px wide, smallest text {seen.smallest_px:g}px, "
+        f"lowest contrast {seen.lowest_contrast:.2f}:1"
+    )
+    assert seen.problems == [], "\n".join(seen.problems)
 
 
 def png_size(path: Path) -> tuple[int, int]:
