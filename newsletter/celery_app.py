@@ -9,7 +9,7 @@ from celery.signals import worker_process_init
 from flask import Flask
 from kombu.entity import Queue
 
-from newsletter import embedded
+from newsletter import embedded, kombu_compat
 from newsletter.config import Settings
 from newsletter.db import db
 
@@ -29,6 +29,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
+    kombu_compat.install()  # a broker restart must not end the worker
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.conf.update(
         broker_url=resolved_broker_url(settings),

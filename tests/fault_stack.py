@@ -3,8 +3,7 @@
 A private redis-server (`PrivateRedis`) and the product's embedded broker seen from outside
 (`EmbeddedBroker`) can be killed, flushed, stopped and started again; `Fleet` starts the
 case's worker processes and kills them with SIGKILL; `terminate_backends` cuts every
-PostgreSQL connection to the case's database. `FaultFinding` is the warning a case raises
-when the product needed the test's help to recover (it restarted something).
+PostgreSQL connection to the case's database.
 """
 
 from __future__ import annotations
@@ -20,11 +19,6 @@ import redis
 
 from newsletter import embedded
 from tests.conftest import WorkerProcess, free_port
-
-
-class FaultFinding(UserWarning):
-    """The product needed help to recover from a fault (the test restarted something)."""
-
 
 # -- brokers the test owns ---------------------------------------------------------------------
 
