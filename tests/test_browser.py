@@ -43,6 +43,8 @@ from tests.conftest import (
     free_port,
     make_app,
 )
+from tests.mailparse import html_of
+from tests.test_reader import send_part_one
 
 pytestmark = pytest.mark.browser
 
@@ -368,3 +370,35 @@ def test_signup_page_on_a_phone(
             .map(el => parseFloat(getComputedStyle(el).fontSize))"""
     )
     assert min(input_px) >= 16, f"form control font sizes {input_px}"
+
+
+def test_archive_and_view_in_browser_on_a_phone(
+    start_site: Callable[..., Site], new_page: Callable[..., Page], smtp_sink: SmtpSink
+) -> None:
+    """From the mail's archive link to a part, on a 375 px phone: readable, no sideways scroll."""
+    site = start_site()
+    send_part_one(site.app, "reader@example.org")
+    html = html_of(smtp_sink.messages[-1])
+    archive = re.search(r'href="([^"]+)"[^>]*>Every part you have received<', html)
+    assert archive is not None and archive.group(1).startswith(f"{site.url}/read/")
+
+    page = new_page(viewport={"width": 375, "height": 667}, is_mobile=True, has_touch=True)
+    page.goto(archive.group(1))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Your parts so far")
+    assert no_sideways_scroll(page)
+    page.get_by_role("link", name=re.compile(r"Part 1 of 4")).click()
+    expect(page.get_by_text("Hi Ann,")).to_be_visible()
+    assert page.url.startswith(archive.group(1) + "/")
+    assert no_sideways_scroll(page)
+    assert page.get_by_role("link", name="View in browser").count() == 0  # this is that view
+    smallest = page.evaluate(
+        """() => Math.min(...[...document.querySelectorAll('p, li, a, h1, h2')]
+            .filter(el => el.checkVisibility() && el.textContent.trim())
+            .map(el => parseFloat(getComputedStyle(el).fontSize)))"""
+    )
+    assert smallest >= 14, f"text of {smallest}px on the part page"
+
+
+def no_sideways_scroll(page: Page) -> bool:
+    widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    return bool(widths[1] == 375 and widths[0] <= widths[1])
