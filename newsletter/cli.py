@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app web init | import-article | dev | mailcatcher | dispatch`."""
+"""Operator commands: `flask --app web init | import-article | send-test | dev | status | …`."""
 
 from __future__ import annotations
 
@@ -157,6 +157,50 @@ def unsubscribe_mail_command() -> None:
     click.echo(f"unsubscribed subscriber {subscriber_id}")
 
 
+@click.command("send-test")
+@with_appcontext
+@click.argument("address")
+@click.option("--sequence", "slug", help="Slug of the sequence (default: the default sequence).")
+@click.option("--part", type=int, help="Only this part (default: every part).")
+@click.option("--name", "first_name", help="First name to greet the reader with.")
+@click.option("--confirmation", is_flag=True, help="Send the confirmation mail too.")
+def send_test_command(
+    address: str, slug: str | None, part: int | None, first_name: str | None, confirmation: bool
+) -> None:
+    """Send the parts of a sequence to ADDRESS now, as subscribers get them, marked [Test]."""
+    from newsletter import clock
+    from newsletter.services.mailer import SendError, SmtpTransport
+    from newsletter.services.proofs import ProofError, build_proofs
+
+    rt = runtime()
+    try:
+        with db.session() as session:
+            proofs = build_proofs(
+                session,
+                rt.composer,
+                address,
+                clock.now(),
+                slug=slug,
+                part=part,
+                first_name=first_name,
+                confirmation=confirmation,
+            )
+    except ProofError as exc:
+        raise click.ClickException(str(exc)) from None
+    transport = SmtpTransport(rt.settings)
+    try:
+        for proof in proofs:
+            mail = proof.mail
+            label = f"part {proof.part}" if proof.part else "confirmation"
+            try:
+                transport.send_data(mail.sender, mail.recipients, mail.data)
+            except SendError as exc:
+                raise click.ClickException(f"{label} not sent: {exc}") from None
+            click.echo(f"sent {label}: {proof.subject}")
+    finally:
+        transport.close()
+
+
 def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
     for command in (
@@ -168,5 +212,6 @@ def register(app: Flask) -> None:
         dev_command,
         dkim_record_command,
         unsubscribe_mail_command,
+        send_test_command,
     ):
         app.cli.add_command(command)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,9 @@ from sqlalchemy import func, select
 from newsletter import create_app
 from newsletter.config import load_settings
 from newsletter.db import db
-from newsletter.models import Sequence, Step
-from tests.conftest import base_env
+from newsletter.models import Delivery, Sequence, Step, Subscriber
+from tests.conftest import SmtpSink, base_env
+from tests.mailparse import html_of, text_of
 
 
 @pytest.fixture
@@ -117,3 +119,64 @@ def test_import_article_errors_change_nothing(
     assert message in result.output
     with db.session() as session:
         assert session.scalar(select(func.count(Sequence.id))) == 1
+
+
+def test_send_test_sends_each_part_as_subscribers_get_it(app: Flask, smtp_sink: SmtpSink) -> None:
+    runner = app.test_cli_runner()
+    result = runner.invoke(
+        args=["send-test", "Author@Example.org", "--name", "Zoë", "--confirmation"]
+    )
+    assert result.exit_code == 0, result.output
+    with db.session() as session:
+        steps = list(session.scalars(select(Sequence)).one().steps)
+        assert session.scalar(select(func.count(Subscriber.id))) == 0  # nobody was signed up
+        assert session.scalar(select(func.count(Delivery.id))) == 0  # and nothing recorded
+    received = smtp_sink.to("author@example.org")
+    subjects = [str(m["Subject"]) for m in received]
+    assert subjects[0].startswith("[Test] Confirm your subscription")
+    assert subjects[1:] == [f"[Test] {step.subject}" for step in steps]
+    for message in received[1:]:
+        assert "Hi Zoë," in html_of(message)
+        assert str(message["List-Unsubscribe-Post"]) == "List-Unsubscribe=One-Click"
+    assert result.output.count("sent part") == len(steps)
+
+    # A proof's personal links belong to nobody: they find nothing, never someone's data.
+    client = app.test_client(use_cookies=False)
+    links = re.findall(r'href="https://news\.example\.test(/[^"]+)"', html_of(received[1]))
+    assert {link.split("/")[1] for link in links} == {"read", "unsubscribe"}
+    for link in links:
+        assert client.get(link).status_code == 404, link
+    one_click = client.post(links[-1], data={"List-Unsubscribe": "One-Click"})
+    assert one_click.status_code == 404
+
+
+def test_send_test_of_one_part(app: Flask, smtp_sink: SmtpSink) -> None:
+    result = app.test_cli_runner().invoke(args=["send-test", "a@example.org", "--part", "4"])
+    assert result.exit_code == 0, result.output
+    (only,) = smtp_sink.messages
+    assert "Part 4 of 4" in text_of(only) and "KEEP READING" in text_of(only)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["send-test", "not-an-address"], "email"),
+        (["send-test", "a@example.org", "--sequence", "nope"], "no sequence 'nope'"),
+        (["send-test", "a@example.org", "--part", "9"], "parts 1 to 4, not 9"),
+        (["send-test", "a@example.org", "--name", "x" * 200], "first_name"),
+    ],
+)
+def test_send_test_refuses_bad_requests_and_sends_nothing(
+    app: Flask, smtp_sink: SmtpSink, args: list[str], message: str
+) -> None:
+    result = app.test_cli_runner().invoke(args=args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert smtp_sink.messages == []
+
+
+def test_send_test_reports_a_refusal(app: Flask, smtp_sink: SmtpSink) -> None:
+    smtp_sink.handler.refuse["a@example.org"] = "550 5.1.1 no such user"
+    result = app.test_cli_runner().invoke(args=["send-test", "a@example.org"])
+    assert result.exit_code != 0
+    assert "part 1 not sent" in result.output and "no such user" in result.output

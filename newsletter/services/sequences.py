@@ -141,6 +141,16 @@ def import_article(
     )
 
 
+def sequence_for(session: Session, slug: str | None) -> Sequence | None:
+    """The sequence named `slug`, or without one the default (else the oldest) sequence."""
+    query = select(Sequence)
+    if slug:
+        query = query.where(Sequence.slug == slug)
+    else:
+        query = query.order_by(Sequence.is_default.desc(), Sequence.id)
+    return session.scalars(query.limit(1)).first()
+
+
 def ensure_seed(session: Session) -> ImportReport | None:
     """Import the shipped article when the database has no sequence yet."""
     if session.scalar(select(func.count(Sequence.id))):

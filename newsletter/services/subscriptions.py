@@ -27,13 +27,13 @@ from newsletter.models import (
     Enrollment,
     EnrollmentStatus,
     Event,
-    Sequence,
     Subscriber,
     SubscriberStatus,
     Suppression,
 )
 from newsletter.services import drip
 from newsletter.services.schedule import valid_time_zone
+from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
@@ -97,15 +97,6 @@ def clean_name(raw: str | None) -> str | None:
     return name or None
 
 
-def _sequence_for(session: Session, slug: str | None) -> Sequence | None:
-    query = select(Sequence)
-    if slug:
-        query = query.where(Sequence.slug == slug)
-    else:
-        query = query.order_by(Sequence.is_default.desc(), Sequence.id)
-    return session.scalars(query.limit(1)).first()
-
-
 def _last_confirmation_at(session: Session, subscriber_id: int) -> datetime | None:
     return session.scalar(
         select(Delivery.created_at)
@@ -123,7 +114,7 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
     email = normalise_email(request.email)
     first_name = clean_name(request.first_name)
     time_zone = valid_time_zone(request.time_zone)
-    sequence = _sequence_for(session, request.sequence_slug)
+    sequence = sequence_for(session, request.sequence_slug)
     if sequence is None:
         raise SignupError("sequence", "There is no series to sign up for yet.")
 

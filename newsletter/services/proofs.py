@@ -1,0 +1,110 @@
+"""Test sends: the parts of a sequence built exactly as subscribers get them, to one address.
+
+An author checks a course in a real inbox (layout, spam placement, DKIM) before anyone
+signs up. A proof is composed by the same Composer as a real part, with "[Test]" before the
+subject, and is not a delivery: it leaves no row and counts in no report. Its personal links
+(view in browser, archive, unsubscribe) belong to no subscriber, so they find nothing rather
+than someone else's data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from newsletter.services.compose import Composer, Rendered
+from newsletter.services.mime import Outgoing
+from newsletter.services.sequences import sequence_for
+from newsletter.services.subscriptions import SignupError, clean_name, normalise_email
+
+SUBJECT_PREFIX = "[Test] "
+# Subscriber ids start at 1, so tokens for 0 open nobody's archive or subscription.
+NOBODY = 0
+
+
+class ProofError(ValueError):
+    """The request names no sequence, no such part, or a bad address or name."""
+
+
+@dataclass(frozen=True)
+class ProofReader:
+    """The recipient of a proof, as composing sees a subscriber."""
+
+    id: int
+    email: str
+    first_name: str | None
+
+
+@dataclass(frozen=True)
+class Proof:
+    """One test mail: which part it is, its subject, and the bytes to send."""
+
+    part: int
+    subject: str
+    mail: Outgoing
+
+
+def build_proofs(
+    session: Session,
+    composer: Composer,
+    address: str,
+    now: datetime,
+    *,
+    slug: str | None = None,
+    part: int | None = None,
+    first_name: str | None = None,
+    confirmation: bool = False,
+) -> list[Proof]:
+    """The proofs of a sequence's parts (all, or `part`), and its confirmation mail if asked.
+
+    Raises ProofError, before anything is built, for an unknown sequence or part, an invalid
+    address, or a name the signup form would refuse.
+    """
+    try:
+        email = normalise_email(address)
+        name = clean_name(first_name)
+    except SignupError as exc:
+        raise ProofError(f"{exc.field}: {exc}") from None
+    sequence = sequence_for(session, slug)
+    if sequence is None:
+        raise ProofError(f"no sequence {slug!r}" if slug else "no sequence yet: run init")
+    steps = list(sequence.steps)
+    if part is not None and not 1 <= part <= len(steps):
+        raise ProofError(f"sequence {sequence.slug!r} has parts 1 to {len(steps)}, not {part}")
+    reader = ProofReader(NOBODY, email, name)
+    proofs: list[Proof] = []
+    if confirmation:
+        rendered = composer.confirmation(reader, sequence)
+        proofs.append(_proof(composer, 0, rendered, reader, now))
+    for step in steps:
+        if part is not None and step.position != part:
+            continue
+        url = composer.unsubscribe_url(reader.id)
+        rendered = composer.step(reader, step, sequence, len(steps), unsubscribe_url=url)
+        proofs.append(
+            _proof(
+                composer,
+                step.position,
+                rendered,
+                reader,
+                now,
+                list_id=composer.list_id(sequence),
+                unsubscribe_url=url,
+            )
+        )
+    return proofs
+
+
+def _proof(
+    composer: Composer,
+    part: int,
+    rendered: Rendered,
+    reader: ProofReader,
+    now: datetime,
+    **headers: str,
+) -> Proof:
+    marked = dataclasses.replace(rendered, subject=SUBJECT_PREFIX + rendered.subject)
+    return Proof(part, marked.subject, composer.wire(marked, reader, now, **headers))
