@@ -211,6 +211,30 @@ def test_app_waits_for_a_migrated_database(config: dict[str, Any]) -> None:
     assert "postgres-data" in config["volumes"]
 
 
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """A service's volumes as (source, target, read-only), from either syntax compose prints."""
+    found = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            found.append(
+                (str(volume["source"]), str(volume["target"]), bool(volume.get("read_only")))
+            )
+        else:
+            source, target, *mode = str(volume).split(":")
+            found.append((source, target, "ro" in mode))
+    return found
+
+
+def test_app_services_read_private_keys_from_a_read_only_mount(config: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        keys = [m for m in mounts(config["services"][name]) if m[1] == "/run/secrets/newsletter"]
+        assert len(keys) == 1, f"{name} mounts {mounts(config['services'][name])}"
+        source, _, read_only = keys[0]
+        assert source.endswith("/secrets") and read_only, (name, keys)
+    for ignore in (".gitignore", ".dockerignore"):
+        assert "secrets/" in (ROOT / ignore).read_text().splitlines(), ignore
+
+
 def test_compose_without_secret_key_fails_naming_it(tmp_path: Path) -> None:
     done = run_compose(tmp_path, "config")
     assert done.returncode != 0
