@@ -96,6 +96,42 @@ def status_command() -> None:
         )
 
 
+@click.command("results")
+@with_appcontext
+@click.option("--sequence", "slug", help="Only this sequence (default: every sequence).")
+def results_command(slug: str | None) -> None:
+    """Show each sequence's readers and every part's results (sent, to go, left after it)."""
+    from sqlalchemy import select
+
+    from newsletter.models import EnrollmentStatus, Sequence
+    from newsletter.services.results import sequence_results
+
+    with db.session() as session:
+        if slug:
+            found = sequences.sequence_for(session, slug)
+            if found is None:
+                raise click.ClickException(f"no sequence {slug!r}")
+            chosen = [found]
+        else:
+            chosen = list(session.scalars(select(Sequence).order_by(Sequence.id)))
+        results = [sequence_results(session, sequence) for sequence in chosen]
+    for result in results:
+        click.echo(f"{result.slug}: {result.title}")
+        readers = ", ".join(
+            f"{result.readers.get(status, 0)} {status.value}" for status in EnrollmentStatus
+        )
+        click.echo(f"  readers: {readers}")
+        click.echo(
+            f"  {'part':>4} {'sent':>7} {'to go':>7} {'failed':>7} {'skipped':>8} "
+            f"{'left after':>10}  subject"
+        )
+        for part in result.parts:
+            click.echo(
+                f"  {part.position:>4} {part.sent:>7} {part.waiting:>7} {part.failed:>7} "
+                f"{part.skipped:>8} {part.left_after:>10}  {part.subject}"
+            )
+
+
 @click.command("mailcatcher")
 @with_appcontext
 @click.option("--port", default=1025, show_default=True)
@@ -205,6 +241,7 @@ def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
     for command in (
         status_command,
+        results_command,
         init_command,
         import_article_command,
         dispatch_command,
