@@ -33,6 +33,7 @@ from newsletter.models import Sequence, Step, Subscriber
 from newsletter.services.mailer import SmtpTransport
 from newsletter.services.sequences import ensure_seed
 from tests.conftest import ROOT, base_env, make_app, running_sink
+from tests.mailparse import html_of
 from tests.test_sending import runtime_of
 from tests.test_shipped_mail import part_mails, send_shipped_mails
 
@@ -84,9 +85,7 @@ class Mail:
 def html_part(raw: bytes) -> str:
     message = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(message, EmailMessage)
-    body = message.get_body(("html",))
-    assert body is not None, "no text/html part"
-    return str(body.get_content())
+    return html_of(message)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +100,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> list[Mail]:
         try:
             with db.transaction() as session:
                 ensure_seed(session)
-            raws = send_shipped_mails(app, sink)
+            send_shipped_mails(app, sink)
             with db.transaction() as session:
                 # A one-part series written with every Markdown block, to check that the
                 # layout holds for what other articles will contain.
