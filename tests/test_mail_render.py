@@ -42,6 +42,7 @@ CARD_MAX = 600
 MIN_FONT_PX = 14
 MIN_CONTRAST = 4.5
 GMAIL_CLIP_BYTES = 102 * 1024
+PREVIEW_FILLER = "\u034f\u200c\u00a0"  # combining grapheme joiner, ZWNJ, no-break space
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 SYSTEM_FONTS = ("-apple-system", "BlinkMacSystemFont", "Segoe UI", "Roboto", "sans-serif")
 
@@ -230,7 +231,9 @@ def test_markup_is_built_for_mail_clients(shipped: list[Mail]) -> None:
         body_at = doc.elements.index(doc.all("body")[0])
         first = doc.elements[body_at + 1]
         assert "preheader" in first.classes, f"{where}: body starts with <{first.tag}>"
-        assert first.text.strip() == mail.preheader, where
+        # Then invisible filler, so an inbox preview does not run on into the mail's text.
+        assert first.text.rstrip(PREVIEW_FILLER) == mail.preheader, where
+        assert first.text.count("\u200c") >= 40, f"{where}: no filler after the preheader"
         assert "display: none" in first.style, f"{where}: the preheader would show"
 
         tables = doc.all("table")
