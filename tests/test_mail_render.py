@@ -218,6 +218,13 @@ def test_markup_is_built_for_mail_clients(shipped: list[Mail]) -> None:
         assert len(mail.html.encode()) < GMAIL_CLIP_BYTES, f"{where}: Gmail would clip it"
         (html,) = doc.all("html")
         assert html.attrs.get("lang") == "en", f"{where}: <html> has no lang"
+        # Webmail drops <html>: the mail's own wrapper keeps the language and names the mail.
+        articles = [d for d in doc.all("div") if d.attrs.get("role") == "article"]
+        assert len(articles) == 1, f"{where}: no role=article wrapper"
+        assert articles[0].attrs.get("lang") == "en", where
+        assert articles[0].attrs.get("aria-roledescription") == "email", where
+        (title,) = doc.all("title")
+        assert articles[0].attrs.get("aria-label") == title.text.strip() != "", where
         metas = {m.attrs.get("name", ""): m.attrs.get("content", "") for m in doc.all("meta")}
         assert metas.get("viewport", "").startswith("width=device-width"), where
         assert "dark" in metas.get("color-scheme", ""), f"{where}: no color-scheme meta"
