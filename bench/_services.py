@@ -243,13 +243,8 @@ def product_messages(env: dict[str, str], count: int, distinct: int = 200) -> li
             ).all()
             now = datetime.now(UTC)
             for sub in subscribers:
-                rendered = composer.step(sub, steps[0], sequence, len(steps))
-                outgoing = composer.wire(
-                    rendered, sub, now,
-                    list_id=composer.list_id(sequence),
-                    unsubscribe_url=composer.unsubscribe_url(sub.id),
-                )  # fmt: skip
-                built.append(outgoing.data)  # the product's own bytes
+                # The product's own bytes.
+                built.append(composer.part(sub, steps[0], sequence, now).data)
     finally:
         engine.dispose()
     return [built[i % len(built)] for i in range(count)]

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,18 +38,9 @@ from newsletter import clock  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
 from newsletter.models import Sequence  # noqa: E402
-from newsletter.services.compose import Composer  # noqa: E402
+from newsletter.services.compose import Composer, Reader  # noqa: E402
 from newsletter.services.sequences import ensure_seed  # noqa: E402
 from newsletter.services.tokens import Tokens  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Reader:
-    """A subscriber as composing sees one."""
-
-    id: int
-    email: str
-    first_name: str | None
 
 
 def composer_for(workdir: Path, dkim: bool) -> Composer:

@@ -50,17 +50,7 @@ def part_mails(
     composer: Composer, subscriber: Subscriber, sequence: Sequence, now: datetime
 ) -> list[Outgoing]:
     """Every part of `sequence` as the sender builds it for `subscriber`."""
-    steps = list(sequence.steps)
-    mails = []
-    for step in steps:
-        url = composer.unsubscribe_url(subscriber.id)
-        rendered = composer.step(subscriber, step, sequence, len(steps), unsubscribe_url=url)
-        mails.append(
-            composer.wire(
-                rendered, subscriber, now, list_id=composer.list_id(sequence), unsubscribe_url=url
-            )
-        )
-    return mails
+    return [composer.part(subscriber, step, sequence, now) for step in sequence.steps]
 
 
 def send_shipped_mails(app: Flask, smtp_sink: SmtpSink) -> list[bytes]:

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid, parseaddr
 from pathlib import Path
@@ -86,6 +86,15 @@ class Recipient(Protocol):
     def email(self) -> str: ...
     @property
     def first_name(self) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A Recipient without a database row: a test send's addressee, a benchmark's reader."""
+
+    id: int
+    email: str
+    first_name: str | None
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,30 @@ class Composer:
         }
         html, text = self._page("layouts/step", context)
         return Rendered(subject=context["subject"], text=text, html=html)
+
+    def part(
+        self,
+        recipient: Recipient,
+        step: Step,
+        sequence: Sequence,
+        now: datetime,
+        *,
+        message_id: str | None = None,
+        subject_prefix: str = "",
+    ) -> Outgoing:
+        """One part of a series as wire bytes, with its List-Id and one-click unsubscribe."""
+        url = self.unsubscribe_url(recipient.id)
+        rendered = self.step(recipient, step, sequence, len(sequence.steps), unsubscribe_url=url)
+        if subject_prefix:
+            rendered = replace(rendered, subject=subject_prefix + rendered.subject)
+        return self.wire(
+            rendered,
+            recipient,
+            now,
+            list_id=self.list_id(sequence),
+            unsubscribe_url=url,
+            message_id=message_id,
+        )
 
     def message_id(self, delivery_id: int, created_at: datetime) -> str:
         """The Message-ID of a delivery: the same on every attempt, unique per deployment.

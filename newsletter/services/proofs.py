@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from newsletter.services.compose import Composer, Rendered
+from newsletter.services.compose import Composer, Reader
 from newsletter.services.mime import Outgoing
 from newsletter.services.sequences import sequence_for
 from newsletter.services.subscriptions import SignupError, clean_name, normalise_email
@@ -27,15 +27,6 @@ NOBODY = 0
 
 class ProofError(ValueError):
     """The request names no sequence, no such part, or a bad address or name."""
-
-
-@dataclass(frozen=True)
-class ProofReader:
-    """The recipient of a proof, as composing sees a subscriber."""
-
-    id: int
-    email: str
-    first_name: str | None
 
 
 @dataclass(frozen=True)
@@ -74,37 +65,15 @@ def build_proofs(
     steps = list(sequence.steps)
     if part is not None and not 1 <= part <= len(steps):
         raise ProofError(f"sequence {sequence.slug!r} has parts 1 to {len(steps)}, not {part}")
-    reader = ProofReader(NOBODY, email, name)
+    reader = Reader(NOBODY, email, name)
     proofs: list[Proof] = []
     if confirmation:
         rendered = composer.confirmation(reader, sequence)
-        proofs.append(_proof(composer, 0, rendered, reader, now))
+        marked = dataclasses.replace(rendered, subject=SUBJECT_PREFIX + rendered.subject)
+        proofs.append(Proof(0, marked.subject, composer.wire(marked, reader, now)))
     for step in steps:
-        if part is not None and step.position != part:
-            continue
-        url = composer.unsubscribe_url(reader.id)
-        rendered = composer.step(reader, step, sequence, len(steps), unsubscribe_url=url)
-        proofs.append(
-            _proof(
-                composer,
-                step.position,
-                rendered,
-                reader,
-                now,
-                list_id=composer.list_id(sequence),
-                unsubscribe_url=url,
-            )
-        )
+        if part is None or step.position == part:
+            mail = composer.part(reader, step, sequence, now, subject_prefix=SUBJECT_PREFIX)
+            subject = SUBJECT_PREFIX + composer.personalise(step.subject, reader)
+            proofs.append(Proof(step.position, subject, mail))
     return proofs
-
-
-def _proof(
-    composer: Composer,
-    part: int,
-    rendered: Rendered,
-    reader: ProofReader,
-    now: datetime,
-    **headers: str,
-) -> Proof:
-    marked = dataclasses.replace(rendered, subject=SUBJECT_PREFIX + rendered.subject)
-    return Proof(part, marked.subject, composer.wire(marked, reader, now, **headers))

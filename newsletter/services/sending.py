@@ -47,16 +47,7 @@ def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
         return composer.wire(rendered, job, now, message_id=job.message_id)
     step, sequence = job.step, job.sequence
     assert step is not None and sequence is not None
-    url = composer.unsubscribe_url(job.subscriber_id)
-    rendered = composer.step(job, step, sequence, len(sequence.steps), unsubscribe_url=url)
-    return composer.wire(
-        rendered,
-        job,
-        now,
-        list_id=composer.list_id(sequence),
-        unsubscribe_url=url,
-        message_id=job.message_id,
-    )
+    return composer.part(job, step, sequence, now, message_id=job.message_id)
 
 
 @dataclass
