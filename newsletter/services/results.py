@@ -53,17 +53,15 @@ class SequenceResults:
 
 
 def sequence_results(session: Session, sequence: Sequence) -> SequenceResults:
-    """The readers and per-part results of `sequence`, in four grouped queries."""
-    readers = Counter(
-        {
-            status: int(count)
-            for status, count in session.execute(
-                select(Enrollment.status, func.count())
-                .where(Enrollment.sequence_id == sequence.id)
-                .group_by(Enrollment.status)
-            )
-        }
-    )
+    """The readers and per-part results of `sequence`, in three grouped queries."""
+    readers = {
+        status: int(count)
+        for status, count in session.execute(
+            select(Enrollment.status, func.count())
+            .where(Enrollment.sequence_id == sequence.id)
+            .group_by(Enrollment.status)
+        )
+    }
     states: dict[int, Counter[DeliveryState]] = {}
     for step_id, state, count in session.execute(
         select(Delivery.step_id, Delivery.state, func.count())
@@ -90,9 +88,7 @@ def sequence_results(session: Session, sequence: Sequence) -> SequenceResults:
         )
     }
     parts = []
-    for step in session.scalars(
-        select(Step).where(Step.sequence_id == sequence.id).order_by(Step.position)
-    ):
+    for step in sequence.steps:
         counts = states.get(step.id, Counter())
         parts.append(
             PartResult(
@@ -105,4 +101,4 @@ def sequence_results(session: Session, sequence: Sequence) -> SequenceResults:
                 left_after=left.get(step.position, 0),
             )
         )
-    return SequenceResults(sequence.slug, sequence.title, dict(readers), parts)
+    return SequenceResults(sequence.slug, sequence.title, readers, parts)
