@@ -66,22 +66,21 @@ def sent_claimed_after(moment: datetime) -> int:
     return result
 
 
-def in_flight_subscribers() -> list[int]:
-    """Subscribers whose mail is being sent right now (claimed, and its attempt has begun)."""
-
+def _claimed_subscribers(*conditions: Any) -> list[int]:
     def read() -> list[int]:
         with reading() as session:
-            return list(
-                session.scalars(
-                    select(Delivery.subscriber_id).where(
-                        Delivery.state == DeliveryState.CLAIMED,
-                        Delivery.attempted_at >= Delivery.claimed_at,
-                    )
-                ).all()
+            query = select(Delivery.subscriber_id).where(
+                Delivery.state == DeliveryState.CLAIMED, *conditions
             )
+            return list(session.scalars(query).all())
 
     result: list[int] = db_retry(read)
     return result
+
+
+def in_flight_subscribers() -> list[int]:
+    """Subscribers whose mail is being sent right now (claimed, and its attempt has begun)."""
+    return _claimed_subscribers(Delivery.attempted_at >= Delivery.claimed_at)
 
 
 def claimed_subscribers() -> list[int]:
@@ -89,23 +88,9 @@ def claimed_subscribers() -> list[int]:
 
     Mail already in flight is the business of `in_flight_subscribers`.
     """
-
-    def read() -> list[int]:
-        with reading() as session:
-            return list(
-                session.scalars(
-                    select(Delivery.subscriber_id).where(
-                        Delivery.state == DeliveryState.CLAIMED,
-                        or_(
-                            Delivery.attempted_at.is_(None),
-                            Delivery.attempted_at < Delivery.claimed_at,
-                        ),
-                    )
-                ).all()
-            )
-
-    result: list[int] = db_retry(read)
-    return result
+    return _claimed_subscribers(
+        or_(Delivery.attempted_at.is_(None), Delivery.attempted_at < Delivery.claimed_at)
+    )
 
 
 def quiescent() -> tuple[bool, str]:
