@@ -21,7 +21,7 @@ from newsletter.models import DeliveryKind, Subscriber, SubscriberStatus
 from newsletter.services.dkim_sign import DkimError, DkimSigner
 from newsletter.services.sequences import ensure_seed
 from tests.conftest import SmtpSink, base_env, make_app
-from tests.test_sending import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
 
 
 @pytest.fixture

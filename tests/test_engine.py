@@ -20,7 +20,7 @@ from newsletter.services import drip, sending
 from newsletter.services.flow import FlowControl, MemoryStore, RedisStore
 from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
-from tests.test_sending import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
 
 
 @pytest.fixture
@@ -194,9 +194,11 @@ def test_batch_stops_and_releases_when_the_brake_trips(
         clock.now,
         rt.policy,
         group_size=group_size,
-        hooks=sending.Hooks(should_stop=lambda: len(sent) >= 2, on_outcome=sent.append),
+        hooks=sending.Hooks(
+            should_stop=lambda: len(sent) >= 2, on_outcome=lambda o, _: sent.append(o)
+        ),
     )
-    assert outcomes == {sending.Outcome.SENT: 2}
+    assert outcomes == {sending.Outcome.SENT: 2, sending.Outcome.HELD: 2}
     assert len(smtp_sink.messages) == 2
     assert [delivery(i).state for i in steps[:2]] == [DeliveryState.SENT] * 2
     for row in (delivery(i) for i in steps[2:]):

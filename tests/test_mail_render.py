@@ -34,7 +34,7 @@ from newsletter.services.mailer import SmtpTransport
 from newsletter.services.sequences import ensure_seed
 from tests.conftest import ROOT, base_env, make_app, running_sink
 from tests.mailparse import html_of
-from tests.test_sending import runtime_of
+from tests.sending_helpers import runtime_of
 from tests.test_shipped_mail import part_mails, send_shipped_mails
 
 WIDTHS = (320, 375, 600, 1024)

@@ -11,7 +11,7 @@ from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, DeliveryState
 from tests.conftest import SmtpSink
 from tests.mailparse import html_of, text_of
-from tests.test_sending import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
 
 
 def send_part_one(app: Flask, email: str) -> int:

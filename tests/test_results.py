@@ -11,7 +11,7 @@ from newsletter.models import DeliveryKind, EnrollmentStatus, Sequence
 from newsletter.services import subscriptions
 from newsletter.services.results import sequence_results
 from tests.conftest import SmtpSink
-from tests.test_sending import active_subscriber, claim_all, deliver, delivery
+from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery
 
 
 def test_parts_count_sent_waiting_skipped_and_who_left_after_them(

@@ -17,63 +17,19 @@ from newsletter.models import (
     Delivery,
     DeliveryKind,
     DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
     Sequence,
     Subscriber,
     SubscriberStatus,
     Suppression,
 )
-from newsletter.runtime import Runtime
-from newsletter.services import drip, sending, subscriptions
+from newsletter.services import sending, subscriptions
 from newsletter.services.compose import HeaderError, checked_header
 from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
 from tests.mailparse import html_of, part_number, text_of
-
-
-def runtime_of(app: Flask) -> Runtime:
-    value = app.extensions["newsletter"]
-    assert isinstance(value, Runtime)
-    return value
-
-
-def active_subscriber(email: str, name: str | None = "Ann") -> int:
-    """A confirmed subscriber whose part 1 is scheduled; returns the subscriber id."""
-    now = clock.now()
-    with db.transaction() as session:
-        subscriptions.signup(
-            session, subscriptions.SignupRequest(email=email, first_name=name), now
-        )
-    with db.transaction() as session:
-        sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
-        subscriptions.confirm(session, sub.id, sub.email, now, 86400)
-        return sub.id
-
-
-def claim_all() -> list[int]:
-    with db.transaction() as session:
-        return drip.claim_due(session, clock.now(), 100)
-
-
-def deliver(
-    app: Flask, delivery_id: int, transport: SmtpTransport | None = None
-) -> sending.Outcome:
-    rt = runtime_of(app)
-    with app.app_context():
-        return sending.deliver(
-            db.engine,
-            rt.composer,
-            transport or SmtpTransport(rt.settings),
-            delivery_id,
-            clock.now,
-            rt.policy,
-        )
-
-
-def delivery(delivery_id: int) -> Delivery:
-    with db.session() as session:
-        row = session.get(Delivery, delivery_id)
-        assert row is not None
-        return row
+from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
 
 
 def test_part_one_is_sent_recorded_and_part_two_scheduled(app: Flask, smtp_sink: SmtpSink) -> None:
@@ -174,14 +130,18 @@ def test_hard_bounce_fails_suppresses_and_stops(app: Flask, smtp_sink: SmtpSink)
     sub_id = active_subscriber("gone@example.org")
     smtp_sink.handler.refuse["gone@example.org"] = "550 5.1.1 No such user"
     step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
-    assert deliver(app, step_id) is sending.Outcome.FAILED
+    assert deliver(app, step_id) is sending.Outcome.BOUNCED
     row = delivery(step_id)
     assert row.state is DeliveryState.FAILED and "550" in (row.last_error or "")
     with db.session() as session:
         assert session.get(Subscriber, sub_id).status is SubscriberStatus.BOUNCED  # type: ignore[union-attr]
         assert session.scalars(select(Suppression.email)).all() == ["gone@example.org"]
         steps = session.scalars(select(Delivery).where(Delivery.kind == DeliveryKind.STEP)).all()
+        enrollment = session.scalars(select(Enrollment)).one()
     assert len(steps) == 1  # no next part was scheduled
+    # The series ends with the bounce, in the same transaction, and says why.
+    assert enrollment.status is EnrollmentStatus.STOPPED
+    assert enrollment.stop_reason == "bounced"
 
 
 def test_smtp_server_down_is_transient(app: Flask) -> None:

@@ -22,7 +22,7 @@ from newsletter.services.compose import Composer, markdown_to_text
 from newsletter.services.mailer import SmtpTransport
 from newsletter.services.mime import Outgoing
 from tests.conftest import SmtpSink
-from tests.test_sending import runtime_of
+from tests.sending_helpers import runtime_of
 
 COMMON = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type")
 SERIES = ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post")

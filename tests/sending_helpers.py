@@ -1,0 +1,59 @@
+"""Driving the send path from a test: subscribers, claims and deliveries on the test's app."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import select
+
+from newsletter import clock
+from newsletter.db import db
+from newsletter.models import Delivery, Subscriber
+from newsletter.runtime import Runtime
+from newsletter.services import drip, sending, subscriptions
+from newsletter.services.mailer import SmtpTransport
+
+
+def runtime_of(app: Flask) -> Runtime:
+    value = app.extensions["newsletter"]
+    assert isinstance(value, Runtime)
+    return value
+
+
+def active_subscriber(email: str, name: str | None = "Ann") -> int:
+    """A confirmed subscriber whose part 1 is scheduled; returns the subscriber id."""
+    now = clock.now()
+    with db.transaction() as session:
+        subscriptions.signup(
+            session, subscriptions.SignupRequest(email=email, first_name=name), now
+        )
+    with db.transaction() as session:
+        sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
+        subscriptions.confirm(session, sub.id, sub.email, now, 86400)
+        return sub.id
+
+
+def claim_all() -> list[int]:
+    with db.transaction() as session:
+        return drip.claim_due(session, clock.now(), 100)
+
+
+def deliver(
+    app: Flask, delivery_id: int, transport: SmtpTransport | None = None
+) -> sending.Outcome:
+    rt = runtime_of(app)
+    with app.app_context():
+        return sending.deliver(
+            db.engine,
+            rt.composer,
+            transport or SmtpTransport(rt.settings),
+            delivery_id,
+            clock.now,
+            rt.policy,
+        )
+
+
+def delivery(delivery_id: int) -> Delivery:
+    with db.session() as session:
+        row = session.get(Delivery, delivery_id)
+        assert row is not None
+        return row
