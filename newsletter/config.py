@@ -63,6 +63,8 @@ class Settings:
     send_rate_per_second: float
     brake_after_failures: int
     brake_max_pause_seconds: float
+    breaker_window: int
+    breaker_share: float
     clock_offset_file: Path | None
     reply_to: str | None = None
     unsubscribe_mailto: str | None = None
@@ -241,6 +243,32 @@ def _retry_schedule(env: Mapping[str, str]) -> tuple[int, ...]:
     return delays
 
 
+def _is_local_host(host: str) -> bool:
+    host = host.lower().strip("[]")
+    return host in _LOOPBACK_HOSTS or host.endswith(".localhost") or host.startswith("127.")
+
+
+def _check_plaintext_auth(env: Mapping[str, str], host: str, security: str) -> None:
+    """Refuse to send a password in the clear to a relay on another machine."""
+    if not env.get("SMTP_USERNAME", "") or security != "none" or _is_local_host(host):
+        return
+    allowed = env.get("SMTP_ALLOW_PLAINTEXT_AUTH", "").strip().lower()
+    if allowed in ("1", "true", "yes"):
+        return
+    raise ConfigError(
+        f"SMTP_USERNAME is set with SMTP_SECURITY=none: the password would cross the network "
+        f"to {host} in the clear. Set SMTP_SECURITY to starttls or tls, or, only if that "
+        f"network is private, SMTP_ALLOW_PLAINTEXT_AUTH=1"
+    )
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default, minimum=0.0)
+    if not 0 < value < 1:
+        raise ConfigError(f"{name} must be a share between 0 and 1, like 0.1; got {value:g}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: the process environment), raising ConfigError."""
     env = os.environ if env is None else env
@@ -252,6 +280,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     broker_url = _url(env, "BROKER_URL", EMBEDDED, (EMBEDDED, "redis", "rediss"))
     default_redis = broker_url if urlsplit(broker_url).scheme.startswith("redis") else EMBEDDED
     site_url = _site_url(env)
+    smtp_host = env.get("SMTP_HOST", "").strip() or "127.0.0.1"
+    _check_plaintext_auth(env, smtp_host, security)
     dev_mail = env.get("DEV_MAIL_DIR", "").strip()
     clock_file = env.get("CLOCK_OFFSET_FILE", "").strip()
     return Settings(
@@ -264,7 +294,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         broker_url=broker_url,
         redis_url=_url(env, "REDIS_URL", default_redis, (EMBEDDED, "redis", "rediss", "memory")),
-        smtp_host=env.get("SMTP_HOST", "").strip() or "127.0.0.1",
+        smtp_host=smtp_host,
         smtp_port=_integer(env, "SMTP_PORT", 1025, minimum=1),
         smtp_username=env.get("SMTP_USERNAME", ""),
         smtp_password=env.get("SMTP_PASSWORD", ""),
@@ -292,6 +322,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         send_rate_per_second=_number(env, "SEND_RATE_PER_SECOND", 0.0, minimum=0.0),
         brake_after_failures=_integer(env, "BRAKE_AFTER_FAILURES", 10, minimum=1),
         brake_max_pause_seconds=_number(env, "BRAKE_MAX_PAUSE_SECONDS", 900.0, minimum=1.0),
+        breaker_window=_integer(env, "BREAKER_WINDOW", 100, minimum=10),
+        breaker_share=_share(env, "BREAKER_SHARE", 0.1),
         clock_offset_file=Path(clock_file).resolve() if clock_file else None,
         reply_to=_optional_address(env, "REPLY_TO"),
         unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),

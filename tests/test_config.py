@@ -42,6 +42,9 @@ def test_embedded_defaults(tmp_path: Path) -> None:
         ("DRIP_DAY_SECONDS", "-5"),
         ("DISPATCH_INTERVAL_SECONDS", "often"),
         ("SIGNUP_RATE_LIMIT", "lots"),
+        ("BREAKER_SHARE", "1.5"),
+        ("BREAKER_SHARE", "0"),
+        ("BREAKER_WINDOW", "3"),
     ],
 )
 def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:
@@ -94,3 +97,18 @@ def test_web_entry_point_reports_bad_setting(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "configuration error: SMTP_PORT must be a number" in result.stderr
+
+
+def test_password_is_never_sent_in_the_clear_to_another_machine(tmp_path: Path) -> None:
+    base = {"INSTANCE_DIR": str(tmp_path), "SMTP_USERNAME": "me", "SMTP_PASSWORD": "secret"}
+    remote = {**base, "SMTP_HOST": "smtp.example.org"}
+    with pytest.raises(ConfigError, match="SMTP_SECURITY=none.*in the clear"):
+        load_settings(remote)
+    # Encrypted, local, or explicitly allowed by the operator: fine.
+    assert load_settings({**remote, "SMTP_SECURITY": "starttls"}).smtp_username == "me"
+    assert load_settings({**base, "SMTP_HOST": "127.0.0.1"}).smtp_username == "me"
+    assert load_settings({**base, "SMTP_HOST": "localhost"}).smtp_username == "me"
+    allowed = {**remote, "SMTP_ALLOW_PLAINTEXT_AUTH": "1"}
+    assert load_settings(allowed).smtp_username == "me"
+    # Without a username there is nothing to protect.
+    assert load_settings({"INSTANCE_DIR": str(tmp_path), "SMTP_HOST": "relay.example.org"})
