@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -88,12 +89,106 @@ def status_command() -> None:
         click.echo(f"{state.value:>10}: {count}")
     oldest = report.oldest_due.isoformat() if report.oldest_due else "-"
     click.echo(f"due now: {report.due_now} (oldest due {oldest})")
+    click.echo(f"sending: {_sending_state()}")
     click.echo(f"uncertain sends (may have been delivered twice): {report.uncertain}")
     for failure in report.recent_failures:
         click.echo(
             f"  #{failure.delivery_id} {failure.email} {failure.state.value} "
             f"after {failure.attempts} attempts: {failure.last_error}"
         )
+
+
+def _sending_state() -> str:
+    """Whether mail is going out, and if not, why and until when."""
+    from newsletter import clock
+    from newsletter.services import breaker
+
+    with db.session() as session:
+        trip = breaker.active_trip(session)
+    if trip is not None:
+        return (
+            f"HELD by the bounce breaker since {trip.tripped_at.isoformat()}: {trip.reason}. "
+            "Check the relay and the list; lift suppressions made by mistake "
+            "(flask --app web suppressions list --since ...), then: flask --app web resume"
+        )
+    pause = runtime().flow().pause()
+    if pause is None:
+        return "running"
+    left = pause.until - clock.now().timestamp()
+    return f"PAUSED for {max(0.0, left):.0f} s more (resumes by itself): {pause.reason}"
+
+
+@click.command("resume")
+@with_appcontext
+def resume_command() -> None:
+    """Resume sending after the bounce breaker tripped (and end any pause now)."""
+    from newsletter import clock
+    from newsletter.services import breaker
+
+    with db.transaction() as session:
+        trip = breaker.resume(session, clock.now())
+    runtime().flow().resume()
+    if trip is None:
+        click.echo("sending was not held; any pause is lifted")
+    else:
+        click.echo(f"sending resumes (held since {trip.tripped_at.isoformat()}: {trip.reason})")
+
+
+def _moment(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"not a time like 2026-11-29T10:00: {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@click.group("suppressions")
+def suppressions_group() -> None:
+    """The suppression list: addresses never mailed again (bounces, complaints)."""
+
+
+@suppressions_group.command("list")
+@with_appcontext
+@click.option("--since", help="Only those suppressed at or after this time (ISO 8601, UTC).")
+@click.option("--reason", help="Only this reason (bounce, complaint, ...).")
+def suppressions_list_command(since: str | None, reason: str | None) -> None:
+    """List suppressed addresses with when and why."""
+    from newsletter.services import suppressions
+
+    with db.session() as session:
+        found = suppressions.listed(session, since=_moment(since), reason=reason)
+    for entry in found:
+        detail = " ".join((entry.detail or "").split())[:160]
+        click.echo(f"{entry.created_at.isoformat()}  {entry.reason:<9} {entry.email}  {detail}")
+    click.echo(f"{len(found)} suppressed")
+
+
+@suppressions_group.command("lift")
+@with_appcontext
+@click.argument("emails", nargs=-1)
+@click.option("--since", help="Lift every bounce suppressed at or after this time instead.")
+def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> None:
+    """Take addresses off the list; subscribers a bounce stopped go on where they were."""
+    from newsletter import clock
+    from newsletter.services import suppressions
+
+    if bool(emails) == bool(since):
+        raise click.UsageError("name the addresses, or give --since (not both)")
+    with db.transaction() as session:
+        if since:
+            emails = tuple(
+                s.email for s in suppressions.listed(session, since=_moment(since), reason="bounce")
+            )
+        try:
+            for email in emails:
+                subscriber = suppressions.lift(session, email, clock.now())
+                state = subscriber.status.value if subscriber else "no subscriber"
+                click.echo(f"lifted {email} ({state})")
+        except suppressions.LiftError as exc:
+            raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"{len(emails)} lifted")
 
 
 @click.command("results")
@@ -241,6 +336,8 @@ def register(app: Flask) -> None:
     """Attach the commands to the app's CLI."""
     for command in (
         status_command,
+        resume_command,
+        suppressions_group,
         results_command,
         init_command,
         import_article_command,

@@ -213,6 +213,9 @@ class Enrollment(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
+    # Why a stopped enrollment stopped ("unsubscribed", "bounced", ...), so that lifting a
+    # suppression made by mistake can restart exactly the enrollments the bounce stopped.
+    stop_reason: Mapped[str | None] = mapped_column(String(32))
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
     sequence: Mapped[Sequence] = relationship()
@@ -253,6 +256,9 @@ class Delivery(Base):
     attempted_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
     message_id: Mapped[str | None] = mapped_column(String(255))
+    # How many times the reaper (or a redelivered task) took this row back from a worker that
+    # stopped while holding it; a row that keeps stopping workers fails instead of looping.
+    reaps: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     subscriber: Mapped[Subscriber] = relationship()
@@ -288,6 +294,17 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BreakerTrip(Base):
+    """A time the bounce breaker stopped all sending; it holds until an operator resumes."""
+
+    __tablename__ = "breaker_trips"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    tripped_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resumed_at: Mapped[datetime | None]
 
 
 def table_of(model: type[Base]) -> Table:

@@ -9,6 +9,7 @@ from flask import current_app
 
 from newsletter import embedded
 from newsletter.config import EMBEDDED, Settings
+from newsletter.services.breaker import BounceBreaker
 from newsletter.services.compose import Composer
 from newsletter.services.flow import FlowControl, store_for
 from newsletter.services.mailer import SmtpTransport
@@ -33,6 +34,7 @@ class Runtime:
     policy: Policy
     _transport: SmtpTransport | None = field(default=None, repr=False)
     _flow: FlowControl | None = field(default=None, repr=False)
+    _breaker: BounceBreaker | None = field(default=None, repr=False)
     _pid: int = field(default=0, repr=False)
 
     @classmethod
@@ -51,6 +53,7 @@ class Runtime:
         if self._pid != os.getpid():
             self._transport = None
             self._flow = None
+            self._breaker = None
             self._pid = os.getpid()
 
     def transport(self) -> SmtpTransport:
@@ -72,6 +75,14 @@ class Runtime:
                 max_pause=s.brake_max_pause_seconds,
             )
         return self._flow
+
+    def breaker(self) -> BounceBreaker:
+        """This process's bounce breaker: its window of recent send outcomes."""
+        self._fork_check()
+        if self._breaker is None:
+            s = self.settings
+            self._breaker = BounceBreaker(s.breaker_window, s.breaker_share)
+        return self._breaker
 
 
 def runtime() -> Runtime:

@@ -30,6 +30,7 @@ def dispatch_due() -> int:
         claim_timeout_seconds=settings.claim_timeout_seconds,
         max_in_flight=settings.claim_ceiling,
         enqueue=lambda ids, claim: send_batch.delay(ids, claim.isoformat()),
+        day_seconds=settings.drip_day_seconds,
     )
 
 
@@ -51,8 +52,12 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
         claim_expires=claimed_at + timedelta(seconds=0.9 * rt.settings.claim_timeout_seconds),
         group_size=rt.settings.record_group_size,
         hooks=sending.Hooks(
-            should_stop=flow.paused, before_send=flow.wait_for_slot, on_outcome=flow.record
+            should_stop=flow.paused,
+            before_send=flow.wait_for_slot,
+            on_outcome=flow.record,
+            on_hold=flow.hold,
         ),
+        breaker=rt.breaker(),
     )
     return {outcome.value: count for outcome, count in outcomes.items()}
 

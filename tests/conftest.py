@@ -65,14 +65,27 @@ class SinkHandler:
     envelopes: list[tuple[str, list[str]]] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)  # each message exactly as received
     refuse: dict[str, str] = field(default_factory=dict)  # address -> SMTP reply
+    rcpt_reply: str | None = None  # reply to every RCPT instead of 250
+    mail_reply: str | None = None  # reply to MAIL FROM instead of 250, e.g. "550 5.7.1 no"
     data_reply: str | None = None  # reply to DATA instead of 250, e.g. "451 try later"
     cond: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if self.mail_reply:
+            return self.mail_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
         if address.lower() in self.refuse:
             return self.refuse[address.lower()]
+        if self.rcpt_reply:
+            return self.rcpt_reply
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

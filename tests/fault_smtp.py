@@ -78,6 +78,8 @@ class FaultHandler(SinkHandler):
         now = time.time()
         if address.lower() in self.refuse:
             reply = self.refuse[address.lower()]
+        elif self.rcpt_reply:
+            reply = self.rcpt_reply
         elif self.rcpt_fault_rate and self.rng.random() < self.rcpt_fault_rate:
             reply = self.rng.choice(self.transient_replies)
             self.faults["rcpt " + reply[:3]] += 1

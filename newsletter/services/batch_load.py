@@ -2,8 +2,10 @@
 
 One query loads the batch with its subscribers and enrollments (plain rows, no ORM objects
 per delivery); the steps and sequences are a handful of objects per batch. Rows that must
-not go out are settled here: skipped (left, suppressed, no longer pending) or moved to the
-next send window (the catch-up rule).
+not go out are settled here: skipped (left, suppressed, no longer pending), moved to the
+next send window (the catch-up rule), given back to the queue (the bounce breaker holds
+sending; or an earlier run of this very task stopped while sending them, so this run is a
+redelivery of a task that died), or failed alone (a row whose data cannot be used).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from newsletter.models import (
     Suppression,
     table_of,
 )
-from newsletter.services import drip
+from newsletter.services import breaker, drip
 from newsletter.services.compose import Composer
 from newsletter.services.policy import Outcome, Policy
 from newsletter.services.schedule import REAL_DAY
@@ -47,6 +49,7 @@ _LOAD = (
         _D.c.kind,
         _D.c.state,
         _D.c.claimed_at,
+        _D.c.attempted_at,
         _D.c.due_at,
         _D.c.created_at,
         _D.c.message_id,
@@ -69,6 +72,11 @@ _SKIP = (
     update(_D)
     .where(_D.c.id == bindparam("d_id"))
     .values(state=DeliveryState.SKIPPED, last_error=bindparam("reason"))
+)
+_FAIL = (
+    update(_D)
+    .where(_D.c.id == bindparam("d_id"))
+    .values(state=DeliveryState.FAILED, last_error=bindparam("reason"))
 )
 _MOVE = (
     update(_D)
@@ -156,6 +164,50 @@ def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
     ).first()
 
 
+def _job(
+    row: Row[Any],
+    composer: Composer,
+    session: Session,
+    steps: dict[int, Step],
+    now: datetime,
+    policy: Policy,
+) -> Job | datetime:
+    """The Job of a checked row, or the time it moves to (the next send window)."""
+    job = Job(
+        row.id,
+        DeliveryKind(row.kind),
+        row.subscriber_id,
+        row.email,
+        row.first_name,
+        row.time_zone,
+        # The same Message-ID on every attempt, so a receiver can drop a copy of a mail that
+        # did arrive before (a retry after an uncertain reply).
+        row.message_id or composer.message_id(row.id, row.created_at),
+    )
+    if job.kind is DeliveryKind.CONFIRM:
+        job.sequence = _confirm_sequence(session, row.subscriber_id)
+        return job
+    step = steps[row.step_id]
+    later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
+    if later is not None:
+        return later
+    job.step, job.sequence = step, step.sequence
+    job.follow = drip.follow_up(
+        enrollment_id=row.enrollment_id,
+        subscriber_id=row.subscriber_id,
+        started_at=row.started_at or row.created_at,
+        time_zone=row.time_zone,
+        window=step.sequence.window,
+        step=step,
+        steps=step.sequence.steps,
+    )
+    return job
+
+
+def _begun(row: Row[Any]) -> bool:
+    return row.attempted_at is not None and row.attempted_at >= row.claimed_at
+
+
 def prepare(
     conn: Connection,
     composer: Composer,
@@ -176,7 +228,24 @@ def prepare(
             if r.state == DeliveryState.CLAIMED and (claim is None or r.claimed_at == claim)
         ]
         # Rows claimed again since (after the reaper returned them) belong to another task.
-        not_mine = len(ids) - len(mine)
+        settled[Outcome.NOT_CLAIMED] = len(ids) - len(mine)
+        if mine and breaker.active_trip(session) is not None:
+            drip.release_claims(session, [r.id for r in mine])
+            settled[Outcome.HELD] = len(mine)
+            mine = []
+        begun = [r.id for r in mine if _begun(r)]
+        if begun:
+            # This task ran before and stopped while sending these (its worker died): they go
+            # back like a reaped claim, to be sent alone, instead of stopping this run too.
+            drip.give_back(
+                session,
+                Delivery.id.in_(begun),
+                now,
+                "the worker stopped while sending it",
+                policy.day_seconds,
+            )
+            settled[Outcome.HELD] += len(begun)
+            mine = [r for r in mine if not _begun(r)]
         emails = {r.email for r in mine}
         suppressed = set(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
@@ -184,53 +253,32 @@ def prepare(
         steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
         skips: list[dict[str, object]] = []
         moves: list[dict[str, object]] = []
+        fails: list[dict[str, object]] = []
         for row in mine:
             reason = _skip_reason(row, suppressed)
             if reason is not None:
                 skips.append({"d_id": row.id, "reason": reason})
                 continue
-            job = Job(
-                row.id,
-                DeliveryKind(row.kind),
-                row.subscriber_id,
-                row.email,
-                row.first_name,
-                row.time_zone,
-                # The same Message-ID on every attempt, so a receiver can drop a copy of a mail
-                # that did arrive before (a retry after an uncertain reply).
-                row.message_id or composer.message_id(row.id, row.created_at),
-            )
-            if job.kind is DeliveryKind.CONFIRM:
-                job.sequence = _confirm_sequence(session, row.subscriber_id)
-                jobs.append(job)
+            try:
+                checked = _job(row, composer, session, steps, now, policy)
+            except Exception as exc:  # noqa: BLE001 - one unusable row fails alone
+                log.error("delivery %d cannot be prepared: %s", row.id, exc)
+                fails.append({"d_id": row.id, "reason": f"cannot be prepared: {exc}"[:2000]})
                 continue
-            step = steps[row.step_id]
-            later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
-            if later is not None:
-                log.info("delivery %d moved to the next send window at %s", row.id, later)
-                moves.append({"d_id": row.id, "due": later})
+            if isinstance(checked, datetime):
+                log.info("delivery %d moved to the next send window at %s", row.id, checked)
+                moves.append({"d_id": row.id, "due": checked})
                 continue
-            job.step, job.sequence = step, step.sequence
-            job.follow = drip.follow_up(
-                enrollment_id=row.enrollment_id,
-                subscriber_id=row.subscriber_id,
-                started_at=row.started_at or row.created_at,
-                time_zone=row.time_zone,
-                window=step.sequence.window,
-                step=step,
-                steps=step.sequence.steps,
-            )
-            jobs.append(job)
+            jobs.append(checked)
         if skips:
             conn.execute(_SKIP, skips)
         if moves:
             conn.execute(_MOVE, moves)
+        if fails:
+            conn.execute(_FAIL, fails)
+        session.flush()
         session.close()
-    for outcome, count in (
-        (Outcome.NOT_CLAIMED, not_mine),
-        (Outcome.SKIPPED, len(skips)),
-        (Outcome.RESCHEDULED, len(moves)),
-    ):
-        if count:
-            settled[outcome] = count
-    return jobs, settled
+    settled[Outcome.SKIPPED] += len(skips)
+    settled[Outcome.RESCHEDULED] += len(moves)
+    settled[Outcome.FAILED] += len(fails)
+    return jobs, +settled

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Connection, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -23,12 +23,15 @@ from newsletter.models import (
     Step,
     table_of,
 )
-from newsletter.services.schedule import SendWindow, step_due_at
+from newsletter.services.schedule import REAL_DAY, SendWindow, step_due_at
 
 log = logging.getLogger(__name__)
 
 OPEN_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY, DeliveryState.CLAIMED)
 CLAIMABLE_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
+# A delivery taken back this many times from a worker that stopped while sending it fails
+# with the reason instead of stopping workers forever (a poison row).
+MAX_REAPS = 3
 
 
 def queue(
@@ -203,17 +206,46 @@ def schedule_next(
         conn.execute(_INSERT_NEXT, following)
 
 
-def stop_enrollments(session: Session, subscriber_id: int, now: datetime) -> None:
-    """End every running or pending enrollment of a subscriber who left or bounced."""
+def stop_enrollments(session: Session, subscriber_id: int, now: datetime, reason: str) -> None:
+    """End every running or pending enrollment of a subscriber who left or bounced, and why."""
     session.execute(
         update(Enrollment)
         .where(
             Enrollment.subscriber_id == subscriber_id,
             Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
         )
-        .values(status=EnrollmentStatus.STOPPED, ended_at=now)
+        .values(status=EnrollmentStatus.STOPPED, ended_at=now, stop_reason=reason[:32])
         .execution_options(synchronize_session=False)
     )
+
+
+def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: float) -> None:
+    """After a part failed for good (not a bounce): schedule the part after it, or complete.
+
+    One part that cannot be delivered (refused for its content, unbuildable, given up) must
+    not end the course: the reader misses that part and the series goes on, as it would have.
+    """
+    enrollment = delivery.enrollment
+    step = delivery.step
+    if enrollment is None or step is None or enrollment.status is not EnrollmentStatus.ACTIVE:
+        return
+    following = session.scalars(
+        select(Step)
+        .where(Step.sequence_id == step.sequence_id, Step.position > step.position)
+        .order_by(Step.position)
+        .limit(1)
+    ).first()
+    if following is None:
+        enrollment.status = EnrollmentStatus.COMPLETED
+        enrollment.ended_at = now
+        return
+    exists = session.scalar(
+        select(Delivery.id).where(
+            Delivery.enrollment_id == enrollment.id, Delivery.step_id == following.id
+        )
+    )
+    if exists is None:
+        _schedule_step(session, enrollment, following, now, now, day_seconds)
 
 
 def skip_pending(
@@ -233,11 +265,12 @@ def skip_pending(
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
-    """Claim up to `limit` due deliveries, oldest first, and return their ids.
+def claim(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
+    """Claim up to `limit` due deliveries, oldest first: (id, reaps) of each, by id.
 
     The claim is stamped with `now` (claimed_at), which identifies it: the task that carries
-    these ids carries that stamp too, and sends only rows still holding it.
+    these ids carries that stamp too, and sends only rows still holding it. `reaps` says how
+    often a worker already stopped while holding the row (see `give_back`).
 
     Two dispatchers can never claim the same row: on PostgreSQL the candidate rows are locked
     with FOR UPDATE SKIP LOCKED (a second dispatcher takes the next rows instead of waiting);
@@ -252,15 +285,20 @@ def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
     )
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
-    claimed = session.scalars(
+    claimed = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()))
         .where(Delivery.state.in_(CLAIMABLE_STATES))
         .values(state=DeliveryState.CLAIMED, claimed_at=now)
-        .returning(Delivery.id)
+        .returning(Delivery.id, Delivery.reaps)
         .execution_options(synchronize_session=False)
     ).all()
-    return sorted(claimed)
+    return sorted((int(row.id), int(row.reaps)) for row in claimed)
+
+
+def claim_due(session: Session, now: datetime, limit: int) -> list[int]:
+    """Claim up to `limit` due deliveries (see `claim`); their ids, in order."""
+    return [delivery_id for delivery_id, _ in claim(session, now, limit)]
 
 
 def count_claimed(session: Session) -> int:
@@ -283,41 +321,88 @@ def release_claims(session: Session, ids: list[int]) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-def reap_stale(session: Session, now: datetime, timeout_seconds: float) -> int:
-    """Return claims older than the timeout (lost task, killed worker) to the queue.
+_BEGUN = Delivery.attempted_at.is_not(None) & (Delivery.attempted_at >= Delivery.claimed_at)
 
-    A reaped row whose worker had already begun the SMTP conversation (attempted_at within
-    the claim) may have been delivered: it is offered again with the same Message-ID and
-    recorded as an "uncertain" event, the one window that cannot be closed.
+
+def give_back(
+    session: Session,
+    where: ColumnElement[bool],
+    now: datetime,
+    reason: str,
+    day_seconds: float = REAL_DAY,
+) -> int:
+    """Take claimed rows back from a worker that stopped holding them; how many.
+
+    A row whose sending had begun (attempted within its claim) may have been delivered: it is
+    offered again with the same Message-ID and recorded as an "uncertain" event, the one
+    window that cannot be closed, and it counts as a reap. The dispatcher sends a reaped row
+    in a batch of its own, so a row that stops workers stops only its own batch; after
+    MAX_REAPS it fails with the reason instead of looping.
     """
-    cutoff = now - timedelta(seconds=timeout_seconds)
-    stale = (Delivery.state == DeliveryState.CLAIMED) & or_(
-        Delivery.claimed_at.is_(None), Delivery.claimed_at < cutoff
-    )
-    uncertain = session.execute(
-        select(Delivery.id, Delivery.subscriber_id).where(
-            stale, Delivery.attempted_at.is_not(None), Delivery.attempted_at >= Delivery.claimed_at
+    rows = session.execute(
+        select(Delivery.id, Delivery.subscriber_id, Delivery.reaps, _BEGUN.label("begun")).where(
+            Delivery.state == DeliveryState.CLAIMED, where
         )
     ).all()
-    for delivery_id, subscriber_id in uncertain:
+    if not rows:
+        return 0
+    poison: list[int] = []
+    for row in rows:
+        if not row.begun:
+            continue
         session.add(
             Event(
-                subscriber_id=subscriber_id,
-                delivery_id=delivery_id,
+                subscriber_id=row.subscriber_id,
+                delivery_id=row.id,
                 kind="uncertain",
-                data={"reason": "claim expired after sending began"},
+                data={"reason": f"{reason} after sending began"},
                 created_at=now,
             )
         )
-    result = session.execute(
-        update(Delivery)
-        .where(stale)
-        .values(state=DeliveryState.RETRY, last_error="claim expired; returned by the reaper")
-        .execution_options(synchronize_session=False)
-    )
-    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
-    if count:
-        log.warning(
-            "reaper returned %d stale claims to the queue (%d possibly sent)", count, len(uncertain)
+        if row.reaps + 1 >= MAX_REAPS:
+            poison.append(row.id)
+    begun = [row.id for row in rows if row.begun]
+    fresh = [row.id for row in rows if not row.begun]
+    if begun:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(begun))
+            .values(state=DeliveryState.RETRY, reaps=Delivery.reaps + 1, last_error=reason)
+            .execution_options(synchronize_session=False)
         )
+    if fresh:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(fresh))
+            .values(state=DeliveryState.RETRY, last_error=reason)
+            .execution_options(synchronize_session=False)
+        )
+    for delivery in session.scalars(select(Delivery).where(Delivery.id.in_(poison))):
+        delivery.state = DeliveryState.FAILED
+        delivery.last_error = (
+            f"{reason}: a worker stopped while sending this mail {delivery.reaps} times, "
+            "so it is not tried again"
+        )
+        log.error("delivery %d failed: %s", delivery.id, delivery.last_error)
+        move_on(session, delivery, now, day_seconds)
+    if begun:
+        log.warning(
+            "%s: %d deliveries back in the queue (%d possibly sent, %d failed for good)",
+            reason,
+            len(rows),
+            len(begun),
+            len(poison),
+        )
+    return len(rows)
+
+
+def reap_stale(
+    session: Session, now: datetime, timeout_seconds: float, day_seconds: float = REAL_DAY
+) -> int:
+    """Return claims older than the timeout (lost task, killed worker) to the queue."""
+    cutoff = now - timedelta(seconds=timeout_seconds)
+    stale = or_(Delivery.claimed_at.is_(None), Delivery.claimed_at < cutoff)
+    count = give_back(session, stale, now, "claim expired; returned by the reaper", day_seconds)
+    if count:
+        log.warning("reaper returned %d stale claims to the queue", count)
     return count

@@ -1,8 +1,14 @@
-"""Flow control shared by every worker: a global send rate and an error brake.
+"""Flow control shared by every worker: a global send rate, and pauses with their reasons.
 
-Both keep their state in Redis (REDIS_URL) so that any number of worker processes on any
-number of machines obey one limit. With REDIS_URL=memory:// (tests without Redis) the state
-is per process.
+Sending pauses for one of three reasons: the error brake (too many transient failures in a
+row), a relay pause (the relay refused us at connect, EHLO, STARTTLS, AUTH or MAIL FROM, or
+with a 5.7.x about relaying or authentication), and a breaker hold (too many refusals among
+the last sends; see `breaker`). The first two resume by themselves after a pause that
+doubles on each trip up to a bound; a hold lasts until an operator resumes sending.
+
+The state lives in Redis (REDIS_URL) so that any number of worker processes on any number
+of machines obey one limit and one pause. With REDIS_URL=memory:// (tests without Redis)
+the state is per process.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import redis
@@ -22,6 +29,8 @@ log = logging.getLogger(__name__)
 PREFIX = "newsletter:flow:"
 BRAKE_FIRST_PAUSE_SECONDS = 30.0
 PAUSE_CHECK_SECONDS = 0.5
+# A hold has no end time; this stands for "until an operator resumes".
+HOLD_UNTIL = 1e15
 
 # Reserve the next send slot: slots are `interval` microseconds apart on the server's clock,
 # so all workers together send at most one message per interval, without bursts. Returns the
@@ -36,14 +45,29 @@ return slot - now
 """
 
 
+@dataclass(frozen=True)
+class Pause:
+    """Sending is paused until `until` (epoch seconds; HOLD_UNTIL for a hold) because `reason`."""
+
+    until: float
+    reason: str
+
+    @property
+    def held(self) -> bool:
+        """A breaker hold: only an operator ends it."""
+        return self.until >= HOLD_UNTIL
+
+
 class Store(Protocol):
     """The few operations flow control needs from its shared store."""
 
     def reserve(self, interval_us: int) -> int: ...
     def incr_failures(self) -> int: ...
     def reset_failures(self) -> None: ...
-    def trip(self, now: float, max_pause: float) -> float: ...
+    def trip(self, now: float, max_pause: float, reason: str) -> float: ...
+    def hold(self, reason: str) -> None: ...
     def paused_until(self) -> float: ...
+    def pause(self) -> Pause | None: ...
     def clear_trips(self) -> bool: ...
 
 
@@ -63,19 +87,37 @@ class RedisStore:
     def reset_failures(self) -> None:
         self.client.delete(PREFIX + "failures")
 
-    def trip(self, now: float, max_pause: float) -> float:
+    def trip(self, now: float, max_pause: float, reason: str) -> float:
+        if self.paused_until() >= HOLD_UNTIL:
+            return 0.0  # a hold outranks a timed pause
         trips = int(cast(int, self.client.incr(PREFIX + "trips")))
         pause = float(min(max_pause, BRAKE_FIRST_PAUSE_SECONDS * 2 ** (trips - 1)))
-        self.client.set(PREFIX + "paused_until", f"{now + pause:.3f}")
+        self.client.mset(
+            {PREFIX + "paused_until": f"{now + pause:.3f}", PREFIX + "pause_reason": reason}
+        )
         self.client.delete(PREFIX + "failures")
         return pause
+
+    def hold(self, reason: str) -> None:
+        self.client.mset(
+            {PREFIX + "paused_until": f"{HOLD_UNTIL:.3f}", PREFIX + "pause_reason": reason}
+        )
 
     def paused_until(self) -> float:
         value = cast(bytes | None, self.client.get(PREFIX + "paused_until"))
         return float(value) if value else 0.0
 
+    def pause(self) -> Pause | None:
+        until, reason = cast(
+            list[bytes | None], self.client.mget(PREFIX + "paused_until", PREFIX + "pause_reason")
+        )
+        if not until:
+            return None
+        return Pause(float(until), (reason or b"").decode("utf-8", "replace"))
+
     def clear_trips(self) -> bool:
-        return bool(self.client.delete(PREFIX + "trips", PREFIX + "paused_until"))
+        keys = (PREFIX + "trips", PREFIX + "paused_until", PREFIX + "pause_reason")
+        return bool(self.client.delete(*keys))
 
 
 class MemoryStore:
@@ -87,6 +129,7 @@ class MemoryStore:
         self.failures = 0
         self.trips = 0
         self.until = 0.0
+        self.reason = ""
 
     def reserve(self, interval_us: int) -> int:
         with self.lock:
@@ -103,20 +146,29 @@ class MemoryStore:
     def reset_failures(self) -> None:
         self.failures = 0
 
-    def trip(self, now: float, max_pause: float) -> float:
+    def trip(self, now: float, max_pause: float, reason: str) -> float:
         with self.lock:
+            if self.until >= HOLD_UNTIL:
+                return 0.0  # a hold outranks a timed pause
             self.trips += 1
             pause = float(min(max_pause, BRAKE_FIRST_PAUSE_SECONDS * 2 ** (self.trips - 1)))
-            self.until = now + pause
+            self.until, self.reason = now + pause, reason
             self.failures = 0
             return pause
+
+    def hold(self, reason: str) -> None:
+        with self.lock:
+            self.until, self.reason = HOLD_UNTIL, reason
 
     def paused_until(self) -> float:
         return self.until
 
+    def pause(self) -> Pause | None:
+        return Pause(self.until, self.reason) if self.until else None
+
     def clear_trips(self) -> bool:
-        had = self.trips > 0
-        self.trips, self.until = 0, 0.0
+        had = self.trips > 0 or self.until > 0
+        self.trips, self.until, self.reason = 0, 0.0, ""
         return had
 
 
@@ -160,18 +212,29 @@ class FlowControl:
         if wait_us > 0:
             self.sleep(wait_us / 1e6)
 
-    def record(self, outcome: Outcome) -> None:
-        """Count consecutive transport failures; trip the brake after `brake_after` of them."""
+    def record(self, outcome: Outcome, detail: str = "") -> None:
+        """Count consecutive transport failures (the brake); pause at once on a relay refusal.
+
+        `detail` is the failure's description, kept as the pause's reason.
+        """
         try:
-            if outcome is Outcome.RETRY:
+            if outcome is Outcome.PAUSED:
+                reason = f"the relay refused us: {detail}"
+                pause = self.store.trip(self.wall(), self.max_pause, reason)
+                self._paused_now()
+                log.error(
+                    "SENDING PAUSED for %.0f s: %s. Nobody is suppressed; mail waits in the "
+                    "queue and sending resumes by itself when the relay accepts again. Check "
+                    "SMTP_HOST, SMTP_USERNAME, SMTP_PASSWORD, SMTP_SECURITY and MAIL_FROM.",
+                    pause,
+                    reason,
+                )
+            elif outcome is Outcome.RETRY:
                 self._failing = True
                 if self.store.incr_failures() >= self.brake_after:
-                    pause = self.store.trip(self.wall(), self.max_pause)
-                    log.error(
-                        "error brake: %d consecutive transport failures; pausing for %.0f s",
-                        self.brake_after,
-                        pause,
-                    )
+                    reason = f"{self.brake_after} consecutive transport failures"
+                    pause = self.store.trip(self.wall(), self.max_pause, f"{reason}: {detail}")
+                    log.error("error brake: %s; pausing for %.0f s (%s)", reason, pause, detail)
             elif outcome is Outcome.SENT and (
                 self._failing or self.wall() - self._reset_at >= PAUSE_CHECK_SECONDS
             ):
@@ -185,6 +248,31 @@ class FlowControl:
                     log.warning("error brake released: mail is going out again")
         except redis.RedisError as exc:
             log.warning("error brake store unavailable: %s", exc)
+
+    def hold(self, reason: str) -> None:
+        """Hold sending everywhere until an operator resumes it (the bounce breaker)."""
+        self._paused_now()
+        try:
+            self.store.hold(reason)
+        except redis.RedisError as exc:
+            # The database keeps the trip too: the dispatcher and every batch still see it.
+            log.warning("flow store unavailable, the hold is kept in the database only: %s", exc)
+
+    def resume(self) -> bool:
+        """Lift any pause or hold now (an operator's decision); whether there was one."""
+        self._pause_answer = False
+        self._pause_checked_at = float("-inf")
+        return self.store.clear_trips()
+
+    def pause(self) -> Pause | None:
+        """The current pause and its reason, if sending is paused right now."""
+        current = self.store.pause()
+        return current if current is not None and current.until > self.wall() else None
+
+    def _paused_now(self) -> None:
+        # This process knows at once; the others see the store within PAUSE_CHECK_SECONDS.
+        self._pause_answer = True
+        self._pause_checked_at = self.wall()
 
     def paused(self) -> bool:
         """Whether dispatch and sending are paused by the brake right now.

@@ -1,13 +1,15 @@
 """The SMTP transport: one reused connection per process, and precise outcomes.
 
 The SMTP conversation is driven command by command (MAIL, RCPT, DATA) rather than through
-`smtplib.sendmail`, so that every failure is known to have happened either before the server
-could have accepted the message (safe to retry) or while waiting for its reply to the final
-dot (the server may have accepted it: `SendError.ambiguous`).
+`smtplib.sendmail`, so that every failure carries the stage it happened at (connect, EHLO,
+STARTTLS, AUTH, MAIL FROM, RCPT TO, DATA, or the reply to the final dot) and whether the
+server may already have the message (`SendError.ambiguous`). What a refusal means (the
+relay's problem, the recipient's mailbox, this message) is judged from that by `verdicts`.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import re
 import smtplib
@@ -25,30 +27,73 @@ log = logging.getLogger(__name__)
 # servers commonly drop idle clients after 60-300 s.
 IDLE_CHECK_SECONDS = 20.0
 _LEADING_DOT = re.compile(rb"(?m)^\.")
+# RFC 3463 enhanced status code at the start of a reply: class.subject.detail.
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class Stage(enum.StrEnum):
+    """Where in the SMTP session a failure happened."""
+
+    CONNECT = "connect"  # TCP, TLS handshake of implicit TLS, the greeting
+    HELO = "helo"
+    STARTTLS = "starttls"
+    AUTH = "auth"
+    MAIL = "mail"  # MAIL FROM
+    RCPT = "rcpt"  # RCPT TO
+    DATA = "data"  # the reply to DATA, before the message is sent
+    MESSAGE = "message"  # the reply to the final dot
 
 
 class SendError(Exception):
-    """A message was not (or not certainly) accepted.
+    """A message was not (or not certainly) accepted, and where that happened.
 
-    `permanent`: retrying cannot help (5xx). `ambiguous`: the connection failed after the whole
-    message was sent, so the server may have accepted it.
+    `code` and `reply` are the server's answer (None for a network failure). `ambiguous`: the
+    connection failed after the whole message was sent, so the server may have accepted it.
+    `local`: this message could not be put on the wire at all (not the server's answer).
+    `setup`: the session could not be set up for a reason that retrying will not fix (a
+    certificate that does not verify, STARTTLS or AUTH not offered): the configuration's or the
+    relay's problem.
     """
 
     def __init__(
-        self, message: str, *, permanent: bool, code: int | None = None, ambiguous: bool = False
+        self,
+        message: str,
+        *,
+        stage: Stage,
+        code: int | None = None,
+        reply: str = "",
+        ambiguous: bool = False,
+        local: bool = False,
+        setup: bool = False,
     ) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.stage = stage
         self.code = code
+        self.reply = reply
         self.ambiguous = ambiguous
+        self.local = local
+        self.setup = setup
+
+    @property
+    def permanent(self) -> bool:
+        """A 5xx answer: the same attempt will not succeed by repeating it."""
+        return self.code is not None and self.code >= 500
+
+    @property
+    def enhanced(self) -> str | None:
+        """The reply's enhanced status code ("5.1.1"), if it has one."""
+        match = _ENHANCED.match(self.reply)
+        return ".".join(match.groups()) if match else None
 
 
 def _text(reply: bytes | str) -> str:
     return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
 
 
-def _refusal(stage: str, code: int, reply: bytes) -> SendError:
-    return SendError(f"{stage} refused: {code} {_text(reply)}", permanent=code >= 500, code=code)
+def _refusal(stage: Stage, code: int, reply: bytes | str, what: str = "") -> SendError:
+    text = " ".join(_text(reply).split())[:500]
+    label = what or stage.value
+    return SendError(f"{label} refused: {code} {text}", stage=stage, code=code, reply=text)
 
 
 class SmtpTransport:
@@ -64,18 +109,36 @@ class SmtpTransport:
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         context = ssl.create_default_context()
-        conn: smtplib.SMTP
-        if s.smtp_security == "tls":
-            conn = smtplib.SMTP_SSL(
-                s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context
-            )
-        else:
-            conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+        stage = Stage.CONNECT
+        conn: smtplib.SMTP | None = None
+        try:
+            if s.smtp_security == "tls":
+                conn = smtplib.SMTP_SSL(
+                    s.smtp_host, s.smtp_port, timeout=s.smtp_timeout, context=context
+                )
+            else:
+                conn = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+            stage = Stage.HELO
+            conn.ehlo_or_helo_if_needed()
             if s.smtp_security == "starttls":
+                stage = Stage.STARTTLS
                 conn.starttls(context=context)
-        conn.ehlo_or_helo_if_needed()
-        if s.smtp_username:
-            conn.login(s.smtp_username, s.smtp_password)
+                stage = Stage.HELO
+                conn.ehlo_or_helo_if_needed()
+            if s.smtp_username:
+                stage = Stage.AUTH
+                conn.login(s.smtp_username, s.smtp_password)
+        except smtplib.SMTPResponseException as exc:
+            _discard(conn)
+            raise _refusal(stage, exc.smtp_code, exc.smtp_error) from None
+        except (ssl.SSLCertVerificationError, smtplib.SMTPNotSupportedError) as exc:
+            # Retrying cannot help: the relay's certificate or its extensions do not match
+            # what the settings ask for.
+            _discard(conn)
+            raise SendError(f"{stage} failed: {exc}", stage=stage, setup=True) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            _discard(conn)
+            raise SendError(f"{stage} failed: {type(exc).__name__}: {exc}", stage=stage) from None
         self.connects += 1
         return conn
 
@@ -101,11 +164,7 @@ class SmtpTransport:
 
     def send_data(self, sender: str, recipients: Iterable[str], payload: bytes) -> None:
         """Send ready message bytes; raise SendError unless every recipient accepted them."""
-        try:
-            self._transmit(sender, list(recipients), payload, fresh_retry=True)
-        except (smtplib.SMTPException, OSError) as exc:
-            self.close()
-            raise SendError(f"{type(exc).__name__}: {exc}", permanent=False) from None
+        self._transmit(sender, list(recipients), payload, fresh_retry=True)
         self._last_used = time.monotonic()
         self.sent += 1
 
@@ -113,55 +172,77 @@ class SmtpTransport:
         self, sender: str, recipients: list[str], payload: bytes, *, fresh_retry: bool
     ) -> None:
         conn = self._connection()
+        stage = Stage.MAIL
         try:
-            code, reply = self._command(conn, "mail", f"FROM:<{sender}>")
-        except (smtplib.SMTPServerDisconnected, OSError):
-            # The server dropped a reused connection before MAIL: nothing was sent, so a fresh
-            # connection may try once more at once.
-            self.close()
-            if not fresh_retry:
-                raise
-            self._transmit(sender, recipients, payload, fresh_retry=False)
-            return
-        if code != 250:
-            self._reset(conn, code)
-            raise _refusal("sender", code, reply)
-        for rcpt in recipients:
-            code, reply = self._command(conn, "rcpt", f"TO:<{rcpt}>")
-            if code not in (250, 251):
-                # One refused recipient fails the message: a partial acceptance is no success.
+            try:
+                code, reply = self._command(conn, "mail", f"FROM:<{sender}>", stage)
+            except (smtplib.SMTPServerDisconnected, OSError):
+                # The server dropped a reused connection before MAIL: nothing was sent, so a
+                # fresh connection may try once more at once.
+                self.close()
+                if not fresh_retry:
+                    raise
+                self._transmit(sender, recipients, payload, fresh_retry=False)
+                return
+            if code != 250:
                 self._reset(conn, code)
-                raise _refusal(f"recipient {rcpt}", code, reply)
-        conn.putcmd("data")
-        code, reply = conn.getreply()
-        if code != 354:
-            self._reset(conn, code)
-            raise _refusal("DATA", code, reply)
-        body = payload
-        if payload.startswith(b".") or b"\n." in payload:  # the search is far cheaper than re
-            body = _LEADING_DOT.sub(b"..", payload)
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        conn.send(body + b".\r\n")
-        try:
+                raise _refusal(stage, code, reply, "MAIL FROM")
+            stage = Stage.RCPT
+            for rcpt in recipients:
+                code, reply = self._command(conn, "rcpt", f"TO:<{rcpt}>", stage)
+                if code not in (250, 251):
+                    # One refused recipient fails the message: a partial acceptance is no
+                    # success.
+                    self._reset(conn, code)
+                    raise _refusal(stage, code, reply, f"recipient {rcpt}")
+            stage = Stage.DATA
+            conn.putcmd("data")
             code, reply = conn.getreply()
+            if code != 354:
+                self._reset(conn, code)
+                raise _refusal(stage, code, reply, "DATA")
+            body = payload
+            if payload.startswith(b".") or b"\n." in payload:  # the search is far cheaper than re
+                body = _LEADING_DOT.sub(b"..", payload)
+            if not body.endswith(b"\r\n"):
+                body += b"\r\n"
+            conn.send(body + b".\r\n")
+            stage = Stage.MESSAGE
+            try:
+                code, reply = conn.getreply()
+            except (smtplib.SMTPException, OSError) as exc:
+                self.close()
+                raise SendError(
+                    f"no reply after the message was sent ({type(exc).__name__}: {exc}); "
+                    "the server may have accepted it",
+                    stage=stage,
+                    ambiguous=True,
+                ) from None
+            if code != 250:
+                raise _refusal(stage, code, reply, "message")
+        except SendError:
+            raise
         except (smtplib.SMTPException, OSError) as exc:
             self.close()
+            raise SendError(f"{stage}: {type(exc).__name__}: {exc}", stage=stage) from None
+        except Exception as exc:  # noqa: BLE001 - one message's oddity must not end the batch
+            # Something about this message (an address that cannot be encoded, say) that no
+            # server answered; the session's state is unknown, so it is not reused.
+            self.close()
             raise SendError(
-                f"no reply after the message was sent ({type(exc).__name__}: {exc}); "
-                "the server may have accepted it",
-                permanent=False,
-                ambiguous=True,
+                f"{stage}: {type(exc).__name__}: {exc}", stage=stage, local=True
             ) from None
-        if code != 250:
-            raise _refusal("message", code, reply)
 
     @staticmethod
-    def _command(conn: smtplib.SMTP, verb: str, argument: str) -> tuple[int, bytes]:
+    def _command(conn: smtplib.SMTP, verb: str, argument: str, stage: Stage) -> tuple[int, bytes]:
         # smtplib's mail() and rcpt() re-parse each address with email.utils (about 0.2 ms a
         # message); the addresses here were checked when the message was built.
         if any(c in argument for c in "\r\n"):
-            raise SendError(f"{verb} address contains a line break", permanent=True)
+            raise SendError(f"{verb} address contains a line break", stage=stage, local=True)
+        if not argument.isascii():
+            # Without SMTPUTF8 an address must be ASCII (an international domain in its
+            # xn-- form); refuse here rather than let the encoder fail mid-command.
+            raise SendError(f"{verb} address is not ASCII: {argument!r}", stage=stage, local=True)
         conn.putcmd(verb, argument)
         return conn.getreply()
 
@@ -185,3 +266,13 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError):
             self._conn.close()
         self._conn = None
+
+
+def _discard(conn: smtplib.SMTP | None) -> None:
+    """Close a connection that failed while being set up, ignoring how it fails."""
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except (smtplib.SMTPException, OSError):
+        pass

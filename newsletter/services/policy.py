@@ -17,10 +17,14 @@ class Outcome(enum.Enum):
     """What happened to one delivery handed to the sender."""
 
     SENT = "sent"
-    SKIPPED = "skipped"
-    RESCHEDULED = "rescheduled"
-    RETRY = "retry"
-    FAILED = "failed"
+    SKIPPED = "skipped"  # the subscriber left, or the row is no longer this batch's
+    RESCHEDULED = "rescheduled"  # moved to the next send window
+    RETRY = "retry"  # a transient failure: tried again later
+    PAUSED = "paused"  # the relay refused us: back in the queue, sending pauses
+    HELD = "held"  # sending stopped early (a pause, a hold, an expiring claim): back, unsent
+    BOUNCED = "bounced"  # the recipient's mailbox was refused: failed, address suppressed
+    REFUSED = "refused"  # this message was refused (policy, content): failed alone
+    FAILED = "failed"  # given up, or the message could not be built
     NOT_CLAIMED = "not-claimed"
 
 

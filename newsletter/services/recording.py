@@ -1,7 +1,7 @@
-"""The writes of the send path: mark attempts, record what was sent, failures, releases.
+"""The writes of the send path: begin attempts, record what was sent, failures, releases.
 
-Statements are built once at import and run on one Connection per batch; the per-group ones
-are executemany calls, so a group of mails costs the same few round trips as one mail.
+Statements are built once at import and run on one Connection per batch; recording sent mail
+is one executemany per group, so a group of mails costs the same few round trips as one mail.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from newsletter.models import (
     Suppression,
     table_of,
 )
-from newsletter.services import drip
+from newsletter.services import breaker, drip, suppressions
 from newsletter.services.batch_load import Job
 from newsletter.services.mailer import SendError
 from newsletter.services.policy import Outcome, Policy
+from newsletter.services.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,17 @@ _IDS = _D.c.id.in_(bindparam("ids", expanding=True))
 _CLAIMED = _D.c.state == DeliveryState.CLAIMED
 _OURS = _D.c.claimed_at == bindparam("claim")
 
+# The last look before one message's MAIL FROM: its attempt begins only if the row is still
+# claimed by this batch (an unsubscribe marks it skipped; the reaper may have handed it to
+# another task). Once this has committed, an unsubscribe waits for the message's outcome.
 _MARK = (
     update(_D)
-    .where(_IDS, _CLAIMED)
+    .where(_D.c.id == bindparam("d_id"), _CLAIMED)
     .values(attempts=_D.c.attempts + 1, attempted_at=bindparam("now"))
-    .returning(_D.c.id)
 )
 _MARK_OURS = _MARK.where(_OURS)
-# Marked but never sent (the error brake): back to the queue as if never tried.
+# Marked but never sent (the brake, a pause, an expired claim): back to the queue as if
+# never tried.
 _UNMARK = (
     update(_D)
     .where(_IDS, _CLAIMED)
@@ -93,39 +97,37 @@ def record_sent(conn: Connection, accepted: list[Accepted], policy: Policy) -> N
         drip.schedule_next(conn, follows, accepted[-1].at, policy.day_seconds)
 
 
-def _unbuildable(conn: Connection, job: Job, error: Exception) -> None:
-    # Bad content (a header with a line break, an address that is not ASCII) will not get
-    # better by retrying: the delivery fails, visibly, and the rest of the batch goes on.
-    log.error("delivery %d cannot be built: %s", job.delivery_id, error)
-    conn.execute(
-        update(_D)
-        .where(_D.c.id == job.delivery_id)
-        .values(state=DeliveryState.FAILED, last_error=f"cannot build the message: {error}")
-    )
+def mark(conn: Connection, delivery_id: int, now: datetime, claim: datetime | None) -> bool:
+    """Begin one message's attempt if its row is still this batch's to send; whether it is."""
+    with conn.begin():
+        params = {"d_id": delivery_id, "now": now, "claim": claim}
+        return bool(conn.execute(_MARK if claim is None else _MARK_OURS, params).rowcount)
 
 
-def advance(
-    conn: Connection,
-    accepted: list[Accepted],
-    broken: list[tuple[Job, Exception]],
-    mark_ids: list[int],
-    now: datetime,
-    claim: datetime | None,
-    policy: Policy,
-) -> set[int]:
-    """One transaction between two groups: record the last, mark the next; the marked ids.
-
-    Marking is the last look before the SMTP conversations: a row an unsubscribe skipped, or
-    that another task's claim took over, is not marked and must not be sent.
-    """
+def record(conn: Connection, accepted: list[Accepted], policy: Policy) -> None:
+    """Record a group of accepted messages in one transaction (see `record_sent`)."""
     with conn.begin():
         record_sent(conn, accepted, policy)
-        for job, error in broken:
-            _unbuildable(conn, job, error)
-        if not mark_ids:
-            return set()
-        params = {"ids": mark_ids, "now": now, "claim": claim}
-        return set(conn.scalars(_MARK if claim is None else _MARK_OURS, params))
+
+
+def record_unbuildable(
+    conn: Connection, job: Job, error: BaseException, now: datetime, policy: Policy
+) -> None:
+    """A message that could not be built fails alone, with the error; the series goes on.
+
+    Bad content (a template that fails for this subscriber, a header with a line break, an
+    address that cannot be encoded) will not get better by retrying.
+    """
+    reason = f"cannot build the message: {type(error).__name__}: {error}"[:2000]
+    log.error("delivery %d %s", job.delivery_id, reason)
+    with conn.begin(), Session(bind=conn) as session:
+        delivery = session.get(Delivery, job.delivery_id)
+        if delivery is None or delivery.state is not DeliveryState.CLAIMED:
+            return
+        delivery.state = DeliveryState.FAILED
+        delivery.last_error = reason
+        drip.move_on(session, delivery, now, policy.day_seconds)
+        session.flush()
 
 
 def release(
@@ -156,8 +158,10 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
             Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
         )
     subscriber.status = SubscriberStatus.BOUNCED
-    drip.stop_enrollments(session, subscriber.id, now)
-    drip.skip_pending(session, subscriber.id, reason="address bounced", except_id=delivery.id)
+    drip.stop_enrollments(session, subscriber.id, now, suppressions.BOUNCED)
+    drip.skip_pending(
+        session, subscriber.id, reason=suppressions.SKIPPED_BY_BOUNCE, except_id=delivery.id
+    )
     session.add(
         Event(
             subscriber_id=subscriber.id,
@@ -169,10 +173,32 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
     )
 
 
+def _retry_or_give_up(
+    delivery: Delivery, error: SendError, now: datetime, policy: Policy
+) -> Outcome:
+    if now - (delivery.first_due_at or delivery.due_at) > policy.give_up_after:
+        delivery.state = DeliveryState.FAILED
+        log.error(
+            "delivery %d gave up after %d attempts: %s", delivery.id, delivery.attempts, error
+        )
+        return Outcome.FAILED
+    delivery.state = DeliveryState.RETRY
+    delivery.due_at = now + policy.retry_delay(delivery.attempts)
+    log.warning("delivery %d will be retried at %s: %s", delivery.id, delivery.due_at, error)
+    return Outcome.RETRY
+
+
 def record_failure(
     conn: Connection, job: Job, error: SendError, now: datetime, policy: Policy
 ) -> Outcome:
-    """Record a message the server did not (or not certainly) accept; its outcome."""
+    """Record a message the server did not (or not certainly) accept; its outcome.
+
+    What happens follows the verdict on the failure (`verdicts.judge`): a transient one is
+    retried; a refusal of us by the relay puts the mail back in the queue, unharmed, and the
+    caller pauses sending; only a refusal of the recipient's mailbox bounces and suppresses
+    the address; a refused message fails alone and the series goes on.
+    """
+    verdict = judge(error)
     with conn.begin(), Session(bind=conn) as session:
         delivery = session.get(Delivery, job.delivery_id)
         assert delivery is not None
@@ -190,26 +216,50 @@ def record_failure(
                     created_at=now,
                 )
             )
-        if delivery.state is DeliveryState.SKIPPED and not error.permanent:
+        if delivery.state is DeliveryState.SKIPPED and verdict is not Verdict.MAILBOX:
             # An unsubscribe landed during the conversation: nothing is left to retry.
             outcome = Outcome.SKIPPED
-        elif error.permanent:
+        elif verdict is Verdict.RELAY:
+            # Nobody's mailbox is at fault: the mail waits in the queue, due now, until sending
+            # resumes, and the wait does not count towards its give-up age.
+            delivery.state = DeliveryState.RETRY
+            delivery.due_at = delivery.first_due_at = now
+            log.error("delivery %d refused by the relay, not the recipient: %s", delivery.id, error)
+            outcome = Outcome.PAUSED
+        elif verdict is Verdict.MAILBOX:
             delivery.state = DeliveryState.FAILED
             _hard_bounce(session, delivery, str(error), now)
-            log.warning("delivery %d failed permanently: %s", delivery.id, error)
-            outcome = Outcome.FAILED
-        elif now - (delivery.first_due_at or delivery.due_at) > policy.give_up_after:
+            log.warning("delivery %d bounced: %s", delivery.id, error)
+            outcome = Outcome.BOUNCED
+        elif verdict is Verdict.MESSAGE:
             delivery.state = DeliveryState.FAILED
-            log.error(
-                "delivery %d gave up after %d attempts: %s", delivery.id, delivery.attempts, error
+            session.add(
+                Event(
+                    subscriber_id=delivery.subscriber_id,
+                    delivery_id=delivery.id,
+                    kind="refused",
+                    data={"detail": str(error)[:500]},
+                    created_at=now,
+                )
             )
-            outcome = Outcome.FAILED
+            drip.move_on(session, delivery, now, policy.day_seconds)
+            log.warning("delivery %d refused, failing alone: %s", delivery.id, error)
+            outcome = Outcome.REFUSED
         else:
-            delivery.state = DeliveryState.RETRY
-            delivery.due_at = now + policy.retry_delay(delivery.attempts)
-            log.warning(
-                "delivery %d will be retried at %s: %s", delivery.id, delivery.due_at, error
-            )
-            outcome = Outcome.RETRY
+            outcome = _retry_or_give_up(delivery, error, now, policy)
+            if outcome is Outcome.FAILED:
+                drip.move_on(session, delivery, now, policy.day_seconds)
         session.flush()
     return outcome
+
+
+def hold_sending(conn: Connection, reason: str, now: datetime) -> bool:
+    """Record a breaker trip, unless one already holds sending; whether this one is new."""
+    with conn.begin(), Session(bind=conn) as session:
+        return breaker.hold(session, reason, now)
+
+
+def last_resume(conn: Connection) -> datetime | None:
+    """When an operator last resumed sending after a breaker trip."""
+    with conn.begin(), Session(bind=conn) as session:
+        return breaker.last_resume(session)

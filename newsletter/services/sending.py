@@ -1,22 +1,30 @@
 """Sending a batch of claimed deliveries over one SMTP connection and one database connection.
 
-The batch is loaded and checked in one transaction (`batch_load`). Its mail then goes in
-groups of `group_size`, and one transaction per group (`recording.advance`) records the group
-before as sent, schedules what follows each of its mails, and marks the next group's
-attempts: the last look before their SMTP conversations. That transaction runs on a database
-thread while this thread holds the SMTP conversations of the current group, so the database is
-off the critical path: a worker sends at the pace of the SMTP server.
+The batch is loaded and checked in one transaction (`batch_load`). Then, for each message:
+its attempt begins with one conditional write (`recording.mark`, the last look: a row that an
+unsubscribe skipped or another task took over is left alone), it is built, and it goes over
+SMTP. The write for the next message runs on the database thread while this message's SMTP
+conversation goes on, so the last look costs no waiting; once it has committed, an
+unsubscribe waits for that message's outcome instead of racing it.
 
-A crash (kill -9, power) can lose the outcome of at most two groups: the one being sent and
-the one being recorded. Their rows stay claimed with their attempts marked; the reaper offers
-them again and records each as `uncertain`, the window no engine can close. Each message is
-built just before its group goes, from a step rendered once per process.
+Accepted messages are recorded in groups: one transaction (`recording.record`) per
+`group_size` mails, or sooner when the oldest unrecorded one is RECORD_WITHIN_SECONDS old (a
+slow relay), also on the database thread. A crash (kill -9, power) can lose the outcome of at
+most the unrecorded group and the message on the wire; their rows stay claimed with their
+attempts begun, and the reaper offers them again and records each as `uncertain`, the window
+no engine can close.
+
+Whatever goes wrong with one message (it cannot be built, the server refuses it) fails that
+message alone with its reason; the rest of the batch goes on. Sending stops early only for
+reasons that concern every message: a pause (the error brake, a relay refusing us), a
+breaker hold, or a claim about to expire; the unsent rest goes back to the queue unharmed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,16 +37,20 @@ from sqlalchemy.exc import DBAPIError
 
 from newsletter.models import DeliveryKind
 from newsletter.services import recording
-from newsletter.services.admin_templates import AdminTemplateError
 from newsletter.services.batch_load import Job, prepare
+from newsletter.services.breaker import BounceBreaker
 from newsletter.services.compose import Composer, Outgoing
 from newsletter.services.mailer import SendError, SmtpTransport
-from newsletter.services.mime import HeaderError
 from newsletter.services.policy import Outcome, Policy
 from newsletter.services.recording import Accepted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# An accepted message is recorded at the latest this long after the server took it (when the
+# database thread is free), so that an unsubscribe's wait for "the mail on the wire" ends soon
+# after that mail did, even on a relay that takes seconds per message.
+RECORD_WITHIN_SECONDS = 0.5
 
 
 def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
@@ -55,31 +67,24 @@ class Hooks:
     """What flow control plugs into a batch (no-ops by default).
 
     `before_send` runs before each message (the rate limiter waits there); when `should_stop`
-    turns true (the error brake) the rest of the batch goes back, unsent, to the queue;
-    `on_outcome` hears every message's outcome.
+    turns true (a pause) the rest of the batch goes back, unsent, to the queue; `on_outcome`
+    hears every message's outcome with its detail (a relay refusal's reply, say); `on_hold`
+    hears that the bounce breaker tripped, with its reason.
     """
 
     should_stop: Callable[[], bool] = lambda: False
     before_send: Callable[[], None] = lambda: None
-    on_outcome: Callable[[Outcome], None] = lambda _: None
+    on_outcome: Callable[[Outcome, str], None] = lambda _outcome, _detail: None
+    on_hold: Callable[[str], None] = lambda _reason: None
 
 
-class _Brake(Exception):
-    """Sending must stop mid-group; `unsent` were marked, not sent; `reason` says why."""
+class _Stop(Exception):
+    """Sending stops before the message at `index`; `reason` says why."""
 
-    def __init__(self, unsent: list[int], reason: str) -> None:
+    def __init__(self, index: int, reason: str) -> None:
         super().__init__(reason)
-        self.unsent = unsent
+        self.index = index
         self.reason = reason
-
-
-@dataclass
-class _Group:
-    """One group: its messages, and the transaction that marks them and records `recording`."""
-
-    built: list[tuple[Job, Outgoing]]
-    marked: Future[set[int]]
-    recording: list[Accepted]
 
 
 class _Batch:
@@ -97,92 +102,134 @@ class _Batch:
         claim: datetime | None,
         claim_expires: datetime | None,
         hooks: Hooks,
+        group_size: int,
+        breaker: BounceBreaker | None,
     ) -> None:
         self.db = db
         self.engine = engine
-        self.claim_expires = claim_expires
         self.conn = conn
         self.composer = composer
         self.transport = transport
         self.clock = clock
         self.policy = policy
         self.claim = claim
+        self.claim_expires = claim_expires
         self.hooks = hooks
-        self.accepted: list[Accepted] = []
+        self.group_size = group_size
+        self.breaker = breaker
         self.outcomes: Counter[Outcome] = Counter()
+        self.marks: dict[int, Future[bool]] = {}
+        self.accepted: list[Accepted] = []
+        self.oldest_accepted = 0.0  # time.monotonic() of accepted[0]
+        self.recording: tuple[Future[None], list[Accepted]] | None = None
+        self.halt: str | None = None  # the breaker tripped: stop before the next message
 
-    def _outcome(self, outcome: Outcome) -> None:
-        self.outcomes[outcome] += 1
-        self.hooks.on_outcome(outcome)
+    # -- the database thread ---------------------------------------------------------------
+
+    def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        return self.db.submit(fn, self.conn, *args)
 
     def _call(self, fn: Callable[..., T], *args: object) -> T:
-        return self.db.submit(fn, self.conn, *args).result()
+        return self._submit(fn, *args).result()
 
-    def start(self, jobs: list[Job]) -> _Group:
-        """Build a group and queue the transaction that records the last one and marks it."""
-        now = self.clock()
-        built: list[tuple[Job, Outgoing]] = []
-        broken: list[tuple[Job, Exception]] = []
-        for job in jobs:
-            try:
-                built.append((job, _build(self.composer, job, now)))
-            except (HeaderError, UnicodeError, AdminTemplateError) as exc:
-                broken.append((job, exc))
-        accepted, self.accepted = self.accepted, []
-        marked = self.db.submit(
-            recording.advance,
-            self.conn,
-            accepted,
-            broken,
-            [job.delivery_id for job, _ in built],
-            now,
-            self.claim,
-            self.policy,
-        )
-        for _ in broken:
-            self._outcome(Outcome.FAILED)
-        return _Group(built, marked, accepted)
+    def _mark(self, job: Job) -> Future[bool]:
+        future = self.marks.get(job.delivery_id)
+        if future is None:
+            future = self._submit(recording.mark, job.delivery_id, self.clock(), self.claim)
+            self.marks[job.delivery_id] = future
+        return future
 
-    def send(self, group: _Group) -> None:
-        """Send a started group; raise _Brake with the unsent ids if the brake trips."""
-        marked = self.settle(group)
-        pending = [(job, out) for job, out in group.built if job.delivery_id in marked]
-        for _ in range(len(group.built) - len(pending)):
-            self._outcome(Outcome.SKIPPED)  # an unsubscribe or another claim won
-        for index, (job, outgoing) in enumerate(pending):
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, jobs: list[Job]) -> None:
+        """Send every job in order; raise _Stop when sending must stop early."""
+        for index, job in enumerate(jobs):
+            if self.halt is not None:
+                raise _Stop(index, self.halt)
             if self.hooks.should_stop():
-                raise _Brake([j.delivery_id for j, _ in pending[index:]], "error brake")
+                raise _Stop(index, "sending is paused")
             self.hooks.before_send()
             if self.claim_expires is not None and self.clock() >= self.claim_expires:
-                # The reaper may have offered these rows again: sending now could send twice.
-                raise _Brake([j.delivery_id for j, _ in pending[index:]], "claim expired")
-            try:
-                self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
-            except SendError as error:
-                outcome = self._call(
-                    recording.record_failure, job, error, self.clock(), self.policy
-                )
-                self._outcome(outcome)
+                # The reaper may offer these rows again: sending now could send twice.
+                raise _Stop(index, "claim expired")
+            began = self._mark(job)
+            if index + 1 < len(jobs):
+                # The next message's last look, taken while this one is on the wire.
+                self._mark(jobs[index + 1])
+            if not began.result():
+                del self.marks[job.delivery_id]
+                self._outcome(Outcome.SKIPPED, "")  # an unsubscribe or another claim won
                 continue
-            # The server has the message: from here until the group is recorded, a crash
-            # leaves it to the reaper, which counts it as uncertain.
-            self.accepted.append(Accepted(job, self.clock()))
-            self._outcome(Outcome.SENT)
+            del self.marks[job.delivery_id]
+            self._send(job)
+            self._record_when_due()
 
-    def stop(self, marked: list[int], unmarked: list[int], reason: str) -> None:
-        """Record what went, give the rest back to the queue unsent (if still ours)."""
-        accepted, self.accepted = self.accepted, []
-        released = self._call(
-            recording.release, accepted, marked, unmarked, self.claim, self.policy
-        )
-        log.warning("%s: released %d unsent deliveries of a batch", reason, released)
-
-    def settle(self, group: _Group) -> set[int]:
-        """The ids a group's transaction marked; if it failed, its records are kept to retry."""
+    def _send(self, job: Job) -> None:
         try:
-            return group.marked.result()
+            outgoing = _build(self.composer, job, self.clock())
+        except Exception as exc:  # noqa: BLE001 - any fault of one message fails it alone
+            self._call(recording.record_unbuildable, job, exc, self.clock(), self.policy)
+            self._outcome(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        try:
+            self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
+        except SendError as error:
+            outcome = self._call(recording.record_failure, job, error, self.clock(), self.policy)
+            self._outcome(outcome, str(error))
+            return
+        # The server has the message: from here until it is recorded, a crash leaves it to
+        # the reaper, which counts it as uncertain.
+        if not self.accepted:
+            self.oldest_accepted = time.monotonic()
+        self.accepted.append(Accepted(job, self.clock()))
+        self._outcome(Outcome.SENT, "")
+
+    def _outcome(self, outcome: Outcome, detail: str) -> None:
+        self.outcomes[outcome] += 1
+        self.hooks.on_outcome(outcome, detail)
+        if self.breaker is not None and self.breaker.record(outcome, self.clock()):
+            self._trip()
+
+    def _trip(self) -> None:
+        assert self.breaker is not None
+        # Outcomes from before an operator's last resume do not count against the relay.
+        self.breaker.forget_until(self._call(recording.last_resume))
+        reason = self.breaker.reason()
+        if reason is None:
+            return
+        self.breaker.clear()
+        if self._call(recording.hold_sending, reason, self.clock()):
+            log.error(
+                "BOUNCE BREAKER TRIPPED, all sending holds until an operator resumes it "
+                "(flask --app web resume): %s",
+                reason,
+            )
+        self.hooks.on_hold(reason)
+        self.halt = f"the bounce breaker holds sending: {reason}"
+
+    # -- recording accepted mail ---------------------------------------------------------------
+
+    def _record_when_due(self) -> None:
+        if not self.accepted:
+            return
+        idle = self.recording is None or self.recording[0].done()
+        full = len(self.accepted) >= self.group_size
+        late = idle and time.monotonic() - self.oldest_accepted >= RECORD_WITHIN_SECONDS
+        if full or late:
+            self._settle()
+            group, self.accepted = self.accepted, []
+            self.recording = (self._submit(recording.record, group, self.policy), group)
+
+    def _settle(self) -> None:
+        """Wait for the group being recorded; if that failed, keep its mail to record again."""
+        if self.recording is None:
+            return
+        future, group = self.recording
+        self.recording = None
+        try:
+            future.result()
         except BaseException:
-            self.accepted = group.recording + self.accepted
+            self.accepted = group + self.accepted
             raise
 
     def flush(self) -> None:
@@ -191,18 +238,37 @@ class _Batch:
         After a database failure this is the last chance to record mail that went out; a
         dropped connection is replaced once, so a killed backend does not cost duplicates.
         """
+        with contextlib.suppress(Exception):
+            self._settle()
         if not self.accepted:
             return
-        accepted, self.accepted = self.accepted, []
-        args: tuple[object, ...] = (accepted, [], [], self.clock(), self.claim, self.policy)
+        group, self.accepted = self.accepted, []
         try:
-            self._call(recording.advance, *args)
+            self._call(recording.record, group, self.policy)
         except DBAPIError as exc:
             log.warning("recording sent mail failed (%s); retrying on a new connection", exc)
             with contextlib.suppress(Exception):
                 self.db.submit(self.conn.close).result()
             self.conn = self.db.submit(self.engine.connect).result()
-            self._call(recording.advance, *args)
+            self._call(recording.record, group, self.policy)
+
+    def stop(self, jobs: list[Job], stop: _Stop) -> None:
+        """Record what was sent; give the unsent rest back to the queue (if still ours)."""
+        self._settle()
+        rest = jobs[stop.index :]
+        marked: list[int] = []
+        for job in rest:
+            future = self.marks.pop(job.delivery_id, None)
+            if future is not None and future.result():
+                marked.append(job.delivery_id)
+        unmarked = [job.delivery_id for job in rest if job.delivery_id not in marked]
+        accepted, self.accepted = self.accepted, []
+        released = self._call(
+            recording.release, accepted, marked, unmarked, self.claim, self.policy
+        )
+        if released:
+            self.outcomes[Outcome.HELD] += released
+        log.warning("%s: released %d unsent deliveries of a batch", stop.reason, released)
 
 
 def deliver_batch(
@@ -217,62 +283,52 @@ def deliver_batch(
     claim_expires: datetime | None = None,
     group_size: int = 1,
     hooks: Hooks | None = None,
+    breaker: BounceBreaker | None = None,
 ) -> Counter[Outcome]:
     """Send several claimed deliveries; never raises for mail errors.
 
     `claim` is the claim time the dispatcher gave the batch: rows claimed again since (after the
     reaper returned them) belong to another task and are left alone; from `claim_expires` on
     (the reaper's cutoff) nothing more is sent. `group_size` mails are recorded per
-    transaction (see the module docstring).
+    transaction (see the module docstring). `breaker`, this process's bounce breaker, holds
+    all sending when too many recent sends were refused.
     """
     hooks = hooks or Hooks()
     with ThreadPoolExecutor(1, thread_name_prefix="newsletter-db") as db:
         # One connection, opened, used and closed on the database thread only.
         conn = db.submit(engine.connect).result()
+        batch = _Batch(
+            db,
+            engine,
+            conn,
+            composer,
+            transport,
+            clock,
+            policy,
+            claim,
+            claim_expires,
+            hooks,
+            group_size,
+            breaker,
+        )
         try:
             jobs, settled = db.submit(
                 prepare, conn, composer, list(delivery_ids), clock(), policy, claim
             ).result()
-            batch = _Batch(
-                db, engine, conn, composer, transport, clock, policy, claim, claim_expires, hooks
-            )
-            _run(batch, jobs, group_size)
+            _run(batch, jobs)
         finally:
-            db.submit(conn.close).result()
+            db.submit(batch.conn.close).result()
     return settled + batch.outcomes
 
 
-def _run(batch: _Batch, jobs: list[Job], group_size: int) -> None:
-    groups = [jobs[i : i + group_size] for i in range(0, len(jobs), group_size)]
-    if not groups:
-        return
-    current = batch.start(groups[0])
-    following: _Group | None = None
+def _run(batch: _Batch, jobs: list[Job]) -> None:
     try:
-        for index in range(len(groups)):
-            # The next group is built, and marked on the database thread, while this one is
-            # on the wire; that transaction also records the group sent before this one.
-            following = batch.start(groups[index + 1]) if index + 1 < len(groups) else None
-            try:
-                batch.send(current)
-            except _Brake as brake:
-                marked = brake.unsent
-                if following is not None:
-                    mine = batch.settle(following)
-                    marked += [
-                        job.delivery_id for job, _ in following.built if job.delivery_id in mine
-                    ]
-                later = [job.delivery_id for group in groups[index + 2 :] for job in group]
-                batch.stop(marked, later, brake.reason)
-                return
-            if following is None:
-                break
-            current = following
+        batch.run(jobs)
+    except _Stop as stop:
+        batch.stop(jobs, stop)
+        return
     except BaseException:
         try:
-            if following is not None and following is not current:
-                with contextlib.suppress(BaseException):
-                    batch.settle(following)  # its records must not be lost either
             batch.flush()
         except Exception:  # noqa: BLE001 - the first error is the one to raise
             log.exception("accepted messages could not be recorded; the reaper will count them")

@@ -212,7 +212,7 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         return True
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
-    drip.stop_enrollments(session, subscriber_id, now)
+    drip.stop_enrollments(session, subscriber_id, now, "unsubscribed")
     drip.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
     session.add(
         Event(
