@@ -47,9 +47,10 @@ from newsletter.services.recording import Accepted
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# An accepted message is recorded at the latest this long after the server took it (when the
-# database thread is free), so that an unsubscribe's wait for "the mail on the wire" ends soon
-# after that mail did, even on a relay that takes seconds per message.
+# An accepted message is recorded within about this long after the server took it (when the
+# database thread is free): on a relay that takes a while per message, each one is recorded
+# before the next starts, so an unsubscribe's wait for "the mail on the wire" ends as soon as
+# that mail's conversation did. A fast relay fills whole groups first.
 RECORD_WITHIN_SECONDS = 0.5
 
 
@@ -121,6 +122,7 @@ class _Batch:
         self.marks: dict[int, Future[bool]] = {}
         self.accepted: list[Accepted] = []
         self.oldest_accepted = 0.0  # time.monotonic() of accepted[0]
+        self.last_conversation = 0.0  # seconds the last accepted message's SMTP exchange took
         self.recording: tuple[Future[None], list[Accepted]] | None = None
         self.halt: str | None = None  # the breaker tripped: stop before the next message
 
@@ -171,6 +173,7 @@ class _Batch:
             self._call(recording.record_unbuildable, job, exc, self.clock(), self.policy)
             self._outcome(Outcome.FAILED, f"{type(exc).__name__}: {exc}")
             return
+        began = time.monotonic()
         try:
             self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
         except SendError as error:
@@ -179,6 +182,7 @@ class _Batch:
             return
         # The server has the message: from here until it is recorded, a crash leaves it to
         # the reaper, which counts it as uncertain.
+        self.last_conversation = time.monotonic() - began
         if not self.accepted:
             self.oldest_accepted = time.monotonic()
         self.accepted.append(Accepted(job, self.clock()))
@@ -214,7 +218,9 @@ class _Batch:
             return
         idle = self.recording is None or self.recording[0].done()
         full = len(self.accepted) >= self.group_size
-        late = idle and time.monotonic() - self.oldest_accepted >= RECORD_WITHIN_SECONDS
+        # Would the oldest wait too long if the next conversation is as slow as the last?
+        age = time.monotonic() - self.oldest_accepted + self.last_conversation
+        late = idle and age >= RECORD_WITHIN_SECONDS
         if full or late:
             self._settle()
             group, self.accepted = self.accepted, []
