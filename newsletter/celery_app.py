@@ -12,6 +12,7 @@ from kombu.entity import Queue
 from newsletter import embedded, kombu_compat
 from newsletter.config import Settings
 from newsletter.db import db
+from newsletter.memory import cap_memory
 
 
 def resolved_broker_url(settings: Settings) -> str:
@@ -70,6 +71,10 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     )
     celery_app.set_default()
     app.extensions["celery"] = celery_app
+    if settings.worker_memory_limit_mb:
+        # Pool children do the sending; the budget is theirs (the main process only supervises).
+        limit = settings.worker_memory_limit_mb
+        worker_process_init.connect(lambda **_: cap_memory(limit), weak=False)
     return celery_app
 
 

@@ -65,6 +65,7 @@ class Settings:
     brake_max_pause_seconds: float
     breaker_window: int
     breaker_share: float
+    worker_memory_limit_mb: int
     clock_offset_file: Path | None
     reply_to: str | None = None
     unsubscribe_mailto: str | None = None
@@ -269,6 +270,15 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _memory_limit(env: Mapping[str, str]) -> int:
+    value = _integer(env, "WORKER_MEMORY_LIMIT_MB", 1024, minimum=0)
+    if 0 < value < 256:
+        raise ConfigError(
+            f"WORKER_MEMORY_LIMIT_MB must be 0 (no limit) or at least 256, got {value}"
+        )
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from `env` (default: the process environment), raising ConfigError."""
     env = os.environ if env is None else env
@@ -324,6 +334,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         brake_max_pause_seconds=_number(env, "BRAKE_MAX_PAUSE_SECONDS", 900.0, minimum=1.0),
         breaker_window=_integer(env, "BREAKER_WINDOW", 100, minimum=10),
         breaker_share=_share(env, "BREAKER_SHARE", 0.1),
+        worker_memory_limit_mb=_memory_limit(env),
         clock_offset_file=Path(clock_file).resolve() if clock_file else None,
         reply_to=_optional_address(env, "REPLY_TO"),
         unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),

@@ -32,7 +32,7 @@ from newsletter.models import (
     Suppression,
 )
 from newsletter.runtime import Runtime
-from newsletter.services import dispatch, drip, sending, subscriptions
+from newsletter.services import breaker, dispatch, drip, sending, subscriptions
 from newsletter.services.mailer import SmtpTransport
 from newsletter.services.sequences import ensure_seed
 from tests.conftest import (
@@ -377,10 +377,67 @@ def test_smtp_refuses_some_addresses_with_550(
                 Enrollment.status == EnrollmentStatus.ACTIVE,
             )
         )
-    if open_enrollments:
-        # Not a mail problem (nothing more is sent), but the enrollment never ends.
-        with capsys.disabled():
-            print(f"    note: {open_enrollments} bounced subscribers keep an active enrollment")
+    # A bounce ends the series in the same transaction, with its reason.
+    assert open_enrollments == 0
+
+
+def test_relay_refuses_the_sender(
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The relay refuses MAIL FROM (550, then 530) for a while: nobody is suppressed, sending
+    pauses, and resumes by itself when the relay accepts again; everyone gets every part."""
+    run = begin("relay-refuses", stack, fault_smtp, fleet)
+    run.wait_part(2, 3)
+    for reply in ("550 5.7.1 Sender address rejected: not owned by user", "530 5.7.0 Auth needed"):
+        fault_smtp.handler.mail_reply = reply
+        time.sleep(2.5)
+    fault_smtp.handler.mail_reply = None
+    run.note(f"MAIL FROM refused for 5 s at part-2 count {run.parts(2)}")
+    run.expect_recovery("the relay refused the sender")
+    run.finish(capsys)
+    with db.session() as session:
+        suppressed = set(session.scalars(select(Suppression.email)))
+        bounced = session.scalar(
+            select(func.count(Subscriber.id)).where(Subscriber.status == SubscriberStatus.BOUNCED)
+        )
+    assert suppressed == {BLOCKED} and bounced == 0
+
+
+def test_relay_rejects_every_recipient(
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every RCPT is refused as an unknown user: the bounce breaker holds sending after a few,
+    instead of suppressing the list; the operator lifts those and resumes; all parts arrive."""
+    run = begin("reject-all", stack, fault_smtp, fleet, BREAKER_WINDOW="10", BREAKER_SHARE="0.2")
+    run.wait_part(2, 3)
+    since = clock.now()
+    fault_smtp.handler.rcpt_reply = "550 5.1.1 <x>: Recipient address rejected: User unknown"
+
+    def held() -> bool:
+        with db.session() as session:
+            return breaker.active_trip(session) is not None
+
+    deadline = time.monotonic() + 30
+    while not db_retry(held) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert db_retry(held), "the breaker did not trip"
+    time.sleep(2)  # nothing more is refused while sending holds
+    refused = {a for _, a, reply in fault_smtp.handler.rcpts if reply.startswith("550")}
+    with db.session() as session:
+        bounced = set(
+            session.scalars(
+                select(Subscriber.email).where(Subscriber.status == SubscriberStatus.BOUNCED)
+            )
+        )
+    run.note(f"breaker tripped after {len(refused)} refused addresses; {len(bounced)} bounced")
+    # Each of the two pool processes trips at its third refusal in ten sends.
+    assert 0 < len(bounced) <= 6 and len(refused) <= 6
+    fault_smtp.handler.rcpt_reply = None
+    runner = run.app.test_cli_runner()
+    lifted = runner.invoke(args=["suppressions", "lift", "--since", since.isoformat()])
+    assert lifted.exit_code == 0 and f"{len(bounced)} lifted" in lifted.output, lifted.output
+    assert runner.invoke(args=["resume"]).exit_code == 0
+    run.finish(capsys)
 
 
 def test_postgres_connections_killed(
