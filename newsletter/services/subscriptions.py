@@ -16,7 +16,6 @@ from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesParser
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,7 +30,7 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from newsletter.services import drip
+from newsletter.services import addresses, drip
 from newsletter.services.schedule import valid_time_zone
 from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError, Tokens
@@ -75,14 +74,11 @@ class SignupRequest:
 
 
 def normalise_email(raw: str) -> str:
-    """A syntactically valid, normalised, lower-cased address, or SignupError."""
-    if any(c in raw for c in "\r\n\x00"):
-        raise SignupError("email", "Enter a valid email address.")
+    """The stored form of an address (see services.addresses), or SignupError."""
     try:
-        result = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise SignupError("email", f"Enter a valid email address: {exc}") from None
-    return result.normalized.lower()
+        return addresses.normalise(raw)
+    except addresses.AddressError as exc:
+        raise SignupError("email", str(exc)) from None
 
 
 def clean_name(raw: str | None) -> str | None:
