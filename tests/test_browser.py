@@ -237,7 +237,12 @@ def test_whole_journey_confirm_read_unsubscribe(
 
     mail = smtp_sink.wait_for(lambda ms: any(is_confirmation(m) for m in to_dora(ms)))
     confirmation = next(m for m in to_dora(mail) if is_confirmation(m))
+    # Opening the link (as a mail scanner would) only shows a button; the click confirms.
     page.goto(confirm_url_in(text_of(confirmation), site))
+    expect(page.get_by_role("heading", level=1)).to_have_text("Confirm your subscription")
+    expect(page.get_by_text(email)).to_be_visible()
+    assert subscriber(email).status is SubscriberStatus.PENDING
+    page.get_by_role("button", name="Confirm my subscription").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("You're in")
     assert subscriber(email).status is SubscriberStatus.ACTIVE
 
@@ -326,8 +331,20 @@ def test_dev_mailbox_shows_the_confirmation_mail(
         text = page.locator("pre.mail-text")
         expect(text).to_contain_text(f"{site.url}/confirm/")
 
-        # The link in the text part is the real one: it confirms.
+        # The link in the text part is the real one: its page confirms, with the keyboard too.
         page.goto(confirm_url_in(text.inner_text(), site))
+        expect(page.get_by_role("heading", level=1)).to_have_text("Confirm your subscription")
+        assert subscriber(email).status is SubscriberStatus.PENDING
+        page.keyboard.press("Tab")
+        button = page.get_by_role("button", name="Confirm my subscription")
+        expect(button).to_be_focused()
+        # A keyboard user sees where the focus is (:focus-visible ring).
+        ring = button.evaluate(
+            "el => [el.matches(':focus-visible'), getComputedStyle(el).outlineStyle,"
+            " parseFloat(getComputedStyle(el).outlineWidth)]"
+        )
+        assert ring[0] and ring[1] == "solid" and ring[2] >= 2, f"focus ring {ring}"
+        page.keyboard.press("Enter")
         expect(page.get_by_role("heading", level=1)).to_have_text("You're in")
         assert subscriber(email).status is SubscriberStatus.ACTIVE
     finally:

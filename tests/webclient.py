@@ -30,5 +30,5 @@ def post_signup(client: FlaskClient, email: str, **fields: str) -> tuple[int, st
 
 
 def confirm(client: FlaskClient, path: str) -> TestResponse:
-    """Follow a confirmation link from a mail."""
-    return client.get(path)
+    """Follow a confirmation link from a mail and press the page's button."""
+    return client.post(path, data={"csrf_token": csrf(client, path)})

@@ -166,6 +166,16 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
     return outcome
 
 
+def confirmable(session: Session, subscriber_id: int, email: str) -> bool:
+    """Whether a confirm token still names someone who can confirm (read-only, for a GET)."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    return (
+        subscriber is not None
+        and subscriber.email == email
+        and subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.ACTIVE)
+    )
+
+
 def confirm(
     session: Session, subscriber_id: int, email: str, now: datetime, day_seconds: float
 ) -> Subscriber | None:

@@ -20,3 +20,7 @@ class SignupForm(FlaskForm):  # type: ignore[misc]
 
 class UnsubscribeForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential."""
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A button; the token in the URL is the credential, the click is the consent."""

@@ -14,7 +14,7 @@ from newsletter.runtime import runtime
 from newsletter.services import subscriptions
 from newsletter.services.tokens import TokenError
 from newsletter.tasks import kick
-from newsletter.web.forms import SignupForm, UnsubscribeForm
+from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm
 
 bp = Blueprint("public", __name__)
 
@@ -70,27 +70,48 @@ def thanks() -> str:
     return render_template("thanks.html")
 
 
+NO_LONGER_VALID = "This confirmation link is no longer valid."
+
+
+def _bad_link(message: str) -> tuple[str, int]:
+    page = render_template(
+        "message.html", title="That link did not work", message=message, show_signup=True
+    )
+    return page, 400
+
+
 @bp.get("/confirm/<token>")
+def confirm_page(token: str) -> str | tuple[str, int]:
+    """Show the confirm button: mail scanners open links, so a GET confirms nothing."""
+    try:
+        subscriber_id, email = runtime().tokens.read_confirm(token)
+    except TokenError as exc:
+        return _bad_link(str(exc))
+    with db.session() as session:
+        if not subscriptions.confirmable(session, subscriber_id, email):
+            return _bad_link(NO_LONGER_VALID)
+    return render_template("confirm.html", form=ConfirmForm(), email=email)
+
+
+@bp.post("/confirm/<token>")
+@csrf.exempt  # checked by the form below, which offers the button again instead of a bare 400
 def confirm(token: str) -> str | tuple[str, int]:
-    """Activate the subscription; part 1 is queued at once."""
+    """Activate the subscription (the page's button); part 1 is queued at once."""
     rt = runtime()
     try:
         subscriber_id, email = rt.tokens.read_confirm(token)
     except TokenError as exc:
-        return render_template(
-            "message.html", title="That link did not work", message=str(exc), show_signup=True
-        ), 400
+        return _bad_link(str(exc))
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        # The page sat open past the CSRF token's life (or was not our page): ask again.
+        return render_template("confirm.html", form=form, email=email, stale=True), 400
     with db.transaction() as session:
         subscriber = subscriptions.confirm(
             session, subscriber_id, email, clock.now(), rt.settings.drip_day_seconds
         )
     if subscriber is None:
-        return render_template(
-            "message.html",
-            title="That link did not work",
-            message="This confirmation link is no longer valid.",
-            show_signup=True,
-        ), 400
+        return _bad_link(NO_LONGER_VALID)
     kick()
     return render_template("confirmed.html")
 
