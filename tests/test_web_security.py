@@ -1,0 +1,192 @@
+"""Web hardening: headers and cookie flags on every page, CSRF tokens that expire.
+SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from sqlalchemy import func, select
+from werkzeug.test import TestResponse
+
+from newsletter.db import db
+from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
+from newsletter.services.sequences import ensure_seed
+from tests.conftest import SmtpSink, base_env, make_app
+from tests.test_reader import send_part_one
+from tests.test_sending import runtime_of
+from tests.webclient import CSRF_FIELD, csrf, post_signup
+
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+MAIL_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' https:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+def count(model: type) -> int:
+    with db.session() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def confirmations() -> int:
+    with db.session() as session:
+        return int(
+            session.scalar(
+                select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.CONFIRM)
+            )
+            or 0
+        )
+
+
+def assert_hardened(response: TestResponse, csp: str = PAGE_CSP) -> None:
+    """The security headers every non-static response carries."""
+    where = f"{response.request.method} {response.request.path} ({response.status_code})"
+    headers = response.headers
+    assert headers.get("Content-Security-Policy") == csp, where
+    assert headers.get("X-Frame-Options") == "DENY", where
+    assert headers.get("X-Content-Type-Options") == "nosniff", where
+    assert headers.get("Referrer-Policy") == "no-referrer", where
+    assert "no-store" in headers.get("Cache-Control", ""), where
+    if csp == PAGE_CSP and response.mimetype == "text/html":
+        body = response.get_data(as_text=True)
+        assert not re.search(r"<script(?![^>]*\bsrc=)", body), f"inline script on {where}"
+        assert not re.search(r"<[^>]+\sstyle=", body), f"inline style attribute on {where}"
+        assert "<style" not in body, f"style element on {where}"
+
+
+def cookie_flags(response: TestResponse) -> list[set[str]]:
+    """The attributes of each Set-Cookie of a response, lower-cased ("samesite=lax", ...)."""
+    return [
+        {attribute.strip().lower() for attribute in header.split(";")[1:]}
+        for header in response.headers.getlist("Set-Cookie")
+    ]
+
+
+@pytest.fixture
+def pages(app: Flask, smtp_sink: SmtpSink) -> dict[str, str]:
+    """A path of each kind of page: a pending person's confirm link, a reader's part."""
+    client = app.test_client()
+    post_signup(client, "pending@example.org")
+    tokens = runtime_of(app).tokens
+    composer = runtime_of(app).composer
+    site = runtime_of(app).settings.site_url
+    with db.session() as session:
+        pending = session.scalars(select(Subscriber)).one()
+    reader_id = send_part_one(app, "reader@example.org")
+    with db.session() as session:
+        step_id = session.scalar(
+            select(Delivery.step_id).where(
+                Delivery.subscriber_id == reader_id, Delivery.kind == DeliveryKind.STEP
+            )
+        )
+    assert step_id is not None
+    return {
+        "signup": "/",
+        "thanks": "/thanks",
+        "confirm": f"/confirm/{tokens.confirm_token(pending.id, pending.email)}",
+        "unsubscribe": f"/unsubscribe/{tokens.unsubscribe_token(reader_id)}",
+        "archive": composer.reader_url(reader_id).removeprefix(site),
+        "part": composer.reader_url(reader_id, step_id).removeprefix(site),
+        "not found": "/no/such/page",
+    }
+
+
+def test_every_page_has_the_security_headers_and_cookie_flags(
+    app: Flask, pages: dict[str, str]
+) -> None:
+    for name, path in pages.items():
+        response = app.test_client().get(path)  # a fresh client: its cookies are set here
+        expected = 404 if name == "not found" else 200
+        assert response.status_code == expected, name
+        assert_hardened(response, MAIL_CSP if name == "part" else PAGE_CSP)
+        flags = cookie_flags(response)
+        if name in ("signup", "confirm", "unsubscribe"):  # pages with a form set the session
+            assert flags, f"{name} set no session cookie"
+        for cookie in flags:
+            assert {"samesite=lax", "httponly", "secure"} <= cookie, (name, cookie)
+    # Answers to POSTs and error pages carry them too.
+    client = app.test_client()
+    token = csrf(client)
+    assert_hardened(client.post("/", data={"csrf_token": token, "email": "x@example.org"}))
+    assert_hardened(client.post("/", data={"csrf_token": token, "email": "not-an-address"}))
+    assert_hardened(client.post("/", data={"email": "no-token@example.org"}))
+    assert_hardened(client.delete("/"))
+    # Static files are the one thing a browser may cache; they still get the other headers.
+    static = client.get("/static/style.css")
+    assert static.status_code == 200
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+    assert static.headers["X-Content-Type-Options"] == "nosniff"
+    assert static.headers["Content-Security-Policy"] == PAGE_CSP
+    static.close()
+
+
+def test_session_cookie_is_not_secure_on_a_plain_http_loopback_site(
+    tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink
+) -> None:
+    local = make_app(base_env(tmp_path, sqlite_url, smtp_sink, SITE_URL="http://127.0.0.1:5000"))
+    with db.transaction() as session:
+        ensure_seed(session)
+    (flags,) = cookie_flags(local.test_client().get("/"))
+    assert {"samesite=lax", "httponly"} <= flags and "secure" not in flags
+
+
+class _Aged(TimestampSigner):
+    """Signs as if `age` seconds ago."""
+
+    age = 0
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) - self.age
+
+
+def aged_csrf_token(app: Flask, client: FlaskClient, age: int) -> str:
+    """A CSRF token of this client's session, as the page would have given it `age` s ago."""
+    client.get("/")
+    with client.session_transaction() as session:
+        raw = session["csrf_token"]
+    signer = type("Signer", (_Aged,), {"age": age})
+    serializer = URLSafeTimedSerializer(
+        app.config["SECRET_KEY"], salt="wtf-csrf-token", signer=signer
+    )
+    return str(serializer.dumps(raw))
+
+
+def test_csrf_tokens_expire_after_an_hour(app: Flask) -> None:
+    client = app.test_client()
+    stale = aged_csrf_token(app, client, 3601)
+    response = client.post("/", data={"csrf_token": stale, "email": "late@example.org"})
+    assert response.status_code == 400
+    assert "This page has expired" in response.get_data(as_text=True)
+    assert count(Subscriber) == 0 and count(Event) == 0
+
+    fresh_enough = aged_csrf_token(app, client, 3500)
+    response = client.post("/", data={"csrf_token": fresh_enough, "email": "ok@example.org"})
+    assert response.status_code == 303
+    assert count(Subscriber) == 1
+
+    # The confirm page left open too long offers the button again, with a fresh token.
+    with db.session() as session:
+        person = session.scalars(select(Subscriber)).one()
+    path = f"/confirm/{runtime_of(app).tokens.confirm_token(person.id, person.email)}"
+    response = client.post(path, data={"csrf_token": aged_csrf_token(app, client, 3601)})
+    assert response.status_code == 400
+    page = response.get_data(as_text=True)
+    assert "Press the button again" in page
+    with db.session() as session:
+        assert session.scalars(select(Subscriber)).one().status is SubscriberStatus.PENDING
+    match = CSRF_FIELD.search(page)
+    assert match
+    assert client.post(path, data={"csrf_token": match.group(1)}).status_code == 200
+    with db.session() as session:
+        assert session.scalars(select(Subscriber)).one().status is SubscriberStatus.ACTIVE
