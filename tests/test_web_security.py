@@ -1,11 +1,12 @@
-"""Web hardening: headers and cookie flags on every page, CSRF tokens that expire.
-SQLite and PostgreSQL.
+"""Web hardening: headers and cookie flags on every page, CSRF tokens that expire, no query
+parameter reaching url_for, method tricks answered 405/400 (never 500). SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,91 @@ def test_csrf_tokens_expire_after_an_hour(app: Flask) -> None:
     assert client.post(path, data={"csrf_token": match.group(1)}).status_code == 200
     with db.session() as session:
         assert session.scalars(select(Subscriber)).one().status is SubscriberStatus.ACTIVE
+
+
+def form_action(page: str) -> str:
+    match = re.search(r'<form method="post" action="([^"]*)" class="signup"', page)
+    assert match, "no signup form"
+    return match.group(1)
+
+
+def test_query_parameters_never_reach_url_for(app: Flask) -> None:
+    client = app.test_client()
+    forged = client.get(
+        "/?_external=1&_scheme=http&_anchor=x&_method=DELETE",
+        headers={"Host": "evil.example"},
+    )
+    assert forged.status_code == 200
+    assert form_action(forged.get_data(as_text=True)) == "/"
+    assert "evil.example" not in forged.get_data(as_text=True)
+
+    # The two parameters of an embedded form's link pass through, validated.
+    page = client.get("/?form=my-blog&sequence=emotional-distance&_external=1").get_data(
+        as_text=True
+    )
+    assert form_action(page) == "/?form=my-blog&amp;sequence=emotional-distance"
+    response = client.post(
+        "/?form=my-blog&sequence=emotional-distance",
+        data={"csrf_token": csrf(client), "email": "blog@example.org"},
+    )
+    assert response.status_code == 303
+    with db.session() as session:
+        person = session.scalars(select(Subscriber)).one()
+    assert person.consent_form == "my-blog"
+
+    for bad in ("form=<script>", "form=" + "a" * 101, "sequence=Emotional_Distance", "form=a%0Ab"):
+        assert client.get(f"/?{bad}").status_code == 400, bad
+        response = client.post(
+            f"/?{bad}", data={"csrf_token": csrf(client), "email": "bad@example.org"}
+        )
+        assert response.status_code == 400, bad
+        assert "lower-case letters, digits and dashes" in response.get_data(as_text=True)
+    assert count(Subscriber) == 1
+
+
+@pytest.fixture
+def full_app(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> Iterator[Flask]:
+    """An app with every route registered (the dev mail viewer too), answering 500 on a bug."""
+    env = base_env(tmp_path, database_url, smtp_sink, DEV_MAIL_DIR=str(tmp_path / "maildir"))
+    application = make_app(env)
+    application.config["PROPAGATE_EXCEPTIONS"] = False  # a bug must show as a 500 here
+    with db.transaction() as session:
+        ensure_seed(session)
+    yield application
+    db.dispose()
+
+
+ODD_METHODS = ("DELETE", "PUT", "PATCH", "TRACE", "CONNECT", "PROPFIND", "FOO")
+
+
+def test_method_tricks_answer_405_or_400_on_every_route(full_app: Flask) -> None:
+    client = full_app.test_client()
+    samples = {"token": "x", "step_id": "1", "key": "x", "filename": "style.css"}
+    rules = list(full_app.url_map.iter_rules())
+    assert {r.endpoint for r in rules} >= {
+        "public.signup_page",
+        "public.confirm",
+        "public.unsubscribe",
+        "reader.part",
+        "devmail.html",
+        "static",
+    }
+    for rule in rules:
+        path = rule.rule
+        for arg in rule.arguments:
+            path = re.sub(rf"<(?:[^:>]+:)?{arg}>", samples[arg], path)
+        for method in ODD_METHODS:
+            response = client.open(path, method=method)
+            assert response.status_code == 405, f"{method} {path}: {response.status_code}"
+            assert "GET" in response.headers["Allow"] or "POST" in response.headers["Allow"]
+        if "GET" not in (rule.methods or ()):
+            continue
+        plain = client.get(path).status_code
+        assert plain != 500
+        for trick in ("_method=DELETE", "_method=PUT", "_external=1", "_scheme=javascript"):
+            response = client.get(f"{path}?{trick}", headers={"X-HTTP-Method-Override": "DELETE"})
+            assert response.status_code in (plain, 400), f"GET {path}?{trick}"
+        response = client.post(
+            f"{path}?_method=DELETE", headers={"X-HTTP-Method-Override": "DELETE"}
+        )
+        assert response.status_code in (400, 404, 405), f"POST {path}?_method=DELETE"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from newsletter import clock
 from newsletter.db import db
@@ -12,30 +11,46 @@ from newsletter.extensions import csrf, limiter
 from newsletter.models import Sequence, Subscriber
 from newsletter.runtime import runtime
 from newsletter.services import subscriptions
+from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError
 from newsletter.tasks import kick
-from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm
+from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm, signup_link_args
 
 bp = Blueprint("public", __name__)
 
 
-def _default_sequence() -> Sequence | None:
+def _sequence(slug: str | None) -> Sequence | None:
     with db.session() as session:
-        return session.scalars(
-            select(Sequence).order_by(Sequence.is_default.desc(), Sequence.id).limit(1)
-        ).first()
+        return sequence_for(session, slug)
+
+
+def _bad_signup_link(error: ValueError) -> tuple[str, int]:
+    page = render_template(
+        "message.html", title="That signup link did not work", message=str(error)
+    )
+    return page, 400
 
 
 @bp.get("/")
-def signup_page() -> str:
-    """The signup form."""
-    return render_template("signup.html", form=SignupForm(), sequence=_default_sequence())
+def signup_page() -> str | tuple[str, int]:
+    """The signup form; `?form=` and `?sequence=` say where it is embedded and for which series."""
+    try:
+        link = signup_link_args(request.args)
+    except ValueError as exc:
+        return _bad_signup_link(exc)
+    return render_template(
+        "signup.html", form=SignupForm(), sequence=_sequence(link.get("sequence")), link=link
+    )
 
 
 @bp.post("/")
 @limiter.limit(lambda: runtime().settings.signup_rate_limit)
 def signup() -> ResponseReturnValue:
     """Create (or refresh) a pending subscriber and queue the confirmation mail."""
+    try:
+        link = signup_link_args(request.args)
+    except ValueError as exc:
+        return _bad_signup_link(exc)
     form = SignupForm()
     if form.validate_on_submit():
         req = subscriptions.SignupRequest(
@@ -44,8 +59,8 @@ def signup() -> ResponseReturnValue:
             time_zone=form.time_zone.data,
             ip=request.remote_addr,
             user_agent=request.user_agent.string,
-            form=request.args.get("form", "signup-page"),
-            sequence_slug=request.args.get("sequence"),
+            form=link.get("form", "signup-page"),
+            sequence_slug=link.get("sequence"),
         )
         try:
             with db.transaction() as session:
@@ -60,7 +75,8 @@ def signup() -> ResponseReturnValue:
             kick()
             # One response whatever the address's state, so the form reveals nothing.
             return redirect(url_for("public.thanks"), code=303)
-    page = render_template("signup.html", form=form, sequence=_default_sequence())
+    sequence = _sequence(link.get("sequence"))
+    page = render_template("signup.html", form=form, sequence=sequence, link=link)
     return page, 400
 
 
