@@ -44,7 +44,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_blueprints(app, settings)
     _register_cli(app)
     _configure_logging()
+    _warn_about_proxies(settings)
     return app
+
+
+def _warn_about_proxies(settings: Settings) -> None:
+    if settings.trusted_proxies:
+        # Nothing can check that a proxy is really there; a forgotten setting is invisible.
+        logging.getLogger(__name__).warning(
+            "X-Forwarded-For is trusted from %d proxies; without a proxy in front any client "
+            "chooses its own address (rate limits, consent records)",
+            settings.trusted_proxies,
+        )
 
 
 def _limiter_storage(settings: Settings) -> str:

@@ -1,12 +1,15 @@
 """Web hardening: headers and cookie flags on every page, CSRF tokens that expire, no query
-parameter reaching url_for, method tricks answered 405/400 (never 500). SQLite and PostgreSQL.
+parameter reaching url_for, method tricks answered 405/400 (never 500), the TRUSTED_PROXIES
+warning and the daily cap of confirmation mails per address. SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
+from newsletter import clock
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
 from newsletter.services.sequences import ensure_seed
@@ -279,3 +283,40 @@ def test_method_tricks_answer_405_or_400_on_every_route(full_app: Flask) -> None
             f"{path}?_method=DELETE", headers={"X-HTTP-Method-Override": "DELETE"}
         )
         assert response.status_code in (400, 404, 405), f"POST {path}?_method=DELETE"
+
+
+def test_trusted_proxies_are_announced_at_start(
+    tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        make_app(base_env(tmp_path, sqlite_url, smtp_sink))
+    assert "X-Forwarded-For" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        make_app(base_env(tmp_path, sqlite_url, smtp_sink, TRUSTED_PROXIES="2"))
+    assert (
+        "X-Forwarded-For is trusted from 2 proxies; without a proxy in front any client "
+        "chooses its own address (rate limits, consent records)"
+    ) in caplog.text
+
+
+def test_at_most_three_confirmation_mails_a_day_whatever_the_client_address(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = app.test_client()
+    token = csrf(client)
+    answers = []
+    for attempt in range(6):
+        # Past the 5-minute resend interval each time, from a new client address each time.
+        monkeypatch.setattr(clock.clock, "offset", timedelta(minutes=6 * attempt))
+        response = client.post(
+            "/",
+            data={"csrf_token": token, "email": "victim@example.org"},
+            environ_overrides={"REMOTE_ADDR": f"198.51.100.{attempt + 1}"},
+        )
+        answers.append((response.status_code, response.headers.get("Location")))
+    assert answers == [(303, "/thanks")] * 6  # the answer never tells
+    assert confirmations() == 3
+    # A rolling day: once the first mail is a day old, one more may go.
+    monkeypatch.setattr(clock.clock, "offset", timedelta(days=1, minutes=1))
+    client.post("/", data={"csrf_token": token, "email": "victim@example.org"})
+    assert confirmations() == 4
