@@ -15,6 +15,7 @@ from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError
 from newsletter.tasks import kick
 from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm, signup_link_args
+from newsletter.web.timing import answer_floor
 
 bp = Blueprint("public", __name__)
 
@@ -46,7 +47,16 @@ def signup_page() -> str | tuple[str, int]:
 @bp.post("/")
 @limiter.limit(lambda: runtime().settings.signup_rate_limit)
 def signup() -> ResponseReturnValue:
-    """Create (or refresh) a pending subscriber and queue the confirmation mail."""
+    """Create (or refresh) a pending subscriber and queue the confirmation mail.
+
+    Every answer leaves no sooner than SIGNUP_ANSWER_SECONDS after the request came in: a new
+    address costs more work than a known one, and the difference would tell who is on the list.
+    """
+    with answer_floor(runtime().settings.signup_answer_seconds):
+        return _signup()
+
+
+def _signup() -> ResponseReturnValue:
     try:
         link = signup_link_args(request.args)
     except ValueError as exc:
