@@ -22,7 +22,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=64 * 1024,
-        WTF_CSRF_TIME_LIMIT=None,
+        # A form's token works for an hour, then the page must be reloaded.
+        WTF_CSRF_TIME_LIMIT=3600,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SECURE=settings.site_url.startswith("https://"),
         RATELIMIT_STORAGE_URI=_limiter_storage(settings),
         # The limiter must never take signups down with it: without its store it counts in
         # memory and logs the error.
@@ -40,7 +44,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     _register_blueprints(app, settings)
     _register_cli(app)
     _configure_logging()
+    _warn_about_proxies(settings)
     return app
+
+
+def _warn_about_proxies(settings: Settings) -> None:
+    if settings.trusted_proxies:
+        # Nothing can check that a proxy is really there; a forgotten setting is invisible.
+        logging.getLogger(__name__).warning(
+            "X-Forwarded-For is trusted from %d proxies; without a proxy in front any client "
+            "chooses its own address (rate limits, consent records)",
+            settings.trusted_proxies,
+        )
 
 
 def _limiter_storage(settings: Settings) -> str:
@@ -69,8 +84,9 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import public, reader
+    from newsletter.web import public, reader, security
 
+    security.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(reader.bp)
     if settings.dev_mail_dir is not None:

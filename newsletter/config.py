@@ -21,6 +21,9 @@ from limits import parse_many  # the parser Flask-Limiter itself uses
 
 EMBEDDED = "embedded"
 UNSUBSCRIBE_WAIT_CAP_SECONDS = 20.0
+# A padded signup answer holds a gunicorn worker for its length; longer would invite a
+# slow-request flood and gains nothing.
+SIGNUP_ANSWER_MAX_SECONDS = 5.0
 SMTP_SECURITY_CHOICES = ("none", "starttls", "tls")
 
 
@@ -72,6 +75,7 @@ class Settings:
     dkim_selector: str | None = None
     dkim_private_key_file: Path | None = None
     dkim_domain: str | None = None
+    signup_answer_seconds: float = 0.25
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -233,6 +237,16 @@ def _rate_limit(env: Mapping[str, str]) -> str:
     return value
 
 
+def _signup_answer_seconds(env: Mapping[str, str]) -> float:
+    value = _number(env, "SIGNUP_ANSWER_SECONDS", 0.25, minimum=0.0)
+    if value > SIGNUP_ANSWER_MAX_SECONDS:
+        raise ConfigError(
+            f"SIGNUP_ANSWER_SECONDS must be at most {SIGNUP_ANSWER_MAX_SECONDS:g}, "
+            f"got {env.get('SIGNUP_ANSWER_SECONDS')!r}"
+        )
+    return value
+
+
 def _retry_schedule(env: Mapping[str, str]) -> tuple[int, ...]:
     raw = env.get("RETRY_SCHEDULE", "").strip() or "60,300,1800,7200,21600"
     try:
@@ -338,5 +352,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         clock_offset_file=Path(clock_file).resolve() if clock_file else None,
         reply_to=_optional_address(env, "REPLY_TO"),
         unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),
+        signup_answer_seconds=_signup_answer_seconds(env),
         **_dkim(env),
     )

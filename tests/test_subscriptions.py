@@ -10,6 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import func, select
+from werkzeug.test import TestResponse
 
 from newsletter import clock
 from newsletter.db import db
@@ -26,23 +27,7 @@ from newsletter.models import (
 from newsletter.runtime import Runtime
 from newsletter.services import subscriptions
 from tests.conftest import SmtpSink, base_env, make_app
-
-
-def csrf(client: FlaskClient, path: str = "/") -> str:
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page)
-    assert match
-    return match.group(1)
-
-
-def post_signup(client: FlaskClient, email: str, **fields: str) -> tuple[int, str, str]:
-    data = {"csrf_token": csrf(client), "email": email, **fields}
-    response = client.post("/", data=data)
-    return (
-        response.status_code,
-        response.headers.get("Location", ""),
-        response.get_data(as_text=True),
-    )
+from tests.webclient import confirm, csrf, post_signup
 
 
 def rt(app: Flask) -> Runtime:
@@ -130,13 +115,22 @@ def test_unknown_time_zone_falls_back_to_utc(app: Flask) -> None:
     assert subscriber("tz@example.org").time_zone == "UTC"
 
 
-def test_confirm_activates_and_schedules_part_one_now(app: Flask) -> None:
+def test_confirm_get_shows_a_button_and_the_post_confirms(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "c@example.org")
     sub = subscriber("c@example.org")
-    token = rt(app).tokens.confirm_token(sub.id, sub.email)
+    path = f"/confirm/{rt(app).tokens.confirm_token(sub.id, sub.email)}"
+    # Mail scanners open every link: the GET (and HEAD) shows a button and changes nothing.
+    page = client.get(path)
+    body = page.get_data(as_text=True)
+    assert page.status_code == 200 and "Confirm your subscription" in body
+    assert '<form method="post"' in body and "Confirm my subscription</button>" in body
+    assert client.head(path).status_code == 200
+    assert subscriber("c@example.org").status is SubscriberStatus.PENDING
+    assert count(Enrollment) == 1 and count(Delivery) == 1  # the confirmation mail only
+
     before = clock.now()
-    response = client.get(f"/confirm/{token}")
+    response = client.post(path, data={"csrf_token": csrf(client, path)})
     assert response.status_code == 200 and "You're in" in response.get_data(as_text=True)
     assert subscriber("c@example.org").status is SubscriberStatus.ACTIVE
     with db.session() as session:
@@ -147,7 +141,7 @@ def test_confirm_activates_and_schedules_part_one_now(app: Flask) -> None:
     assert step_rows[0].step_id is not None
     assert step_rows[0].due_at <= clock.now() and step_rows[0].due_at >= before
     # Confirming twice is harmless: still one scheduled part.
-    assert client.get(f"/confirm/{token}").status_code == 200
+    assert confirm(client, path).status_code == 200
     with db.session() as session:
         assert (
             session.scalar(
@@ -155,6 +149,38 @@ def test_confirm_activates_and_schedules_part_one_now(app: Flask) -> None:
             )
             == 1
         )
+
+
+def test_confirm_post_without_the_pages_token_changes_nothing(app: Flask) -> None:
+    client = app.test_client()
+    post_signup(client, "n@example.org")
+    sub = subscriber("n@example.org")
+    path = f"/confirm/{rt(app).tokens.confirm_token(sub.id, sub.email)}"
+    for data in ({}, {"csrf_token": "forged"}):
+        response = app.test_client().post(path, data=data)
+        assert response.status_code == 400
+        # The person is offered the button again rather than a bare error.
+        assert "Confirm my subscription</button>" in response.get_data(as_text=True)
+    assert subscriber("n@example.org").status is SubscriberStatus.PENDING
+    assert count(Event) == 1  # the signup only
+
+
+def test_confirm_link_of_someone_who_left_is_refused_on_get(app: Flask) -> None:
+    client = app.test_client()
+    sub = confirmed(client, "gone@example.org")
+    path = f"/confirm/{rt(app).tokens.confirm_token(sub.id, sub.email)}"
+    assert client.get(path).status_code == 200  # confirmed already: pressing again is harmless
+    with db.transaction() as session:
+        subscriptions.unsubscribe(session, sub.id, clock.now(), "page")
+    page = client.get(path)
+    assert page.status_code == 400 and "no longer valid" in page.get_data(as_text=True)
+    assert confirm_post(client, path).status_code == 400
+    assert subscriber("gone@example.org").status is SubscriberStatus.UNSUBSCRIBED
+
+
+def confirm_post(client: FlaskClient, path: str) -> TestResponse:
+    """POST to a confirm URL with a valid CSRF token of this client's session."""
+    return client.post(path, data={"csrf_token": csrf(client)})
 
 
 def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
@@ -170,9 +196,9 @@ def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
         "garbage",
         f"{payload}.{stamp}",
     ):
-        response = client.get(f"/confirm/{bad}")
-        assert response.status_code == 400, bad
-        assert "not valid" in response.get_data(as_text=True)
+        for response in (client.get(f"/confirm/{bad}"), confirm_post(client, f"/confirm/{bad}")):
+            assert response.status_code == 400, bad
+            assert "not valid" in response.get_data(as_text=True)
     assert subscriber("t@example.org").status is SubscriberStatus.PENDING
 
 
@@ -190,9 +216,9 @@ def test_expired_confirm_link_is_refused(app: Flask) -> None:
         settings.secret_key, salt="confirm-subscription", signer=EightDaysAgo
     )
     token = old.dumps([sub.id, sub.email])
-    response = client.get(f"/confirm/{token}")
-    assert response.status_code == 400
-    assert "expired" in response.get_data(as_text=True)
+    for response in (client.get(f"/confirm/{token}"), confirm_post(client, f"/confirm/{token}")):
+        assert response.status_code == 400
+        assert "expired" in response.get_data(as_text=True)
     assert subscriber("old@example.org").status is SubscriberStatus.PENDING
 
 
@@ -201,7 +227,9 @@ def test_confirm_link_from_another_deployment_is_refused(app: Flask) -> None:
     post_signup(client, "k@example.org")
     sub = subscriber("k@example.org")
     foreign = URLSafeTimedSerializer("another-secret-key-xxxxxxxx", salt="confirm-subscription")
-    assert client.get(f"/confirm/{foreign.dumps([sub.id, sub.email])}").status_code == 400
+    path = f"/confirm/{foreign.dumps([sub.id, sub.email])}"
+    assert client.get(path).status_code == 400
+    assert confirm_post(client, path).status_code == 400
     assert subscriber("k@example.org").status is SubscriberStatus.PENDING
 
 

@@ -19,6 +19,7 @@ from markupsafe import Markup, escape
 
 from newsletter.config import Settings
 from newsletter.models import Sequence, Step
+from newsletter.services.addresses import wire_address
 from newsletter.services.admin_templates import AdminTemplates
 from newsletter.services.dkim_sign import DkimSigner
 from newsletter.services.mime import (
@@ -336,9 +337,11 @@ class Composer:
     ) -> Outgoing:
         """The mail as wire bytes, with checked headers; `message_id` keeps a retry's ID."""
         message_id = message_id or make_msgid(domain=self.settings.mail_from_domain)
+        # The stored address may have a Unicode domain; SMTP and the header carry its xn-- form.
+        address = wire_address(subscriber.email)
         headers = [
             ("From", self._from_header),
-            ("To", encode_address("To", subscriber.first_name or "", subscriber.email)),
+            ("To", encode_address("To", subscriber.first_name or "", address)),
             ("Subject", encode_value("Subject", rendered.subject)),
             ("Date", format_datetime(now)),
             ("Message-ID", checked_header("Message-ID", message_id)),
@@ -353,7 +356,7 @@ class Composer:
         data = assemble(headers, rendered.text, rendered.html, new_boundary())
         if self.signer is not None:
             data = self.signer.sign(data)
-        return Outgoing(self._envelope_from, (subscriber.email,), data, message_id)
+        return Outgoing(self._envelope_from, (address,), data, message_id)
 
     def _list_unsubscribe(self, url: str) -> str:
         """The https one-click link, and a mailto whose subject carries the same token."""

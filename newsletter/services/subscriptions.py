@@ -16,8 +16,7 @@ from datetime import datetime, timedelta
 from email import policy
 from email.parser import BytesParser
 
-from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -31,7 +30,7 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from newsletter.services import drip
+from newsletter.services import addresses, drip
 from newsletter.services.schedule import valid_time_zone
 from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError, Tokens
@@ -41,6 +40,10 @@ log = logging.getLogger(__name__)
 # A pending address asking again within this window gets no second confirmation mail, so the
 # form cannot be used to flood someone's inbox.
 CONFIRM_RESEND_INTERVAL = timedelta(minutes=5)
+# And no address gets more than this many in a rolling day, whoever asks from wherever: the
+# per-client rate limit cannot see an attacker who changes address (or forges X-Forwarded-For).
+CONFIRMATIONS_PER_DAY = 3
+CONFIRMATION_CAP_WINDOW = timedelta(days=1)
 MAX_NAME_LENGTH = 100
 MID_SEND_POLL_SECONDS = 0.05
 
@@ -75,14 +78,11 @@ class SignupRequest:
 
 
 def normalise_email(raw: str) -> str:
-    """A syntactically valid, normalised, lower-cased address, or SignupError."""
-    if any(c in raw for c in "\r\n\x00"):
-        raise SignupError("email", "Enter a valid email address.")
+    """The stored form of an address (see services.addresses), or SignupError."""
     try:
-        result = validate_email(raw.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise SignupError("email", f"Enter a valid email address: {exc}") from None
-    return result.normalized.lower()
+        return addresses.normalise(raw)
+    except addresses.AddressError as exc:
+        raise SignupError("email", str(exc)) from None
 
 
 def clean_name(raw: str | None) -> str | None:
@@ -97,13 +97,29 @@ def clean_name(raw: str | None) -> str | None:
     return name or None
 
 
-def _last_confirmation_at(session: Session, subscriber_id: int) -> datetime | None:
-    return session.scalar(
-        select(Delivery.created_at)
-        .where(Delivery.subscriber_id == subscriber_id, Delivery.kind == DeliveryKind.CONFIRM)
-        .order_by(Delivery.created_at.desc())
-        .limit(1)
-    )
+def _recent_confirmations(
+    session: Session, subscriber_id: int, now: datetime
+) -> tuple[int, datetime | None]:
+    """How many confirmation mails were queued for this subscriber in the cap window, and when
+    the latest was."""
+    count, latest = session.execute(
+        select(func.count(Delivery.id), func.max(Delivery.created_at)).where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.kind == DeliveryKind.CONFIRM,
+            Delivery.created_at > now - CONFIRMATION_CAP_WINDOW,
+        )
+    ).one()
+    return int(count), latest
+
+
+def _confirmation_allowed(
+    session: Session, subscriber_id: int, now: datetime, *, min_interval: timedelta
+) -> bool:
+    count, latest = _recent_confirmations(session, subscriber_id, now)
+    if count >= CONFIRMATIONS_PER_DAY:
+        log.info("signup for subscriber %d ignored: daily confirmation cap reached", subscriber_id)
+        return False
+    return latest is None or now - latest >= min_interval
 
 
 def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOutcome:
@@ -133,11 +149,14 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
         # Already receiving mail: a second signup changes nothing (and says nothing).
         return SignupOutcome.IGNORED
     elif subscriber.status is SubscriberStatus.PENDING:
-        last = _last_confirmation_at(session, subscriber.id)
-        if last is not None and now - last < CONFIRM_RESEND_INTERVAL:
+        if not _confirmation_allowed(
+            session, subscriber.id, now, min_interval=CONFIRM_RESEND_INTERVAL
+        ):
             return SignupOutcome.IGNORED
         outcome = SignupOutcome.RESENT
     else:  # unsubscribed: they may come back, through a fresh double opt-in
+        if not _confirmation_allowed(session, subscriber.id, now, min_interval=timedelta(0)):
+            return SignupOutcome.IGNORED
         subscriber.status = SubscriberStatus.PENDING
         outcome = SignupOutcome.RESENT
 
@@ -168,6 +187,16 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
         )
     )
     return outcome
+
+
+def confirmable(session: Session, subscriber_id: int, email: str) -> bool:
+    """Whether a confirm token still names someone who can confirm (read-only, for a GET)."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    return (
+        subscriber is not None
+        and subscriber.email == email
+        and subscriber.status in (SubscriberStatus.PENDING, SubscriberStatus.ACTIVE)
+    )
 
 
 def confirm(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, StringField
 from wtforms.validators import DataRequired, Length, Optional
@@ -18,5 +21,35 @@ class SignupForm(FlaskForm):  # type: ignore[misc]
     time_zone = HiddenField(validators=[Optional(), Length(max=64)])
 
 
+SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+MAX_SLUG_LENGTH = 100  # the width of the columns they land in (consent form, sequence slug)
+SIGNUP_LINK_PARAMETERS = ("form", "sequence")
+
+
+def signup_link_args(args: Mapping[str, str]) -> dict[str, str]:
+    """The signup link's own query parameters (which form, which series), validated.
+
+    Only these two, and only slug-shaped: anything else in the query string is ignored, so it
+    can never reach url_for (where `_external`, `_scheme` or `_method` would change the URL).
+    Raises ValueError naming the bad parameter.
+    """
+    chosen = {}
+    for name in SIGNUP_LINK_PARAMETERS:
+        value = args.get(name, "")
+        if not value:
+            continue
+        if len(value) > MAX_SLUG_LENGTH or not SLUG.fullmatch(value):
+            raise ValueError(
+                f"The signup link's {name!r} must be lower-case letters, digits and dashes "
+                f"(at most {MAX_SLUG_LENGTH})."
+            )
+        chosen[name] = value
+    return chosen
+
+
 class UnsubscribeForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential."""
+
+
+class ConfirmForm(FlaskForm):  # type: ignore[misc]
+    """A button; the token in the URL is the credential, the click is the consent."""

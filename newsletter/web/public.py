@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from sqlalchemy import select
 
 from newsletter import clock
 from newsletter.db import db
@@ -12,30 +11,56 @@ from newsletter.extensions import csrf, limiter
 from newsletter.models import Sequence, Subscriber
 from newsletter.runtime import runtime
 from newsletter.services import subscriptions
+from newsletter.services.sequences import sequence_for
 from newsletter.services.tokens import TokenError
 from newsletter.tasks import kick
-from newsletter.web.forms import SignupForm, UnsubscribeForm
+from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm, signup_link_args
+from newsletter.web.timing import answer_floor
 
 bp = Blueprint("public", __name__)
 
 
-def _default_sequence() -> Sequence | None:
+def _sequence(slug: str | None) -> Sequence | None:
     with db.session() as session:
-        return session.scalars(
-            select(Sequence).order_by(Sequence.is_default.desc(), Sequence.id).limit(1)
-        ).first()
+        return sequence_for(session, slug)
+
+
+def _bad_signup_link(error: ValueError) -> tuple[str, int]:
+    page = render_template(
+        "message.html", title="That signup link did not work", message=str(error)
+    )
+    return page, 400
 
 
 @bp.get("/")
-def signup_page() -> str:
-    """The signup form."""
-    return render_template("signup.html", form=SignupForm(), sequence=_default_sequence())
+def signup_page() -> str | tuple[str, int]:
+    """The signup form; `?form=` and `?sequence=` say where it is embedded and for which series."""
+    try:
+        link = signup_link_args(request.args)
+    except ValueError as exc:
+        return _bad_signup_link(exc)
+    return render_template(
+        "signup.html", form=SignupForm(), sequence=_sequence(link.get("sequence")), link=link
+    )
 
 
 @bp.post("/")
 @limiter.limit(lambda: runtime().settings.signup_rate_limit)
 def signup() -> ResponseReturnValue:
-    """Create (or refresh) a pending subscriber and queue the confirmation mail."""
+    """Create (or refresh) a pending subscriber and queue the confirmation mail.
+
+    Every answer leaves no sooner than SIGNUP_ANSWER_SECONDS after the request came in: a new
+    address costs more work than a known one, and the difference would tell who is on the list.
+    """
+    with answer_floor(runtime().settings.signup_answer_seconds):
+        return _signup()
+
+
+def _signup() -> ResponseReturnValue:
+    try:
+        link = signup_link_args(request.args)
+    except ValueError as exc:
+        return _bad_signup_link(exc)
     form = SignupForm()
     if form.validate_on_submit():
         req = subscriptions.SignupRequest(
@@ -44,8 +69,8 @@ def signup() -> ResponseReturnValue:
             time_zone=form.time_zone.data,
             ip=request.remote_addr,
             user_agent=request.user_agent.string,
-            form=request.args.get("form", "signup-page"),
-            sequence_slug=request.args.get("sequence"),
+            form=link.get("form", "signup-page"),
+            sequence_slug=link.get("sequence"),
         )
         try:
             with db.transaction() as session:
@@ -60,7 +85,8 @@ def signup() -> ResponseReturnValue:
             kick()
             # One response whatever the address's state, so the form reveals nothing.
             return redirect(url_for("public.thanks"), code=303)
-    page = render_template("signup.html", form=form, sequence=_default_sequence())
+    sequence = _sequence(link.get("sequence"))
+    page = render_template("signup.html", form=form, sequence=sequence, link=link)
     return page, 400
 
 
@@ -70,27 +96,48 @@ def thanks() -> str:
     return render_template("thanks.html")
 
 
+NO_LONGER_VALID = "This confirmation link is no longer valid."
+
+
+def _bad_link(message: str) -> tuple[str, int]:
+    page = render_template(
+        "message.html", title="That link did not work", message=message, show_signup=True
+    )
+    return page, 400
+
+
 @bp.get("/confirm/<token>")
+def confirm_page(token: str) -> str | tuple[str, int]:
+    """Show the confirm button: mail scanners open links, so a GET confirms nothing."""
+    try:
+        subscriber_id, email = runtime().tokens.read_confirm(token)
+    except TokenError as exc:
+        return _bad_link(str(exc))
+    with db.session() as session:
+        if not subscriptions.confirmable(session, subscriber_id, email):
+            return _bad_link(NO_LONGER_VALID)
+    return render_template("confirm.html", form=ConfirmForm(), email=email)
+
+
+@bp.post("/confirm/<token>")
+@csrf.exempt  # checked by the form below, which offers the button again instead of a bare 400
 def confirm(token: str) -> str | tuple[str, int]:
-    """Activate the subscription; part 1 is queued at once."""
+    """Activate the subscription (the page's button); part 1 is queued at once."""
     rt = runtime()
     try:
         subscriber_id, email = rt.tokens.read_confirm(token)
     except TokenError as exc:
-        return render_template(
-            "message.html", title="That link did not work", message=str(exc), show_signup=True
-        ), 400
+        return _bad_link(str(exc))
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        # The page sat open past the CSRF token's life (or was not our page): ask again.
+        return render_template("confirm.html", form=form, email=email, stale=True), 400
     with db.transaction() as session:
         subscriber = subscriptions.confirm(
             session, subscriber_id, email, clock.now(), rt.settings.drip_day_seconds
         )
     if subscriber is None:
-        return render_template(
-            "message.html",
-            title="That link did not work",
-            message="This confirmation link is no longer valid.",
-            show_signup=True,
-        ), 400
+        return _bad_link(NO_LONGER_VALID)
     kick()
     return render_template("confirmed.html")
 
