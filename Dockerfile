@@ -19,11 +19,10 @@ RUN groupadd --system --gid 10001 newsletter \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so that a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps) + '\n')" \
- && pip install --no-cache-dir -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, from the lock file alone (every package pinned, with its hashes), so
+# that a code change does not reinstall them.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # The project itself. It is installed in place (editable) because the package reads the
 # `emails/` folder next to it: Path(newsletter.__file__).parents[1] / "emails" must be /app/emails.
