@@ -1,18 +1,18 @@
-"""Sending a batch of claimed deliveries over one SMTP connection and one database connection.
+"""Sending a batch of claimed deliveries over one SMTP connection and two database connections.
 
 The batch is loaded and checked in one transaction (`batch_load`). Then, for each message:
 its attempt begins with one conditional write (`recording.mark`, the last look: a row that an
 unsubscribe skipped or another task took over is left alone), it is built, and it goes over
-SMTP. The write for the next message runs on the database thread while this message's SMTP
-conversation goes on, so the last look costs no waiting; once it has committed, an
-unsubscribe waits for that message's outcome instead of racing it.
+SMTP. The write for the next message runs on its own database thread and connection while
+this message's SMTP conversation goes on, so the last look costs no waiting; once it has
+committed, an unsubscribe waits for that message's outcome instead of racing it.
 
 Accepted messages are recorded in groups: one transaction (`recording.record`) per
-`group_size` mails, or sooner when the oldest unrecorded one is RECORD_WITHIN_SECONDS old (a
-slow relay), also on the database thread. A crash (kill -9, power) can lose the outcome of at
-most the unrecorded group and the message on the wire; their rows stay claimed with their
-attempts begun, and the reaper offers them again and records each as `uncertain`, the window
-no engine can close.
+`group_size` mails, or before the next message starts on a slow relay, on a second database
+thread and connection, so that a group's recording never delays the next message's mark.
+A crash (kill -9, power) can lose the outcome of at most the unrecorded group and the message
+on the wire; their rows stay claimed with their attempts begun, and the reaper offers them
+again and records each as `uncertain`, the window no engine can close.
 
 Whatever goes wrong with one message (it cannot be built, the server refuses it) fails that
 message alone with its reason; the rest of the batch goes on. Sending stops early only for
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from newsletter.models import DeliveryKind
@@ -88,14 +88,43 @@ class _Stop(Exception):
         self.reason = reason
 
 
+class _Lane:
+    """One database connection, used only on its own thread (a Connection is not shared)."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"newsletter-{name}")
+        self.conn = self.thread.submit(engine.connect).result()
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        """Run `fn(conn, *args)` on the lane's thread."""
+        return self.thread.submit(fn, self.conn, *args)
+
+    def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(conn, *args)` on the lane's thread and wait for it."""
+        return self.submit(fn, *args).result()
+
+    def reconnect(self) -> None:
+        """Replace a connection the database dropped."""
+        with contextlib.suppress(Exception):
+            self.thread.submit(self.conn.close).result()
+        self.conn = self.thread.submit(self.engine.connect).result()
+
+    def close(self) -> None:
+        """Close the connection and end the thread."""
+        try:
+            self.thread.submit(self.conn.close).result()
+        finally:
+            self.thread.shutdown()
+
+
 class _Batch:
-    """The send loop of one batch; every database call runs on the one database thread."""
+    """The send loop of one batch: marks on one database lane, everything else on another."""
 
     def __init__(
         self,
-        db: ThreadPoolExecutor,
-        engine: Engine,
-        conn: Connection,
+        db: _Lane,
+        marker: _Lane,
         composer: Composer,
         transport: SmtpTransport,
         clock: Callable[[], datetime],
@@ -107,8 +136,7 @@ class _Batch:
         breaker: BounceBreaker | None,
     ) -> None:
         self.db = db
-        self.engine = engine
-        self.conn = conn
+        self.marker = marker
         self.composer = composer
         self.transport = transport
         self.clock = clock
@@ -126,18 +154,18 @@ class _Batch:
         self.recording: tuple[Future[None], list[Accepted]] | None = None
         self.halt: str | None = None  # the breaker tripped: stop before the next message
 
-    # -- the database thread ---------------------------------------------------------------
+    # -- the database lanes ------------------------------------------------------------------
 
     def _submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
-        return self.db.submit(fn, self.conn, *args)
+        return self.db.submit(fn, *args)
 
     def _call(self, fn: Callable[..., T], *args: object) -> T:
-        return self._submit(fn, *args).result()
+        return self.db.call(fn, *args)
 
     def _mark(self, job: Job) -> Future[bool]:
         future = self.marks.get(job.delivery_id)
         if future is None:
-            future = self._submit(recording.mark, job.delivery_id, self.clock(), self.claim)
+            future = self.marker.submit(recording.mark, job.delivery_id, self.clock(), self.claim)
             self.marks[job.delivery_id] = future
         return future
 
@@ -253,9 +281,7 @@ class _Batch:
             self._call(recording.record, group, self.policy)
         except DBAPIError as exc:
             log.warning("recording sent mail failed (%s); retrying on a new connection", exc)
-            with contextlib.suppress(Exception):
-                self.db.submit(self.conn.close).result()
-            self.conn = self.db.submit(self.engine.connect).result()
+            self.db.reconnect()
             self._call(recording.record, group, self.policy)
 
     def stop(self, jobs: list[Job], stop: _Stop) -> None:
@@ -300,30 +326,29 @@ def deliver_batch(
     all sending when too many recent sends were refused.
     """
     hooks = hooks or Hooks()
-    with ThreadPoolExecutor(1, thread_name_prefix="newsletter-db") as db:
-        # One connection, opened, used and closed on the database thread only.
-        conn = db.submit(engine.connect).result()
-        batch = _Batch(
-            db,
-            engine,
-            conn,
-            composer,
-            transport,
-            clock,
-            policy,
-            claim,
-            claim_expires,
-            hooks,
-            group_size,
-            breaker,
-        )
+    db = _Lane(engine, "db")
+    try:
+        marker = _Lane(engine, "mark")
         try:
-            jobs, settled = db.submit(
-                prepare, conn, composer, list(delivery_ids), clock(), policy, claim
-            ).result()
+            batch = _Batch(
+                db,
+                marker,
+                composer,
+                transport,
+                clock,
+                policy,
+                claim,
+                claim_expires,
+                hooks,
+                group_size,
+                breaker,
+            )
+            jobs, settled = db.call(prepare, composer, list(delivery_ids), clock(), policy, claim)
             _run(batch, jobs)
         finally:
-            db.submit(batch.conn.close).result()
+            marker.close()
+    finally:
+        db.close()
     return settled + batch.outcomes
 
 
