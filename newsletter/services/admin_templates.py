@@ -11,11 +11,17 @@ tree alone (for a `MAX_VALUE_CHARS` name): a text whose worst case adds up to mo
 `MAX_OUTPUT_CHARS` is refused when checked, before anything runs, and the filters check their
 arguments again before they build anything. A checked text is also rendered for `SAMPLES`, a
 few unusual subscribers, so an error shows when the text is written, not when it is sent.
+
+Every `{{ expression }}` renders as a value token (`value_token`): letters and digits that
+carry the value itself, inert to Markdown and HTML. The caller puts the real value in after
+Markdown has run (`fill_values`): escaped in HTML, plain in text. So a subscriber's name is
+always text: it can never become a link, an image, a heading or a tag.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +37,7 @@ from jinja2.tests import test_defined, test_none, test_string, test_undefined
 
 MAX_SOURCE_CHARS = 50_000
 # The most characters a text may build in one render, counted for the worst case of every
-# node (the longest name, every filter at its largest).
+# node (the longest name, every filter at its largest) and including the value tokens.
 MAX_OUTPUT_CHARS = 200_000
 # The longest value a template is rendered with: the first_name column holds 100 characters,
 # and signup refuses longer names.
@@ -45,7 +51,7 @@ MAX_NODES = 500
 RENDER_SECONDS = 0.5
 # No admin input can make one render use more than this. Every string a render builds is
 # bounded by the checked worst case (MAX_OUTPUT_CHARS characters in all, at most 4 bytes each
-# in CPython: 0.8 MB), plus the joined output (0.8 MB), plus
+# in CPython: 0.8 MB), plus the joined output and the filled-in copy (0.8 MB each), plus
 # per-object overhead; tests/test_sandbox_bounds.py renders the worst accepted texts against it.
 # Checking and compiling a text stays within it too: MAX_NODES bounds the compiled code.
 RENDER_MEMORY_BYTES = 10 * 1024 * 1024
@@ -64,9 +70,43 @@ SAMPLES: tuple[tuple[str, str], ...] = (
     ("a name full of Markdown and HTML", '[*x*](http://e.org) <a href="http://e.org">#</a> &'),
 )
 
+# A value token: letters and digits only, so Markdown, HTML escaping and CSS inlining leave it
+# whole; the hex digits are the value's UTF-8, so the token needs no state to be filled in and
+# survives Jinja's compile-time folding of constant outputs.
+TOKEN_START = "NLVALUE"
+TOKEN_END = "EULAVN"
+# A plain run of hex digits, not pairs: a repeated group would make the regex engine keep a
+# backtracking mark per pair (megabytes for one long value).
+VALUE_TOKEN = re.compile(f"{TOKEN_START}([0-9a-f]*){TOKEN_END}")
+# Hex of UTF-8: up to 4 bytes, so 8 characters, for each character of a value.
+_TOKEN_CHARS_PER_CHAR = 8
+
 
 class AdminTemplateError(ValueError):
     """Admin-written text that cannot be used as a template, and why."""
+
+
+def value_token(value: object) -> str:
+    """The token standing for one output value (the sandbox's `finalize` hook)."""
+    return f"{TOKEN_START}{str(value).encode('utf-8').hex()}{TOKEN_END}"
+
+
+def token_value(hex_digits: str) -> str:
+    """The value a token's hex digits carry."""
+    # Only a token an admin typed by hand can have an odd digit or bytes that are not UTF-8.
+    whole = hex_digits[: len(hex_digits) // 2 * 2]
+    return bytes.fromhex(whole).decode("utf-8", errors="replace")
+
+
+def fill_values(text: str, convert: Callable[[str], str] = str) -> str:
+    """`text` with every value token replaced by `convert(value)`, in one pass."""
+    if TOKEN_START not in text:
+        return text
+    return VALUE_TOKEN.sub(lambda m: convert(token_value(m.group(1))), text)
+
+
+def _token_chars(value_chars: int) -> int:
+    return len(TOKEN_START) + len(TOKEN_END) + _TOKEN_CHARS_PER_CHAR * value_chars
 
 
 # -- the filters and tests a text may use ---------------------------------------------------------
@@ -297,8 +337,14 @@ class _Worst:
         self.sizes: dict[int, int] = {}
 
     def total(self, tree: nodes.Template) -> int:
-        """Characters a render can build in all: every node's worst value, and the plain text."""
-        chars = sum(len(data.data) for data in tree.find_all(nodes.TemplateData))
+        """Characters a render can build in all: every node's worst value, and every token."""
+        chars = 0
+        for output in tree.find_all(nodes.Output):
+            for child in output.nodes:
+                if isinstance(child, nodes.TemplateData):
+                    chars += len(child.data)
+                else:
+                    chars += _token_chars(self.size(child))
         for expr in tree.find_all(nodes.Expr):
             if not isinstance(expr, nodes.TemplateData):
                 chars += self.size(expr)
@@ -380,7 +426,7 @@ class _Sandbox(SandboxedEnvironment):
 
 @dataclass(frozen=True)
 class SampleRender:
-    """A text as rendered for one sample subscriber."""
+    """A text as rendered for one sample subscriber, with value tokens in place."""
 
     label: str
     value: str
@@ -391,7 +437,7 @@ class AdminTemplates:
     """Checks and renders admin text; `clock` is injectable for the time limit's tests."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.env = _Sandbox(undefined=StrictUndefined, autoescape=False)
+        self.env = _Sandbox(undefined=StrictUndefined, autoescape=False, finalize=value_token)
         # Only the whitelisted filters and tests exist, and no globals (range, lipsum, ...).
         self.env.filters = dict(FILTERS)
         self.env.tests = dict(TESTS)
@@ -405,11 +451,11 @@ class AdminTemplates:
             pass
 
     def sample_renders(self, source: str) -> Iterator[SampleRender]:
-        """`source` rendered for each of SAMPLES; the error names the sample."""
+        """`source` rendered with tokens for each of SAMPLES; the error names the sample."""
         self._compiled(source)
         for label, value in SAMPLES:
             try:
-                output = self.render(source, first_name=value)
+                output = self.render_marked(source, first_name=value)
             except AdminTemplateError as exc:
                 raise AdminTemplateError(f"for a subscriber with {label}: {exc}") from None
             yield SampleRender(label, value, output)
@@ -440,7 +486,11 @@ class AdminTemplates:
             raise AdminTemplateError(f"the text cannot be compiled: {exc!r}") from None
 
     def render(self, source: str, **values: str) -> str:
-        """The text with the values filled in; AdminTemplateError on any violation."""
+        """The text with the values filled in as they are; AdminTemplateError on any violation."""
+        return fill_values(self.render_marked(source, **values))
+
+    def render_marked(self, source: str, **values: str) -> str:
+        """The text with a value token for every output, for the caller to fill in."""
         for name, value in values.items():
             if len(value) > MAX_VALUE_CHARS:
                 raise AdminTemplateError(f"{name} is longer than {MAX_VALUE_CHARS} characters")
