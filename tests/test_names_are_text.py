@@ -23,7 +23,7 @@ from newsletter import clock
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryState, Sequence, Subscriber
 from newsletter.services.admin_templates import TOKEN_START, AdminTemplateError, AdminTemplates
-from newsletter.services.compose import body_html
+from newsletter.services.compose import body_html, sample_bodies
 from newsletter.services.sequences import import_article
 from tests.conftest import SmtpSink
 from tests.mailparse import PART, html_of, text_of
@@ -221,4 +221,6 @@ def test_a_value_token_never_reaches_a_link_or_an_image_address() -> None:
         "[x][r]\n\n[r]: https://e.org/?n={{ first_name }}",
     ):
         with pytest.raises(AdminTemplateError, match="cannot be part of a link"):
-            body_html(templates.render_marked(source, first_name="a"))
+            list(sample_bodies(templates, source))
+    with pytest.raises(AdminTemplateError, match="cannot be part of a link"):
+        body_html(templates.render_marked("[x](https://e.org/{{ first_name }})", first_name="a"))

@@ -67,6 +67,8 @@ SAMPLES: tuple[tuple[str, str], ...] = (
     (f"a {MAX_VALUE_CHARS}-character name", ("Anna-Maria Ŀudmiła ΐ " * 8)[:MAX_VALUE_CHARS]),
     ("a non-Latin name", "李小龍"),
     ("a right-to-left name", "محمد"),
+    # A link in Markdown and in HTML: if a value ever reached the mail as markup, the link
+    # rules (checked on the rendered HTML at import) would refuse the text.
     ("a name full of Markdown and HTML", '[*x*](http://e.org) <a href="http://e.org">#</a> &'),
 )
 

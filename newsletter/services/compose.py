@@ -76,6 +76,23 @@ def body_html(source: str) -> str:
     return str(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
+def sample_bodies(templates: AdminTemplates, source: str) -> Iterator[tuple[str, str]]:
+    """(sample, body HTML with its values filled in) for each sample subscriber of the sandbox.
+
+    What the checks at import look at: the HTML a reader would get, not only the source.
+    A body without template tags is the same for everyone and is rendered once.
+    """
+    if "{" not in source:
+        yield "any name", body_html(source)
+        return
+    for sample in templates.sample_renders(source):
+        try:
+            html = body_html(sample.output)
+        except AdminTemplateError as exc:
+            raise AdminTemplateError(f"for a subscriber with {sample.label}: {exc}") from None
+        yield sample.label, fill_values(html, _html_text)
+
+
 def _inline_tokens(tokens: list[Token]) -> Iterator[Token]:
     for token in tokens:
         yield token
