@@ -104,3 +104,12 @@ def test_render_time_limit() -> None:
     slow = " ".join(["{{ first_name }}"] * 10)
     with pytest.raises(AdminTemplateError, match="took longer"):
         templates.render(slow, first_name="a")
+
+
+def test_a_refusal_is_remembered_not_parsed_again(templates: AdminTemplates) -> None:
+    hostile = "{{ first_name|center(999999999) }}" + "x" * 40_000
+    for _ in range(3):  # as a stored step refused for each of its mails
+        with pytest.raises(AdminTemplateError, match="center"):
+            templates.render(hostile, first_name="Ann")
+    info = templates._outcomes.cache_info()
+    assert (info.misses, info.hits) == (1, 2)

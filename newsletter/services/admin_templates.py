@@ -445,7 +445,9 @@ class AdminTemplates:
         self.env.tests = dict(TESTS)
         self.env.globals = {}
         self.clock = clock
-        self._compiled = lru_cache(maxsize=512)(self._compile)
+        # Refusals are remembered too: a refused text stored by other means than an import
+        # fails each of its mails at once instead of being parsed again for each of them.
+        self._outcomes = lru_cache(maxsize=512)(self._outcome)
 
     def check(self, source: str) -> None:
         """Raise AdminTemplateError unless `source` is allowed and renders for every sample."""
@@ -461,6 +463,18 @@ class AdminTemplates:
             except AdminTemplateError as exc:
                 raise AdminTemplateError(f"for a subscriber with {label}: {exc}") from None
             yield SampleRender(label, value, output)
+
+    def _compiled(self, source: str) -> Template:
+        outcome = self._outcomes(source)
+        if isinstance(outcome, AdminTemplateError):
+            raise AdminTemplateError(str(outcome))
+        return outcome
+
+    def _outcome(self, source: str) -> Template | AdminTemplateError:
+        try:
+            return self._compile(source)
+        except AdminTemplateError as exc:
+            return exc
 
     def _compile(self, source: str) -> Template:
         if len(source) > MAX_SOURCE_CHARS:
