@@ -7,6 +7,8 @@ process, with no database or SMTP in the loop:
 
 - render: `Composer.step` with the cache cleared (every part of the series, --renders times);
 - personalise: `Composer.step` from the cache, for --mails distinct subscribers;
+- templated: `Composer.step` of part 1 with `{{ first_name }}` in its body, which is rendered
+  per subscriber (values as tokens, filled in after Markdown), for --renders * 10 subscribers;
 - wire: `Composer.wire` (headers checked and encoded, both parts quoted-printable);
 - wire + DKIM: the same with a 2048-bit RSA key (dkimpy, RSA through OpenSSL).
 
@@ -37,7 +39,7 @@ from bench._common import machine, source_revision, table  # noqa: E402
 from newsletter import clock  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
-from newsletter.models import Sequence  # noqa: E402
+from newsletter.models import Sequence, Step  # noqa: E402
 from newsletter.services.compose import Composer, Reader  # noqa: E402
 from newsletter.services.sequences import ensure_seed  # noqa: E402
 from newsletter.services.tokens import Tokens  # noqa: E402
@@ -110,6 +112,22 @@ def main() -> None:
                     plain.step(readers[1], step, sequence, total)
                     renders.append(time.perf_counter() - started)
 
+            first = steps[0]
+            templated = Step(
+                id=first.id,
+                position=first.position,
+                day_offset=0,
+                subject=first.subject,
+                preheader=first.preheader,
+                body_md="## Hello {{ first_name|d('you', true) }}\n\n" + first.body_md,
+                teaser=first.teaser,
+                resources=first.resources,
+                resources_intro=first.resources_intro,
+            )
+            per_subscriber = per_call(
+                lambda i: plain.step(readers[i], templated, sequence, total), args.renders * 10
+            )
+
             def copy(i: int) -> object:
                 reader = readers[i]
                 return plain.step(reader, steps[i % total], sequence, total)
@@ -142,6 +160,12 @@ def main() -> None:
             str(len(renders)),
             f"{statistics.median(renders) * 1000:.2f} ms (median)",
             "",
+        ],
+        [
+            "a templated step, rendered per subscriber",
+            str(args.renders * 10),
+            f"{per_subscriber * 1000:.2f} ms",
+            f"{1 / per_subscriber:,.0f}",
         ],
         [
             "personalise a cached step",

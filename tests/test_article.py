@@ -23,6 +23,7 @@ from newsletter.services.article_parse import (
     balanced_partition,
     first_sentence,
     is_heading_line,
+    md_to_plain,
     parse_plain,
     strip_boilerplate,
 )
@@ -453,6 +454,27 @@ def test_markdown_article() -> None:
     ]
     assert second.resources_intro == "Some extra material."
     assert result.warnings == []
+
+
+@pytest.mark.parametrize(
+    ("md", "plain"),
+    [
+        ("_em_, __strong__, **b**, *i* and `code`", "em, strong, b, i and code"),
+        ("**_both_**", "both"),
+        ("snake_case_word and (_aside_)", "snake_case_word and (aside)"),
+        ("Hello {{ first_name }}, {% if first_name %}hi{% endif %}", None),
+    ],
+)
+def test_plain_text_of_inline_markdown(md: str, plain: str | None) -> None:
+    # An underscore inside a word is no emphasis: a heading that greets {{ first_name }}
+    # keeps the name intact in the subject made from it.
+    assert md_to_plain(md) == (md if plain is None else plain)
+
+
+def test_a_heading_with_a_template_becomes_the_subject_as_written() -> None:
+    text = "# Course\n\n## Hello {{ first_name|d('you', true) }}\n\nSome text here.\n"
+    (part,) = split_article(text, markdown=True).parts
+    assert part.subject == "Hello {{ first_name|d('you', true) }}"
 
 
 # --- errors and the sidecar loader ----------------------------------------------------

@@ -92,6 +92,16 @@ def test_import_article_with_parts_and_slug(bare_app: Flask, tmp_path: Path) -> 
         (["import-article", "{prying}"], "unknown name 'config'"),
         (["import-article", "{plain_http}"], "'http://e.org/a' must be an https:// or mailto:"),
         (["import-article", "{no_alt}"], "needs alt text"),
+        # Checked on the body as each sample subscriber would get it, not only on the source:
+        (["import-article", "{personal_link}"], "a personal value cannot be part of a link"),
+        (
+            ["import-article", "{built_http}"],
+            "as sent to a subscriber with no name: link 'http://e.org/a' must be an https://",
+        ),
+        (
+            ["import-article", "{alt_from_name}"],
+            "as sent to a subscriber with no name: image 'https://e.org/c.png' needs alt text",
+        ),
     ],
 )
 def test_import_article_errors_change_nothing(
@@ -111,8 +121,17 @@ def test_import_article_errors_change_nothing(
     plain_http.write_text("# A Title\n\nSee [this](http://e.org/a).\n")
     no_alt = tmp_path / "no_alt.md"
     no_alt.write_text("# A Title\n\n![](https://e.org/chart.png)\n")
+    personal_link = tmp_path / "personal_link.md"
+    personal_link.write_text("# A Title\n\nSee [your page](https://e.org/{{ first_name }}).\n")
+    built_http = tmp_path / "built_http.md"  # a link only once rendered: none in the source
+    built_http.write_text(
+        "# A Title\n\nSee [this](http{% if first_name %}{% endif %}://e.org/a).\n"
+    )
+    alt_from_name = tmp_path / "alt_from_name.md"
+    alt_from_name.write_text("# A Title\n\n![{{ first_name }}](https://e.org/c.png)\n")
     files = {"empty": empty, "ok": ok, "looping": looping, "prying": prying}
-    files |= {"plain_http": plain_http, "no_alt": no_alt}
+    files |= {"plain_http": plain_http, "no_alt": no_alt, "personal_link": personal_link}
+    files |= {"built_http": built_http, "alt_from_name": alt_from_name}
     args = [a.format(**files) for a in args]
     result = runner.invoke(args=args)
     assert result.exit_code != 0

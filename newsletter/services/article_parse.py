@@ -163,7 +163,9 @@ def md_to_plain(text: str) -> str:
     """Strip the inline Markdown this project uses, keeping the visible text."""
     s = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", text)
     s = re.sub(r"<((?:https?|mailto):[^>\s]+)>", r"\1", s)
-    s = re.sub(r"(\*\*|__|\*|_|`+|~~)(?=\S)(.+?)(?<=\S)\1", r"\2", s)
+    # An underscore inside a word is no emphasis (CommonMark), so first_name keeps its own.
+    s = re.sub(r"(?<![^\W_])(__|_)(?=\S)(.+?)(?<=\S)\1(?![^\W_])", r"\2", s)
+    s = re.sub(r"(\*\*|\*|`+|~~)(?=\S)(.+?)(?<=\S)\1", r"\2", s)
     s = re.sub(r"(?m)^\s*(?:>\s?|\d{1,9}[.)]\s+)", "", s)
     s = re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", s)
     return " ".join(s.split())

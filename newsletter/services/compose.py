@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid, parseaddr
@@ -15,12 +17,20 @@ from typing import Any, Protocol
 import css_inline
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markdown_it import MarkdownIt
+from markdown_it.token import Token
 from markupsafe import Markup, escape
 
 from newsletter.config import Settings
 from newsletter.models import Sequence, Step
 from newsletter.services.addresses import wire_address
-from newsletter.services.admin_templates import AdminTemplates
+from newsletter.services.admin_templates import (
+    TOKEN_START,
+    VALUE_TOKEN,
+    AdminTemplateError,
+    AdminTemplates,
+    fill_values,
+    token_value,
+)
 from newsletter.services.dkim_sign import DkimSigner
 from newsletter.services.mime import (
     HeaderError,
@@ -39,12 +49,62 @@ log = logging.getLogger(__name__)
 
 EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
 STEP_CACHE_SIZE = 256
-# Stand-ins for the per-subscriber parts of a cached step; plain ASCII so that escaping and
-# CSS inlining leave them intact.
+# Stand-ins for the per-subscriber parts of a rendered step; plain ASCII so that escaping and
+# CSS inlining leave them intact. Values from admin text have tokens of their own, which carry
+# the value (admin_templates.value_token).
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _READER_TOKEN = "NLSUBSTREADER7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+# The name's stand-in or an admin value's token: both filled in one pass, last. Written with
+# their common prefix outside the alternation, so that the regex engine looks for that literal
+# as fast as str.find; an alternation at the top scans a whole mail 30 times slower.
+_SHARED = os.path.commonprefix([_NAME_TOKEN, TOKEN_START])
+_PERSONAL = re.compile(
+    f"{_SHARED}(?:({_NAME_TOKEN[len(_SHARED) :]})|{VALUE_TOKEN.pattern[len(_SHARED) :]})"
+)
+_MARKDOWN = MarkdownIt("commonmark", {"html": False, "typographer": False})
+
+
+def body_html(source: str) -> str:
+    """A Markdown body as HTML, its value tokens left in place for the caller to fill.
+
+    A token in a link's or an image's address would let a subscriber's value choose where a
+    click or a fetch goes, so that is refused (AdminTemplateError): values are text only.
+    """
+    tokens = _MARKDOWN.parse(source)
+    if TOKEN_START in source:
+        for token in _inline_tokens(tokens):
+            address = token.attrGet("href") if token.type == "link_open" else token.attrGet("src")
+            if address is not None and TOKEN_START in str(address):
+                raise AdminTemplateError(
+                    "a personal value cannot be part of a link or an image's address"
+                )
+    return str(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
+
+
+def sample_bodies(templates: AdminTemplates, source: str) -> Iterator[tuple[str, str]]:
+    """(sample, body HTML with its values filled in) for each sample subscriber of the sandbox.
+
+    What the checks at import look at: the HTML a reader would get, not only the source.
+    A body without template tags is the same for everyone and is rendered once.
+    """
+    if "{" not in source:
+        yield "any name", body_html(source)
+        return
+    for sample in templates.sample_renders(source):
+        try:
+            html = body_html(sample.output)
+        except AdminTemplateError as exc:
+            raise AdminTemplateError(f"for a subscriber with {sample.label}: {exc}") from None
+        yield sample.label, fill_values(html, _html_text)
+
+
+def _inline_tokens(tokens: list[Token]) -> Iterator[Token]:
+    for token in tokens:
+        yield token
+        if token.children:  # an inline run, or an image's alt text
+            yield from _inline_tokens(token.children)
 
 
 def markdown_to_text(source: str) -> str:
@@ -66,7 +126,9 @@ def markdown_to_text(source: str) -> str:
         heading = re.match(r"^(#{1,6})\s+(.*)$", line)
         if heading:
             title = heading.group(2).strip()
-            lines.extend([title, ("=" if len(heading.group(1)) == 1 else "-") * len(title)])
+            # Underlined to the length the reader sees, once values replace their tokens.
+            underline = "=" if len(heading.group(1)) == 1 else "-"
+            lines.extend([title, underline * len(fill_values(title))])
             continue
         line = re.sub(r"^(\s*)[*+]\s+", r"\1- ", line)
         line = _MD_LINK.sub(number, line)
@@ -76,6 +138,46 @@ def markdown_to_text(source: str) -> str:
     if urls:
         text += "\nLinks:\n" + "".join(f"[{i}] {url}\n" for i, url in enumerate(urls, 1))
     return text
+
+
+def _is_templated(step: Step) -> bool:
+    return any("{" in text for text in (step.body_md, step.subject, step.preheader))
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """A rendered step with stand-ins for everything personal; `values`: it has value tokens."""
+
+    rendered: Rendered
+    values: bool
+
+
+def _fill_personal(text: str, name: str, values: bool, convert: Callable[[str], str]) -> str:
+    """`text` with the name's stand-in and every value token replaced, in one pass.
+
+    One pass, so that a name or value that itself looks like a stand-in stays as it is.
+    """
+    if not values:
+        return text.replace(_NAME_TOKEN, convert(name))
+    return _PERSONAL.sub(lambda m: convert(name if m.group(1) else token_value(m.group(2))), text)
+
+
+def _html_text(value: str) -> str:
+    return str(escape(value))
+
+
+def _fill(draft: _Draft, name: str, url: str, reader: str) -> Rendered:
+    """One subscriber's copy of a draft: values escaped in the HTML, as they are in the text."""
+    # The links first: they are ours and hold no stand-ins. The name and values last, so
+    # nothing a subscriber typed is scanned again.
+    html = draft.rendered.html.replace(_URL_TOKEN, str(escape(url)))
+    text = draft.rendered.text.replace(_URL_TOKEN, url)
+    html, text = html.replace(_READER_TOKEN, reader), text.replace(_READER_TOKEN, reader)
+    return Rendered(
+        subject=draft.rendered.subject,
+        html=_fill_personal(html, name, draft.values, _html_text),
+        text=_fill_personal(text, name, draft.values, str),
+    )
 
 
 class Recipient(Protocol):
@@ -123,9 +225,8 @@ class Composer:
         # Text written by admins goes through the sandbox: no attribute access to internals,
         # no config, no environment, no loops, bounded size and time.
         self.admin_text = AdminTemplates()
-        self.markdown = MarkdownIt("commonmark", {"html": False, "typographer": False})
         self.inliner = css_inline.CSSInliner(keep_style_tags=True)
-        self._step_cache: dict[tuple[object, ...], Rendered] = {}
+        self._step_cache: dict[tuple[object, ...], _Draft] = {}
         self._from_header = self._encode_from(settings.mail_from)
         self._envelope_from = parseaddr(settings.mail_from)[1]
         self._message_id_key = hashlib.sha256(
@@ -179,10 +280,16 @@ class Composer:
         return f"{self.settings.site_url}/confirm/{token}"
 
     def personalise(self, source: str, subscriber: Recipient) -> str:
-        """Fill admin-written text with the subscriber's fields, inside the sandbox."""
+        """Admin-written plain text (a subject) with the subscriber's values, as they are."""
         if "{" not in source:
             return source
         return self.admin_text.render(source, first_name=subscriber.first_name or "")
+
+    def _marked(self, source: str, name: str) -> str:
+        """Admin-written text with a value token for each output, to be filled after Markdown."""
+        if "{" not in source:
+            return source
+        return self.admin_text.render_marked(source, first_name=name)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -209,59 +316,50 @@ class Composer:
     ) -> Rendered:
         """One part of a series, with its Part k of N header, teaser and closing resources.
 
-        The step is rendered once (Markdown, layout, CSS inlining) and cached; each subscriber's
-        copy only swaps in their name and unsubscribe link. Steps whose text uses template
-        tags are rendered per subscriber.
+        The step is rendered once (Markdown, layout, CSS inlining) with stand-ins for the name
+        and the personal links, and cached; each subscriber's copy only swaps in their own.
+        Steps whose text uses template tags are rendered per subscriber, their values as
+        tokens that are filled in the same way. Either way the name is text, never markup.
         """
         url = unsubscribe_url or self.unsubscribe_url(subscriber.id)
         name = subscriber.first_name or ""
         reader = self.tokens.reader_token(subscriber.id)
-        if any("{" in text for text in (step.body_md, step.subject, step.preheader)):
-            return self._render_step(step, sequence, total, name, url, reader, subscriber)
-        key = (step.id, step.updated_at, total, sequence.title, bool(name))
-        template = self._step_cache.get(key)
-        if template is None:
-            if len(self._step_cache) >= STEP_CACHE_SIZE:
-                self._step_cache.clear()
-            token_name = _NAME_TOKEN if name else ""
-            template = self._render_step(
-                step, sequence, total, token_name, _URL_TOKEN, _READER_TOKEN, subscriber
-            )
-            self._step_cache[key] = template
-        html = template.html.replace(_NAME_TOKEN, str(escape(name)))
-        text = template.text.replace(_NAME_TOKEN, name)
-        return Rendered(
-            subject=template.subject,
-            html=html.replace(_URL_TOKEN, str(escape(url))).replace(_READER_TOKEN, reader),
-            text=text.replace(_URL_TOKEN, url).replace(_READER_TOKEN, reader),
-        )
+        if _is_templated(step):
+            draft = self._render_step(step, sequence, total, name)
+        else:
+            key = (step.id, step.updated_at, total, sequence.title, bool(name))
+            cached = self._step_cache.get(key)
+            if cached is None:
+                if len(self._step_cache) >= STEP_CACHE_SIZE:
+                    self._step_cache.clear()
+                cached = self._render_step(step, sequence, total, name)
+                self._step_cache[key] = cached
+            draft = cached
+        return _fill(draft, name, url, reader)
 
     def web_page(self, subscriber: Recipient, step: Step, sequence: Sequence) -> str:
         """A received part as a web page (the archive), without the "view in browser" link."""
-        return self._render_step(
-            step,
-            sequence,
-            len(sequence.steps),
-            subscriber.first_name or "",
-            self.unsubscribe_url(subscriber.id),
-            self.tokens.reader_token(subscriber.id),
-            subscriber,
-            in_browser=True,
-        ).html
+        name = subscriber.first_name or ""
+        draft = self._render_step(step, sequence, len(sequence.steps), name, in_browser=True)
+        url = self.unsubscribe_url(subscriber.id)
+        return _fill(draft, name, url, self.tokens.reader_token(subscriber.id)).html
 
     def _render_step(
         self,
         step: Step,
         sequence: Sequence,
         total: int,
-        first_name: str,
-        unsubscribe_url: str,
-        reader: str,
-        subscriber: Recipient,
+        name: str,
         *,
         in_browser: bool = False,
-    ) -> Rendered:
-        body_md = self.personalise(step.body_md, subscriber)
+    ) -> _Draft:
+        """A step with stand-ins for the name and personal links, admin values as tokens.
+
+        `name` fills the admin text (a templated step is rendered per subscriber); the
+        layout's greeting gets a stand-in, so the returned draft holds no subscriber text.
+        """
+        body_md = self._marked(step.body_md, name)
+        subject = self._marked(step.subject, name)
         resources = [dict(r) for r in (step.resources or [])]
         for resource in resources:
             if not resource.get("url"):
@@ -271,25 +369,29 @@ class Composer:
                     step.position,
                     resource.get("title"),
                 )
-        context = self._common(subscriber) | {
-            "first_name": first_name,
-            "subject": self.personalise(step.subject, subscriber),
-            "preheader": self.personalise(step.preheader, subscriber),
+        context = {
+            "site_url": self.settings.site_url,
+            "postal_address": self.settings.postal_address,
+            "first_name": _NAME_TOKEN if name else "",
+            "subject": subject,
+            "preheader": self._marked(step.preheader, name),
             "sequence_title": sequence.title,
             "part": step.position,
             "total": total,
-            "body_html": Markup(self.markdown.render(body_md)),
+            "body_html": Markup(body_html(body_md)),
             "body_text": markdown_to_text(body_md),
             "teaser": step.teaser,
             "resources": resources,
             "resources_intro": step.resources_intro,
-            "unsubscribe_url": unsubscribe_url,
-            "view_url": f"{self.settings.site_url}/read/{reader}/{step.id}",
-            "archive_url": f"{self.settings.site_url}/read/{reader}",
+            "unsubscribe_url": _URL_TOKEN,
+            "view_url": f"{self.settings.site_url}/read/{_READER_TOKEN}/{step.id}",
+            "archive_url": f"{self.settings.site_url}/read/{_READER_TOKEN}",
             "in_browser": in_browser,
         }
         html, text = self._page("layouts/step", context)
-        return Rendered(subject=context["subject"], text=text, html=html)
+        # The subject is a header, not HTML: its values go in as they are.
+        rendered = Rendered(subject=fill_values(subject), text=text, html=html)
+        return _Draft(rendered, values=TOKEN_START in html or TOKEN_START in text)
 
     def part(
         self,

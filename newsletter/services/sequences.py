@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from newsletter.models import Delivery, Sequence, Step
 from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
 from newsletter.services.article import ArticleError, load_sidecar, split_article
-from newsletter.services.compose import EMAILS_DIR
-from newsletter.services.content_rules import body_problems
+from newsletter.services.compose import EMAILS_DIR, sample_bodies
+from newsletter.services.content_rules import body_problems, html_problems
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def slug_for(path: Path) -> str:
 def _check_parts(parts: list[Any]) -> None:
     """Refuse, at import, any part the sender could not render or should not send.
 
-    A template error, a link that is not https:// or mailto:, an image without alt text.
+    A template error, a link that is not https:// or mailto:, an image without alt text: in
+    the source, and in the body as each sample subscriber would get it (admin_templates.SAMPLES).
     """
     templates = AdminTemplates()
     for part in parts:
@@ -57,6 +58,16 @@ def _check_parts(parts: list[Any]) -> None:
                 templates.check(text)
             except AdminTemplateError as exc:
                 raise ArticleError(f"part {part.number} {name}: {exc}") from None
+        try:
+            for label, html in sample_bodies(templates, part.body_md):
+                problems = html_problems(html)
+                if problems:
+                    raise ArticleError(
+                        f"part {part.number} body_md, as sent to a subscriber with {label}: "
+                        + "; ".join(problems)
+                    )
+        except AdminTemplateError as exc:
+            raise ArticleError(f"part {part.number} body_md: {exc}") from None
 
 
 def import_article(
