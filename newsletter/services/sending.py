@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from newsletter.models import DeliveryKind
@@ -91,10 +91,19 @@ class _Stop(Exception):
 class _Lane:
     """One database connection, used only on its own thread (a Connection is not shared)."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(self, engine: Engine, name: str, *, single_statements: bool = False) -> None:
         self.engine = engine
         self.thread = ThreadPoolExecutor(1, thread_name_prefix=f"newsletter-{name}")
-        self.conn = self.thread.submit(engine.connect).result()
+        self.single_statements = single_statements
+        self.conn = self.thread.submit(self._connect).result()
+
+    def _connect(self) -> Connection:
+        conn = self.engine.connect()
+        if self.single_statements and self.engine.dialect.name == "postgresql":
+            # Each statement its own transaction: one round trip instead of BEGIN, the
+            # statement and COMMIT (SQLite's writes take their lock at BEGIN, so keep it there).
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        return conn
 
     def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
         """Run `fn(conn, *args)` on the lane's thread."""
@@ -108,7 +117,7 @@ class _Lane:
         """Replace a connection the database dropped."""
         with contextlib.suppress(Exception):
             self.thread.submit(self.conn.close).result()
-        self.conn = self.thread.submit(self.engine.connect).result()
+        self.conn = self.thread.submit(self._connect).result()
 
     def close(self) -> None:
         """Close the connection and end the thread."""
@@ -328,7 +337,7 @@ def deliver_batch(
     hooks = hooks or Hooks()
     db = _Lane(engine, "db")
     try:
-        marker = _Lane(engine, "mark")
+        marker = _Lane(engine, "mark", single_statements=True)
         try:
             batch = _Batch(
                 db,
