@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 from flask import Flask
 from sqlalchemy import select
 
@@ -57,3 +60,23 @@ def delivery(delivery_id: int) -> Delivery:
         row = session.get(Delivery, delivery_id)
         assert row is not None
         return row
+
+
+def run_batch(
+    app: Flask,
+    ids: list[int],
+    transport: SmtpTransport | None = None,
+    **options: Any,
+) -> Counter[sending.Outcome]:
+    """One batch of the given deliveries through the app's own composer and policy."""
+    rt = runtime_of(app)
+    with app.app_context():
+        return sending.deliver_batch(
+            db.engine,
+            rt.composer,
+            transport or SmtpTransport(rt.settings),
+            ids,
+            clock.now,
+            rt.policy,
+            **options,
+        )

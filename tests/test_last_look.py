@@ -16,15 +16,12 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from newsletter import clock
 from newsletter.db import db
 from newsletter.models import DeliveryKind, Subscriber
-from newsletter.services import sending
-from newsletter.services.mailer import SmtpTransport
 from newsletter.services.sequences import ensure_seed
 from tests.conftest import base_env, make_app
 from tests.fault_smtp import FaultSmtp
-from tests.sending_helpers import active_subscriber, claim_all, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
 
 PEOPLE = [f"r{n}@example.org" for n in range(8)]
 REPLY_DELAY = 1.0
@@ -60,16 +57,7 @@ def test_no_mail_starts_after_the_unsubscribe_page_answered(
     rt = runtime_of(app)
 
     def worker() -> None:
-        with app.app_context():
-            sending.deliver_batch(
-                db.engine,
-                rt.composer,
-                SmtpTransport(rt.settings),
-                ids,
-                clock.now,
-                rt.policy,
-                group_size=10,  # the whole batch is one recording group
-            )
+        run_batch(app, ids, group_size=10)  # the whole batch is one recording group
 
     thread = threading.Thread(target=worker)
     thread.start()

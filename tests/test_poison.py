@@ -17,28 +17,17 @@ from sqlalchemy import func, select
 from newsletter import clock
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence
-from newsletter.services import dispatch, drip, sending
+from newsletter.services import dispatch, drip
 from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
 
 POISON = "poison@example.org"
 
 
-def run_batch(app: Flask, ids: list[int], claim: datetime | None = None) -> dict[str, int]:
+def send(app: Flask, ids: list[int], claim: datetime | None = None) -> dict[str, int]:
     """One batch, as a worker runs it; its outcomes by name."""
-    rt = runtime_of(app)
-    with app.app_context():
-        outcomes = sending.deliver_batch(
-            db.engine,
-            rt.composer,
-            SmtpTransport(rt.settings),
-            ids,
-            clock.now,
-            rt.policy,
-            claim=claim,
-            group_size=1,
-        )
+    outcomes = run_batch(app, ids, claim=claim, group_size=1)
     return {outcome.value: n for outcome, n in outcomes.items()}
 
 
@@ -59,18 +48,8 @@ def run_batch_in_a_dying_worker(app: Flask, ids: list[int], claim: datetime) -> 
         code = 0
         try:
             db.engine.dispose(close=False)
-            rt = runtime_of(app)
-            with app.app_context():
-                sending.deliver_batch(
-                    db.engine,
-                    rt.composer,
-                    _DiesOnPoison(rt.settings),
-                    ids,
-                    clock.now,
-                    rt.policy,
-                    claim=claim,
-                    group_size=1,
-                )
+            transport = _DiesOnPoison(runtime_of(app).settings)
+            run_batch(app, ids, transport, claim=claim, group_size=1)
         except BaseException:  # noqa: BLE001 - the child must never return into pytest
             code = 1
         os._exit(code)
@@ -109,7 +88,7 @@ def test_a_mail_that_cannot_be_built_fails_alone(app: Flask, smtp_sink: SmtpSink
         sequence.steps[0].resources = ["not a link"]  # type: ignore[list-item]
         sequence.steps[0].teaser = "Tomorrow: more"
     ids = [i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP]
-    outcomes = run_batch(app, ids)
+    outcomes = send(app, ids)
     assert outcomes == {"failed": 3}
     for delivery_id in ids:
         row = delivery(delivery_id)
@@ -146,7 +125,7 @@ def test_a_mail_that_kills_its_worker_fails_alone_after_max_reaps(
 
     # 2. The broker redelivers the task: the rows its dead run had begun go back to the queue
     #    (counted as uncertain), everything it never reached is sent, and this run survives.
-    outcomes = run_batch(app, ids, claim)
+    outcomes = send(app, ids, claim)
     assert outcomes.get("sent", 0) >= 2 and outcomes.get("held", 0) >= 1
     poison = delivery(poison_id)
     assert poison.state is DeliveryState.RETRY and poison.reaps == 1
@@ -168,13 +147,13 @@ def test_a_mail_that_kills_its_worker_fails_alone_after_max_reaps(
             enqueue=lambda batch, _claim, found=batches: found.append(batch),
         )
         assert [poison_id] in batches
-        run_batch(app, [i for b in batches if b != [poison_id] for i in b], now)
+        send(app, [i for b in batches if b != [poison_id] for i in b], now)
         assert run_batch_in_a_dying_worker(app, [poison_id], now) == 17
         if by_reaper:
             with db.transaction() as session:
                 drip.reap_stale(session, now + timedelta(seconds=601), 600)
         else:
-            run_batch(app, [poison_id], now)
+            send(app, [poison_id], now)
         assert delivery(poison_id).reaps == round_
     poison = delivery(poison_id)
     assert poison.state is DeliveryState.FAILED

@@ -28,9 +28,8 @@ from newsletter.models import (
 from newsletter.services import dispatch, sending, subscriptions
 from newsletter.services.breaker import BounceBreaker
 from newsletter.services.flow import FlowControl
-from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, delivery, runtime_of
+from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
 
 
 class FakeWall:
@@ -56,22 +55,8 @@ def send(
     app: Flask, ids: list[int], flow: FlowControl, breaker: BounceBreaker | None = None
 ) -> dict[sending.Outcome, int]:
     """One batch of the given deliveries, wired to flow control as a worker wires it."""
-    rt = runtime_of(app)
-    with app.app_context():
-        return dict(
-            sending.deliver_batch(
-                db.engine,
-                rt.composer,
-                SmtpTransport(rt.settings),
-                ids,
-                clock.now,
-                rt.policy,
-                hooks=sending.Hooks(
-                    should_stop=flow.paused, on_outcome=flow.record, on_hold=flow.hold
-                ),
-                breaker=breaker,
-            )
-        )
+    hooks = sending.Hooks(should_stop=flow.paused, on_outcome=flow.record, on_hold=flow.hold)
+    return dict(run_batch(app, ids, hooks=hooks, breaker=breaker))
 
 
 def steps_of(ids: list[int]) -> list[int]:

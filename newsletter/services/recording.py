@@ -151,6 +151,21 @@ def release(
     return int(released)
 
 
+def _note(
+    session: Session, delivery: Delivery, kind: str, data: dict[str, str], now: datetime
+) -> None:
+    """Add an event about a delivery to its subscriber's timeline."""
+    session.add(
+        Event(
+            subscriber_id=delivery.subscriber_id,
+            delivery_id=delivery.id,
+            kind=kind,
+            data=data,
+            created_at=now,
+        )
+    )
+
+
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
     subscriber = delivery.subscriber
     if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is None:
@@ -162,15 +177,7 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
     drip.skip_pending(
         session, subscriber.id, reason=suppressions.SKIPPED_BY_BOUNCE, except_id=delivery.id
     )
-    session.add(
-        Event(
-            subscriber_id=subscriber.id,
-            delivery_id=delivery.id,
-            kind="bounce",
-            data={"detail": detail[:500]},
-            created_at=now,
-        )
-    )
+    _note(session, delivery, "bounce", {"detail": detail[:500]}, now)
 
 
 def _retry_or_give_up(
@@ -207,15 +214,7 @@ def record_failure(
         if error.ambiguous:
             # The counted window: the server may have the message. It is retried (with the same
             # Message-ID) rather than dropped; the event makes every such case visible.
-            session.add(
-                Event(
-                    subscriber_id=delivery.subscriber_id,
-                    delivery_id=delivery.id,
-                    kind="uncertain",
-                    data={"error": str(error)[:500]},
-                    created_at=now,
-                )
-            )
+            _note(session, delivery, "uncertain", {"error": str(error)[:500]}, now)
         if delivery.state is DeliveryState.SKIPPED and verdict is not Verdict.MAILBOX:
             # An unsubscribe landed during the conversation: nothing is left to retry.
             outcome = Outcome.SKIPPED
@@ -233,15 +232,7 @@ def record_failure(
             outcome = Outcome.BOUNCED
         elif verdict is Verdict.MESSAGE:
             delivery.state = DeliveryState.FAILED
-            session.add(
-                Event(
-                    subscriber_id=delivery.subscriber_id,
-                    delivery_id=delivery.id,
-                    kind="refused",
-                    data={"detail": str(error)[:500]},
-                    created_at=now,
-                )
-            )
+            _note(session, delivery, "refused", {"detail": str(error)[:500]}, now)
             drip.move_on(session, delivery, now, policy.day_seconds)
             log.warning("delivery %d refused, failing alone: %s", delivery.id, error)
             outcome = Outcome.REFUSED
