@@ -43,16 +43,8 @@ def claim_all() -> list[int]:
 def deliver(
     app: Flask, delivery_id: int, transport: SmtpTransport | None = None
 ) -> sending.Outcome:
-    rt = runtime_of(app)
-    with app.app_context():
-        return sending.deliver(
-            db.engine,
-            rt.composer,
-            transport or SmtpTransport(rt.settings),
-            delivery_id,
-            clock.now,
-            rt.policy,
-        )
+    """Send one claimed delivery; its outcome."""
+    return next(iter(run_batch(app, [delivery_id], transport)))
 
 
 def delivery(delivery_id: int) -> Delivery:
