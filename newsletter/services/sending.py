@@ -374,16 +374,3 @@ def _run(batch: _Batch, jobs: list[Job]) -> None:
             log.exception("accepted messages could not be recorded; the reaper will count them")
         raise
     batch.flush()
-
-
-def deliver(
-    engine: Engine,
-    composer: Composer,
-    transport: SmtpTransport,
-    delivery_id: int,
-    clock: Callable[[], datetime],
-    policy: Policy,
-) -> Outcome:
-    """Send one claimed delivery and record the result."""
-    outcomes = deliver_batch(engine, composer, transport, [delivery_id], clock, policy)
-    return next(iter(outcomes))
