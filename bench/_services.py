@@ -133,6 +133,7 @@ def seed_due_deliveries(database_url: str, count: int, chunk: int = 5000) -> dic
     from sqlalchemy import insert, select, text
     from sqlalchemy.orm import Session
 
+    from newsletter.content.sequences import ensure_seed
     from newsletter.db import make_engine
     from newsletter.migrate import upgrade
     from newsletter.models import (
@@ -146,7 +147,6 @@ def seed_due_deliveries(database_url: str, count: int, chunk: int = 5000) -> dic
         Subscriber,
         SubscriberStatus,
     )
-    from newsletter.services.sequences import ensure_seed
 
     started = time.perf_counter()
     upgrade(database_url)

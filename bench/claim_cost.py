@@ -5,7 +5,7 @@ A fresh database gets the product's tables from the migrations and the seed sequ
 deliveries over N/4 subscribers (one enrollment each, four parts each). A subscriber has sent
 `id % 5` parts; the next part is scheduled in the future (a few are `retry`), the rest are
 skipped; about --due of the scheduled rows are due now. Then VACUUM ANALYZE (the steady state
-autovacuum keeps), and `newsletter.services.drip.claim_due(session, now, --limit)` is timed
+autovacuum keeps), and `newsletter.delivery.planning.claim_due(session, now, --limit)` is timed
 --repeat times, each in a transaction that is rolled back, so every repetition claims the
 same rows. The SQL the claim emits is captured and shown with EXPLAIN (ANALYZE, BUFFERS) at
 the largest size, with a check for sequential scans of `deliveries`.
@@ -132,7 +132,7 @@ def measure(engine: Any, limit: int, repeat: int, warmup: int) -> dict[str, Any]
     from sqlalchemy import event
     from sqlalchemy.orm import Session
 
-    from newsletter.services.drip import claim_due
+    from newsletter.delivery.claims import claim_due
 
     now = datetime.now(UTC)
     times: list[float] = []
@@ -220,10 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         from sqlalchemy import select
         from sqlalchemy.orm import Session
 
+        from newsletter.content.sequences import ensure_seed
         from newsletter.db import make_engine
         from newsletter.migrate import upgrade
         from newsletter.models import Sequence
-        from newsletter.services.sequences import ensure_seed
 
         with pg_database("bench_claim") as url:
             upgrade(url)

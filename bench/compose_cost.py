@@ -38,11 +38,11 @@ from sqlalchemy.orm import Session  # noqa: E402
 from bench._common import machine, source_revision, table  # noqa: E402
 from newsletter import clock  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
+from newsletter.content.sequences import ensure_seed  # noqa: E402
+from newsletter.mail.compose import Composer, Reader  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
 from newsletter.models import Sequence, Step  # noqa: E402
-from newsletter.services.compose import Composer, Reader  # noqa: E402
-from newsletter.services.sequences import ensure_seed  # noqa: E402
-from newsletter.services.tokens import Tokens  # noqa: E402
+from newsletter.tokens import Tokens  # noqa: E402
 
 
 def composer_for(workdir: Path, dkim: bool) -> Composer:

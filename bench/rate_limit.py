@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def _worker(url: str, rate: float, until: float, send_seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
-    from newsletter.services.flow import FlowControl, RedisStore
+    from newsletter.delivery.flow import FlowControl, RedisStore
 
     flow = FlowControl(
         RedisStore(redis.Redis.from_url(url)), rate_per_second=rate, brake_after=10, max_pause=60

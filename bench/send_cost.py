@@ -1,7 +1,7 @@
 """What one message costs inside a worker, without Celery: time and SQL per message.
 
 On a fresh database (as in `pipeline.py`: migrations, seed sequence, --deliveries due part-1
-deliveries), this process claims the rows (`drip.claim_due`) and runs the real task body,
+deliveries), this process claims the rows (`claims.claim_due`) and runs the real task body,
 `newsletter.tasks.send_batch.run(ids)`, batch after batch inside the app context, into the
 counting SMTP sink (its own process). SQLAlchemy engine events count every statement by verb
 and every commit, and time each cursor execute; the Composer's `step`/`message` and the SMTP
@@ -161,8 +161,8 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
     from newsletter import clock, create_app
     from newsletter.config import load_settings
     from newsletter.db import db
+    from newsletter.delivery import claims
     from newsletter.runtime import Runtime
-    from newsletter.services import drip
     from newsletter.tasks import send_batch
 
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-send-{name}-"))
@@ -177,7 +177,7 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
                 claim = clock.now()  # the claim's stamp, carried by every batch as the task's is
                 while True:
                     with db.transaction() as session:
-                        got = drip.claim_due(session, claim, 500)
+                        got = claims.claim_due(session, claim, 500)
                     ids += got
                     if len(got) < 500:
                         break

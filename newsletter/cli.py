@@ -11,10 +11,10 @@ import click
 from flask import Flask
 from flask.cli import with_appcontext
 
+from newsletter.content import sequences
+from newsletter.content.article import ArticleError
 from newsletter.db import db
 from newsletter.runtime import runtime
-from newsletter.services import sequences
-from newsletter.services.article import ArticleError
 
 MAX_UNSUBSCRIBE_MAIL_BYTES = 1_000_000
 
@@ -81,7 +81,7 @@ def dispatch_command() -> None:
 def status_command() -> None:
     """Show deliveries by state, the due backlog, uncertain sends and recent failures."""
     from newsletter import clock
-    from newsletter.services.report import engine_report
+    from newsletter.delivery.status import engine_report
 
     with db.session() as session:
         report = engine_report(session, clock.now())
@@ -101,7 +101,7 @@ def status_command() -> None:
 def _sending_state() -> str:
     """Whether mail is going out, and if not, why and until when."""
     from newsletter import clock
-    from newsletter.services import breaker
+    from newsletter.delivery import breaker
 
     with db.session() as session:
         trip = breaker.active_trip(session)
@@ -123,7 +123,7 @@ def _sending_state() -> str:
 def resume_command() -> None:
     """Resume sending after the bounce breaker tripped (and end any pause now)."""
     from newsletter import clock
-    from newsletter.services import breaker
+    from newsletter.delivery import breaker
 
     with db.transaction() as session:
         trip = breaker.resume(session, clock.now())
@@ -155,7 +155,7 @@ def suppressions_group() -> None:
 @click.option("--reason", help="Only this reason (bounce, complaint, ...).")
 def suppressions_list_command(since: str | None, reason: str | None) -> None:
     """List suppressed addresses with when and why."""
-    from newsletter.services import suppressions
+    from newsletter.audience import suppressions
 
     with db.session() as session:
         found = suppressions.listed(session, since=_moment(since), reason=reason)
@@ -172,7 +172,7 @@ def suppressions_list_command(since: str | None, reason: str | None) -> None:
 def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> None:
     """Take addresses off the list; subscribers a bounce stopped go on where they were."""
     from newsletter import clock
-    from newsletter.services import suppressions
+    from newsletter.audience import suppressions
 
     if bool(emails) == bool(since):
         raise click.UsageError("name the addresses, or give --since (not both)")
@@ -198,8 +198,8 @@ def results_command(slug: str | None) -> None:
     """Show each sequence's readers and every part's results (sent, to go, left after it)."""
     from sqlalchemy import select
 
+    from newsletter.content.results import sequence_results
     from newsletter.models import EnrollmentStatus, Sequence
-    from newsletter.services.results import sequence_results
 
     with db.session() as session:
         if slug:
@@ -274,7 +274,7 @@ def unsubscribe_mail_command() -> None:
     command (Postfix: an alias `"|flask --app web unsubscribe-mail"`).
     """
     from newsletter import clock
-    from newsletter.services import subscriptions
+    from newsletter.audience import subscriptions
 
     raw = sys.stdin.buffer.read(MAX_UNSUBSCRIBE_MAIL_BYTES)
     try:
@@ -300,8 +300,8 @@ def send_test_command(
 ) -> None:
     """Send the parts of a sequence to ADDRESS now, as subscribers get them, marked [Test]."""
     from newsletter import clock
-    from newsletter.services.mailer import SendError, SmtpTransport
-    from newsletter.services.proofs import ProofError, build_proofs
+    from newsletter.content.send_test import ProofError, build_proofs
+    from newsletter.mail.transport import SendError, SmtpTransport
 
     rt = runtime()
     try:

@@ -17,9 +17,9 @@ from types import FrameType
 
 from newsletter import embedded, mailcatcher
 from newsletter.config import Settings
+from newsletter.content import sequences
 from newsletter.db import db
 from newsletter.migrate import upgrade
-from newsletter.services import sequences
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 # web.py and worker.py live at the project root; the children import them from there.

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from newsletter.services.schedule import SendWindow
+from newsletter.schedule import SendWindow
 
 
 def utcnow() -> datetime:

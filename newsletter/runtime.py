@@ -9,12 +9,12 @@ from flask import current_app
 
 from newsletter import embedded
 from newsletter.config import EMBEDDED, Settings
-from newsletter.services.breaker import BounceBreaker
-from newsletter.services.compose import Composer
-from newsletter.services.flow import FlowControl, store_for
-from newsletter.services.mailer import SmtpTransport
-from newsletter.services.policy import Policy
-from newsletter.services.tokens import Tokens
+from newsletter.delivery.breaker import BounceBreaker
+from newsletter.delivery.flow import FlowControl, store_for
+from newsletter.delivery.policy import Policy
+from newsletter.mail.compose import Composer
+from newsletter.mail.transport import SmtpTransport
+from newsletter.tokens import Tokens
 
 
 def shared_store_url(settings: Settings) -> str:

@@ -9,8 +9,8 @@ from celery import shared_task
 
 from newsletter import clock
 from newsletter.db import db
+from newsletter.delivery import dispatch, sending
 from newsletter.runtime import runtime
-from newsletter.services import dispatch, sending
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -250,13 +251,25 @@ def make_app(env: dict[str, str]) -> Flask:
 @pytest.fixture
 def app(tmp_path: Path, database_url: str, smtp_sink: SmtpSink) -> Iterator[Flask]:
     """An app on a fresh database (SQLite and PostgreSQL), with the seed sequence imported."""
-    from newsletter.services.sequences import ensure_seed
+    from newsletter.content.sequences import ensure_seed
 
     application = make_app(base_env(tmp_path, database_url, smtp_sink))
     with db.transaction() as session:
         ensure_seed(session)
     yield application
     db.dispose()
+
+
+@pytest.fixture
+def at_time() -> Iterator[Callable[[datetime], None]]:
+    """Move the shared clock of this process to a chosen instant for the test's duration."""
+    from newsletter import clock
+
+    def _at(when: datetime) -> None:
+        clock.clock.offset = when - datetime.now(UTC)
+
+    yield _at
+    clock.clock.offset = timedelta(0)
 
 
 # -- real worker processes ---------------------------------------------------------------------

@@ -9,11 +9,12 @@ from flask import Flask
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
+from newsletter.delivery import claims, sending
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Delivery, Subscriber
 from newsletter.runtime import Runtime
-from newsletter.services import drip, sending, subscriptions
-from newsletter.services.mailer import SmtpTransport
 
 
 def runtime_of(app: Flask) -> Runtime:
@@ -37,7 +38,7 @@ def active_subscriber(email: str, name: str | None = "Ann") -> int:
 
 def claim_all() -> list[int]:
     with db.transaction() as session:
-        return drip.claim_due(session, clock.now(), 100)
+        return claims.claim_due(session, clock.now(), 100)
 
 
 def deliver(

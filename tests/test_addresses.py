@@ -11,7 +11,11 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
+from newsletter.delivery import sending
+from newsletter.mail import addresses
+from newsletter.mail.mime import HeaderError
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -21,8 +25,6 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.services import addresses, sending, subscriptions
-from newsletter.services.mime import HeaderError
 from tests.conftest import SmtpSink
 from tests.mailparse import link, part_number
 from tests.test_sending import active_subscriber, claim_all, deliver, delivery

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from newsletter.services import admin_templates
-from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
+from newsletter.mail import sandbox
+from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_refused_when_checked(templates: AdminTemplates, source: str, reason: st
 
 def test_size_caps(templates: AdminTemplates) -> None:
     with pytest.raises(AdminTemplateError, match="longer than"):
-        templates.check("x" * (admin_templates.MAX_SOURCE_CHARS + 1))
+        templates.check("x" * (sandbox.MAX_SOURCE_CHARS + 1))
     with pytest.raises(AdminTemplateError, match="arithmetic"):
         templates.render("{{ 'x' * 100000000 }}", first_name="")
     with pytest.raises(AdminTemplateError, match="arithmetic"):
@@ -92,7 +92,7 @@ def test_size_caps(templates: AdminTemplates) -> None:
     many = "{{ first_name }}" * 2000  # a short text, many parts to compile
     with pytest.raises(AdminTemplateError, match="more than 500 template parts"):
         templates.check(many)
-    too_long = "y" * (admin_templates.MAX_VALUE_CHARS + 1)
+    too_long = "y" * (sandbox.MAX_VALUE_CHARS + 1)
     with pytest.raises(AdminTemplateError, match="first_name is longer than 100"):
         templates.render("Hi {{ first_name }}", first_name=too_long)
 

@@ -1,4 +1,4 @@
-"""Tests for newsletter.services.article: splitting an article into an email series."""
+"""Tests for newsletter.content.article: splitting an article into an email series."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from newsletter.services.article import (
+from newsletter.content.article import (
     ArticleError,
     Part,
     ResourceLink,
@@ -19,7 +19,7 @@ from newsletter.services.article import (
     load_sidecar,
     split_article,
 )
-from newsletter.services.article_parse import (
+from newsletter.content.article_parse import (
     balanced_partition,
     first_sentence,
     is_heading_line,

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from newsletter import mailcatcher
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -34,7 +35,6 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import (
     ROOT,
     SmtpSink,

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from newsletter import clock
 from newsletter.config import load_settings
 from newsletter.db import db
+from newsletter.delivery import claims, dispatch
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -18,7 +19,6 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.services import dispatch, drip
 
 
 def make_due(count: int) -> None:
@@ -49,7 +49,7 @@ def test_concurrent_claims_never_overlap(app: Flask) -> None:
             mine: list[int] = []
             while True:
                 with db.transaction() as session:
-                    batch = drip.claim_due(session, clock.now(), 25)
+                    batch = claims.claim_due(session, clock.now(), 25)
                 if not batch:
                     break
                 mine.extend(batch)
@@ -77,7 +77,7 @@ def test_claim_takes_only_due_rows_oldest_first(app: Flask) -> None:
         assert future is not None
         future.due_at = clock.now() + timedelta(hours=1)
     with db.transaction() as session:
-        ids = drip.claim_due(session, clock.now(), 2)
+        ids = claims.claim_due(session, clock.now(), 2)
     with db.session() as session:
         dues = [session.get(Delivery, i).due_at for i in ids]  # type: ignore[union-attr]
         rest = session.scalars(
@@ -91,13 +91,13 @@ def test_claim_takes_only_due_rows_oldest_first(app: Flask) -> None:
 def test_reaper_returns_stale_claims(app: Flask) -> None:
     make_due(3)
     with db.transaction() as session:
-        ids = drip.claim_due(session, clock.now() - timedelta(minutes=30), 10)
+        ids = claims.claim_due(session, clock.now() - timedelta(minutes=30), 10)
     assert ids == []  # nothing was due half an hour ago
     with db.transaction() as session:
-        ids = drip.claim_due(session, clock.now(), 10)
+        ids = claims.claim_due(session, clock.now(), 10)
     with db.transaction() as session:
-        assert drip.reap_stale(session, clock.now(), 600) == 0  # fresh claims stay
-        assert drip.reap_stale(session, clock.now() + timedelta(minutes=11), 600) == 3
+        assert claims.reap_stale(session, clock.now(), 600) == 0  # fresh claims stay
+        assert claims.reap_stale(session, clock.now() + timedelta(minutes=11), 600) == 3
     with db.session() as session:
         assert set(session.scalars(select(Delivery.state))) == {DeliveryState.RETRY}
 

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Subscriber
-from newsletter.services import subscriptions
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import SmtpSink, WorkerProcess, base_env, make_app
 from tests.mailparse import text_of
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.services.content_rules import body_problems, html_problems
+from newsletter.content.rules import body_problems, html_problems
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
 from newsletter.config import ConfigError, load_settings
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
+from newsletter.mail.dkim_signing import DkimError, DkimSigner
 from newsletter.models import DeliveryKind, Subscriber, SubscriberStatus
-from newsletter.services.dkim_sign import DkimError, DkimSigner
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import SmtpSink, base_env, make_app
 from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
 
@@ -186,11 +186,11 @@ def test_openssl_signature_is_byte_for_byte_dkimpys(key_file: Path) -> None:
 
     import dkim.crypto
 
-    from newsletter.services import dkim_sign
+    from newsletter.mail import dkim_signing
 
     private = dkim.crypto.parse_pem_private_key(key_file.read_bytes())
     for algorithm in (hashlib.sha256, hashlib.sha1):
         digest = algorithm(b"a header block to sign")
-        ours = dkim_sign.openssl_rsa_sign(digest, private)
-        assert ours == dkim_sign._PYTHON_RSA_SIGN(digest, private)
-    assert dkim.RSASSA_PKCS1_v1_5_sign is dkim_sign.openssl_rsa_sign
+        ours = dkim_signing.openssl_rsa_sign(digest, private)
+        assert ours == dkim_signing._PYTHON_RSA_SIGN(digest, private)
+    assert dkim.RSASSA_PKCS1_v1_5_sign is dkim_signing.openssl_rsa_sign

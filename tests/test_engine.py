@@ -15,23 +15,12 @@ from sqlalchemy import select
 
 from newsletter import clock
 from newsletter.db import db
+from newsletter.delivery import claims, sending
+from newsletter.delivery.flow import FlowControl, MemoryStore, RedisStore
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence, Subscriber
-from newsletter.services import drip, sending
-from newsletter.services.flow import FlowControl, MemoryStore, RedisStore
-from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
 from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
-
-
-@pytest.fixture
-def frozen(app: Flask) -> Any:
-    """Move the shared clock to a chosen instant for the test's duration."""
-
-    def _at(when: datetime) -> None:
-        clock.clock.offset = when - datetime.now(UTC)
-
-    yield _at
-    clock.clock.offset = timedelta(0)
 
 
 def scheduled_step(app: Flask, email: str, tz: str, day_offset: int = 1) -> int:
@@ -55,10 +44,10 @@ def scheduled_step(app: Flask, email: str, tz: str, day_offset: int = 1) -> int:
 
 
 def test_step_outside_window_waits_for_its_opening(
-    app: Flask, smtp_sink: SmtpSink, frozen: Any
+    app: Flask, smtp_sink: SmtpSink, at_time: Any
 ) -> None:
     # 23:00 in Berlin (21:00 UTC, June): the 09:00-21:00 window is closed.
-    frozen(datetime(2026, 6, 10, 21, 0, tzinfo=UTC))
+    at_time(datetime(2026, 6, 10, 21, 0, tzinfo=UTC))
     delivery_id = scheduled_step(app, "night@example.org", "Europe/Berlin")
     assert deliver(app, delivery_id) is sending.Outcome.RESCHEDULED
     row = delivery(delivery_id)
@@ -67,14 +56,14 @@ def test_step_outside_window_waits_for_its_opening(
     assert smtp_sink.messages == []
 
 
-def test_part_one_ignores_the_window(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
-    frozen(datetime(2026, 6, 10, 1, 0, tzinfo=UTC))  # 03:00 in Berlin
+def test_part_one_ignores_the_window(app: Flask, smtp_sink: SmtpSink, at_time: Any) -> None:
+    at_time(datetime(2026, 6, 10, 1, 0, tzinfo=UTC))  # 03:00 in Berlin
     delivery_id = scheduled_step(app, "early@example.org", "Europe/Berlin", day_offset=0)
     assert deliver(app, delivery_id) is sending.Outcome.SENT
 
 
-def test_catch_up_within_grace_sends_now(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
-    frozen(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))  # 12:00 Berlin, inside the window
+def test_catch_up_within_grace_sends_now(app: Flask, smtp_sink: SmtpSink, at_time: Any) -> None:
+    at_time(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))  # 12:00 Berlin, inside the window
     delivery_id = scheduled_step(app, "late@example.org", "Europe/Berlin")
     with db.transaction() as session:
         session.get(Delivery, delivery_id).due_at = clock.now() - timedelta(hours=3)  # type: ignore[union-attr]
@@ -82,9 +71,9 @@ def test_catch_up_within_grace_sends_now(app: Flask, smtp_sink: SmtpSink, frozen
 
 
 def test_catch_up_beyond_grace_moves_to_next_window(
-    app: Flask, smtp_sink: SmtpSink, frozen: Any
+    app: Flask, smtp_sink: SmtpSink, at_time: Any
 ) -> None:
-    frozen(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))
+    at_time(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))
     delivery_id = scheduled_step(app, "later@example.org", "Europe/Berlin")
     with db.transaction() as session:
         # Due three days ago: the clock jumped, or the service was down.
@@ -94,10 +83,10 @@ def test_catch_up_beyond_grace_moves_to_next_window(
     assert smtp_sink.messages == []
 
 
-def test_weekday_window_skips_the_weekend(app: Flask, smtp_sink: SmtpSink, frozen: Any) -> None:
+def test_weekday_window_skips_the_weekend(app: Flask, smtp_sink: SmtpSink, at_time: Any) -> None:
     with db.transaction() as session:
         session.scalars(select(Sequence)).one().send_days = "12345"
-    frozen(datetime(2026, 6, 13, 10, 0, tzinfo=UTC))  # Saturday noon in Berlin
+    at_time(datetime(2026, 6, 13, 10, 0, tzinfo=UTC))  # Saturday noon in Berlin
     delivery_id = scheduled_step(app, "weekday@example.org", "Europe/Berlin")
     assert deliver(app, delivery_id) is sending.Outcome.RESCHEDULED
     assert delivery(delivery_id).due_at == datetime(2026, 6, 15, 7, 0, tzinfo=UTC)  # Monday 09:00
@@ -154,7 +143,7 @@ def test_reaper_counts_claims_that_had_begun_sending(app: Flask) -> None:
         assert row is not None
         row.attempted_at = clock.now()  # the worker got as far as the SMTP conversation
     with db.transaction() as session:
-        assert drip.reap_stale(session, clock.now() + timedelta(hours=1), 600) == len(ids)
+        assert claims.reap_stale(session, clock.now() + timedelta(hours=1), 600) == len(ids)
     with db.session() as session:
         uncertain = session.scalars(
             select(Event.delivery_id).where(Event.kind == "uncertain")
@@ -296,11 +285,11 @@ def test_task_of_a_reaped_claim_cannot_send_the_reclaimed_rows(
     active_subscriber("twice@example.org")
     first_claim = clock.now()
     with db.transaction() as session:
-        ids = drip.claim_due(session, first_claim, 100)
+        ids = claims.claim_due(session, first_claim, 100)
     later = first_claim + timedelta(minutes=11)
     with db.transaction() as session:
-        assert drip.reap_stale(session, later, 600) == len(ids)
-        assert sorted(drip.claim_due(session, later, 100)) == sorted(ids)
+        assert claims.reap_stale(session, later, 600) == len(ids)
+        assert sorted(claims.claim_due(session, later, 100)) == sorted(ids)
     rt = runtime_of(app)
     transport = SmtpTransport(rt.settings)
     stale = sending.deliver_batch(
@@ -321,7 +310,7 @@ def test_nothing_is_sent_on_an_expired_claim(app: Flask, smtp_sink: SmtpSink) ->
         active_subscriber(f"late{n}@example.org")
     claim = clock.now()
     with db.transaction() as session:
-        claimed = drip.claim_due(session, claim, 100)
+        claimed = claims.claim_due(session, claim, 100)
     steps = [i for i in claimed if delivery(i).kind is DeliveryKind.STEP]
     rt = runtime_of(app)
     outcomes = sending.deliver_batch(

@@ -22,7 +22,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
+from newsletter.delivery import breaker, claims, dispatch, sending
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import (
     Delivery,
     Enrollment,
@@ -32,9 +36,6 @@ from newsletter.models import (
     Suppression,
 )
 from newsletter.runtime import Runtime
-from newsletter.services import breaker, dispatch, drip, sending, subscriptions
-from newsletter.services.mailer import SmtpTransport
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import (
     PG_ADMIN_URL,
     WorkerProcess,
@@ -537,7 +538,7 @@ def test_reaped_claim_is_not_sent_twice(
             sub = session.scalars(select(Subscriber).where(Subscriber.email == email)).one()
             subscriptions.confirm(session, sub.id, sub.email, now, 86400)
         with db.transaction() as session:
-            return drip.claim_due(session, now, 50)
+            return claims.claim_due(session, now, 50)
 
     def claim_of(batch: list[int]) -> datetime:
         with db.session() as session:

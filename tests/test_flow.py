@@ -15,6 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -26,7 +27,6 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import SmtpSink, WorkerProcess, base_env, make_app
 from tests.mailparse import html_of, link, part_number, text_of, unsubscribe_path
 from tests.webclient import confirm

@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import DeliveryKind, Subscriber
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import base_env, make_app
 from tests.fault_smtp import FaultSmtp
 from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of

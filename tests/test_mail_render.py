@@ -28,10 +28,10 @@ from playwright.sync_api import Browser, Page
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Sequence, Step, Subscriber
-from newsletter.services.mailer import SmtpTransport
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import ROOT, base_env, make_app, running_sink
 from tests.mailparse import html_of
 from tests.sending_helpers import runtime_of

@@ -8,7 +8,7 @@ from email.parser import BytesParser
 
 import pytest
 
-from newsletter.services.mime import (
+from newsletter.mail.mime import (
     HeaderError,
     assemble,
     encode_address,

@@ -9,7 +9,9 @@ The same holds for a part whose own text uses the name in a heading and a list i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
@@ -20,11 +22,11 @@ from markupsafe import escape
 from sqlalchemy import select, update
 
 from newsletter import clock
+from newsletter.content.sequences import import_article
 from newsletter.db import db
+from newsletter.mail.compose import body_html, sample_bodies
+from newsletter.mail.sandbox import TOKEN_START, AdminTemplateError, AdminTemplates
 from newsletter.models import Delivery, DeliveryState, Sequence, Subscriber
-from newsletter.services.admin_templates import TOKEN_START, AdminTemplateError, AdminTemplates
-from newsletter.services.compose import body_html, sample_bodies
-from newsletter.services.sequences import import_article
 from tests.conftest import SmtpSink
 from tests.mailparse import PART, html_of, text_of
 from tests.test_sending import active_subscriber, claim_all, deliver, runtime_of
@@ -123,8 +125,10 @@ def assert_only_the_name_differs(html: str, plain_html: str, name: str, masked: 
 
 
 def test_hostile_names_are_text_in_every_part_and_on_the_reader_page(
-    app: Flask, smtp_sink: SmtpSink
+    app: Flask, smtp_sink: SmtpSink, at_time: Callable[[datetime], None]
 ) -> None:
+    # Inside the send window (09:00-21:00 in the readers' zone), so every part goes when due.
+    at_time(datetime(2026, 11, 30, 10, 0, tzinfo=UTC))
     ids = send_every_part(app, [PLAIN, *HOSTILE])
     with db.session() as session:
         sequence = session.scalars(select(Sequence).where(Sequence.is_default)).one()

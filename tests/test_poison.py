@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 
 from newsletter import clock
 from newsletter.db import db
+from newsletter.delivery import claims, dispatch
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence
-from newsletter.services import dispatch, drip
-from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
 from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
 
@@ -151,7 +151,7 @@ def test_a_mail_that_kills_its_worker_fails_alone_after_max_reaps(
         assert run_batch_in_a_dying_worker(app, [poison_id], now) == 17
         if by_reaper:
             with db.transaction() as session:
-                drip.reap_stale(session, now + timedelta(seconds=601), 600)
+                claims.reap_stale(session, now + timedelta(seconds=601), 600)
         else:
             send(app, [poison_id], now)
         assert delivery(poison_id).reaps == round_

@@ -12,7 +12,11 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
+from newsletter.delivery import dispatch, sending
+from newsletter.delivery.breaker import BounceBreaker
+from newsletter.delivery.flow import FlowControl
 from newsletter.models import (
     BreakerTrip,
     Delivery,
@@ -25,9 +29,6 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from newsletter.services import dispatch, sending, subscriptions
-from newsletter.services.breaker import BounceBreaker
-from newsletter.services.flow import FlowControl
 from tests.conftest import SmtpSink
 from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
 

@@ -6,10 +6,10 @@ from flask import Flask
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
+from newsletter.content.results import sequence_results
 from newsletter.db import db
 from newsletter.models import DeliveryKind, EnrollmentStatus, Sequence
-from newsletter.services import subscriptions
-from newsletter.services.results import sequence_results
 from tests.conftest import SmtpSink
 from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery
 

@@ -18,8 +18,7 @@ from jinja2.exceptions import SecurityError
 from sqlalchemy import func, select
 
 from newsletter.db import db
-from newsletter.models import Sequence, Step
-from newsletter.services.admin_templates import (
+from newsletter.mail.sandbox import (
     CASE_GROWTH,
     FILTERS,
     MAX_OUTPUT_CHARS,
@@ -29,6 +28,7 @@ from newsletter.services.admin_templates import (
     AdminTemplateError,
     AdminTemplates,
 )
+from newsletter.models import Sequence, Step
 from tests.conftest import base_env, make_app
 
 # (text, what the refusal must say)

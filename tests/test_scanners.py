@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from newsletter import clock
 from newsletter.db import db
+from newsletter.delivery import sending
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -32,7 +30,6 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from newsletter.services import sending
 from tests.conftest import SmtpSink
 from tests.mailparse import html_of, link, part_number, text_of
 from tests.test_sending import claim_all, deliver, delivery, runtime_of
@@ -66,17 +63,6 @@ def https_unsubscribe(msg: EmailMessage) -> str:
     match = re.search(r"<(https://[^>]+)>", str(msg["List-Unsubscribe"]))
     assert match, msg["List-Unsubscribe"]
     return match.group(1)
-
-
-@pytest.fixture
-def at_time() -> Iterator[Any]:
-    """Move the shared clock to a chosen instant for the test's duration."""
-
-    def _at(when: datetime) -> None:
-        clock.clock.offset = when - datetime.now(UTC)
-
-    yield _at
-    clock.clock.offset = timedelta(0)
 
 
 def scan(app: Flask, urls: set[str]) -> int:

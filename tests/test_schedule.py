@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from newsletter.services.schedule import SendWindow, step_due_at, valid_time_zone
+from newsletter.schedule import SendWindow, step_due_at, valid_time_zone
 
 UTC = UTC
 

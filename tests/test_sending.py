@@ -12,7 +12,11 @@ from flask import Flask
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
+from newsletter.delivery import sending
+from newsletter.mail.compose import HeaderError, checked_header
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -24,9 +28,6 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from newsletter.services import sending, subscriptions
-from newsletter.services.compose import HeaderError, checked_header
-from newsletter.services.mailer import SmtpTransport
 from tests.conftest import SmtpSink
 from tests.mailparse import html_of, part_number, text_of
 from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of

@@ -15,12 +15,12 @@ from flask import Flask
 from sqlalchemy import select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
+from newsletter.mail.compose import Composer, markdown_to_text
+from newsletter.mail.mime import Outgoing
+from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Sequence, Subscriber
-from newsletter.services import subscriptions
-from newsletter.services.compose import Composer, markdown_to_text
-from newsletter.services.mailer import SmtpTransport
-from newsletter.services.mime import Outgoing
 from tests.conftest import SmtpSink
 from tests.sending_helpers import runtime_of
 

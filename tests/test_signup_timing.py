@@ -16,11 +16,11 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.config import ConfigError, load_settings
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Subscriber, SubscriberStatus, Suppression
-from newsletter.services import subscriptions
-from newsletter.services.sequences import ensure_seed
 from newsletter.web.timing import answer_floor
 from tests.conftest import SmtpSink, base_env, make_app
 from tests.webclient import csrf

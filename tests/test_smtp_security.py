@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from newsletter.config import load_settings
-from newsletter.services.mailer import SendError, SmtpTransport
+from newsletter.mail.transport import SendError, SmtpTransport
 from tests.conftest import SinkHandler, base_env, free_port
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from newsletter import clock
+from newsletter.audience import subscriptions
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -25,7 +26,6 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from newsletter.runtime import Runtime
-from newsletter.services import subscriptions
 from tests.conftest import SmtpSink, base_env, make_app
 from tests.webclient import confirm, csrf, post_signup
 
@@ -279,7 +279,7 @@ def test_unsubscribed_person_can_come_back_through_double_opt_in(app: Flask) -> 
 def test_consent_ip_comes_from_trusted_proxy_header(
     tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink
 ) -> None:
-    from newsletter.services.sequences import ensure_seed
+    from newsletter.content.sequences import ensure_seed
 
     proxied = make_app(base_env(tmp_path, sqlite_url, smtp_sink, TRUSTED_PROXIES="1"))
     with db.transaction() as session:

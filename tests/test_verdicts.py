@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.services.mailer import SendError, Stage, _refusal
-from newsletter.services.verdicts import Verdict, judge
+from newsletter.delivery.verdicts import Verdict, judge
+from newsletter.mail.transport import SendError, Stage, _refusal
 
 RELAY, MAILBOX, MESSAGE, TRANSIENT = (
     Verdict.RELAY,

@@ -20,9 +20,9 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from newsletter import clock
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
-from newsletter.services.sequences import ensure_seed
 from tests.conftest import SmtpSink, base_env, make_app
 from tests.test_reader import send_part_one
 from tests.test_sending import runtime_of

@@ -6,14 +6,14 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from newsletter import clock
+from newsletter.audience import subscriptions
+from newsletter.content.sequences import sequence_for
 from newsletter.db import db
 from newsletter.extensions import csrf, limiter
 from newsletter.models import Sequence, Subscriber
 from newsletter.runtime import runtime
-from newsletter.services import subscriptions
-from newsletter.services.sequences import sequence_for
-from newsletter.services.tokens import TokenError
 from newsletter.tasks import kick
+from newsletter.tokens import TokenError
 from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm, signup_link_args
 from newsletter.web.timing import answer_floor
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, abort, render_template
 
+from newsletter.audience import reading
 from newsletter.db import db
 from newsletter.models import Subscriber
 from newsletter.runtime import runtime
-from newsletter.services import reading
-from newsletter.services.tokens import TokenError
+from newsletter.tokens import TokenError
 
 bp = Blueprint("reader", __name__)
 

@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.content.article import ArticleError, load_sidecar, split_article
+from newsletter.content.rules import body_problems, html_problems
+from newsletter.mail.compose import EMAILS_DIR, sample_bodies
+from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
 from newsletter.models import Delivery, Sequence, Step
-from newsletter.services.admin_templates import AdminTemplateError, AdminTemplates
-from newsletter.services.article import ArticleError, load_sidecar, split_article
-from newsletter.services.compose import EMAILS_DIR, sample_bodies
-from newsletter.services.content_rules import body_problems, html_problems
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from newsletter.config import Settings
-from newsletter.services.schedule import REAL_DAY
+from newsletter.schedule import REAL_DAY
 
 
 class Outcome(enum.Enum):

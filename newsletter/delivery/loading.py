@@ -19,6 +19,9 @@ from typing import Any
 from sqlalchemy import Connection, Row, bindparam, select, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
+from newsletter.delivery import breaker, claims, planning
+from newsletter.delivery.policy import Outcome, Policy
+from newsletter.mail.compose import Composer
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -32,10 +35,7 @@ from newsletter.models import (
     Suppression,
     table_of,
 )
-from newsletter.services import breaker, drip
-from newsletter.services.compose import Composer
-from newsletter.services.policy import Outcome, Policy
-from newsletter.services.schedule import REAL_DAY
+from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Job:
     message_id: str
     step: Step | None = None
     sequence: Sequence | None = None
-    follow: drip.FollowUp | None = None
+    follow: planning.FollowUp | None = None
 
     @property
     def id(self) -> int:
@@ -192,7 +192,7 @@ def _job(
     if later is not None:
         return later
     job.step, job.sequence = step, step.sequence
-    job.follow = drip.follow_up(
+    job.follow = planning.follow_up(
         enrollment_id=row.enrollment_id,
         subscriber_id=row.subscriber_id,
         started_at=row.started_at or row.created_at,
@@ -230,14 +230,14 @@ def prepare(
         # Rows claimed again since (after the reaper returned them) belong to another task.
         settled[Outcome.NOT_CLAIMED] = len(ids) - len(mine)
         if mine and breaker.active_trip(session) is not None:
-            drip.release_claims(session, [r.id for r in mine])
+            claims.release_claims(session, [r.id for r in mine])
             settled[Outcome.HELD] = len(mine)
             mine = []
         begun = [r.id for r in mine if _begun(r)]
         if begun:
             # This task ran before and stopped while sending these (its worker died): they go
             # back like a reaped claim, to be sent alone, instead of stopping this run too.
-            drip.give_back(
+            claims.give_back(
                 session,
                 Delivery.id.in_(begun),
                 now,

@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from newsletter.delivery.policy import Outcome
 from newsletter.models import BreakerTrip
-from newsletter.services.policy import Outcome
 
 # What counts as a refused send; SENT is the other kind of entry, the rest are not sends.
 REFUSALS = frozenset({Outcome.BOUNCED, Outcome.REFUSED, Outcome.PAUSED})

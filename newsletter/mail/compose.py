@@ -21,18 +21,9 @@ from markdown_it.token import Token
 from markupsafe import Markup, escape
 
 from newsletter.config import Settings
-from newsletter.models import Sequence, Step
-from newsletter.services.addresses import wire_address
-from newsletter.services.admin_templates import (
-    TOKEN_START,
-    VALUE_TOKEN,
-    AdminTemplateError,
-    AdminTemplates,
-    fill_values,
-    token_value,
-)
-from newsletter.services.dkim_sign import DkimSigner
-from newsletter.services.mime import (
+from newsletter.mail.addresses import wire_address
+from newsletter.mail.dkim_signing import DkimSigner
+from newsletter.mail.mime import (
     HeaderError,
     Outgoing,
     assemble,
@@ -41,7 +32,16 @@ from newsletter.services.mime import (
     encode_value,
     new_boundary,
 )
-from newsletter.services.tokens import Tokens
+from newsletter.mail.sandbox import (
+    TOKEN_START,
+    VALUE_TOKEN,
+    AdminTemplateError,
+    AdminTemplates,
+    fill_values,
+    token_value,
+)
+from newsletter.models import Sequence, Step
+from newsletter.tokens import Tokens
 
 __all__ = ["Composer", "HeaderError", "Outgoing", "Recipient", "Rendered", "checked_header"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import re
 
-from newsletter.services.mailer import SendError, Stage
+from newsletter.mail.transport import SendError, Stage
 
 
 class Verdict(enum.Enum):

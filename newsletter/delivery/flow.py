@@ -22,7 +22,7 @@ from typing import Protocol, cast
 
 import redis
 
-from newsletter.services.policy import Outcome
+from newsletter.delivery.policy import Outcome
 
 log = logging.getLogger(__name__)
 

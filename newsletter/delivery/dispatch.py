@@ -8,8 +8,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from newsletter.services import breaker, drip
-from newsletter.services.schedule import REAL_DAY
+from newsletter.delivery import breaker, claims
+from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,12 @@ def dispatch(
     bounce breaker holds sending.
     """
     with sessions() as session, session.begin():
-        drip.reap_stale(session, now, claim_timeout_seconds, day_seconds)
+        claims.reap_stale(session, now, claim_timeout_seconds, day_seconds)
         trip = breaker.active_trip(session)
         if trip is not None:
             log.warning("dispatch: sending holds (bounce breaker): %s", trip.reason)
             return 0
-        room = max_in_flight - drip.count_claimed(session) if max_in_flight else None
+        room = max_in_flight - claims.count_claimed(session) if max_in_flight else None
     handed = 0
     for _ in range(MAX_CLAIMS_PER_TICK):
         size = claim_size if room is None else min(claim_size, room)
@@ -53,7 +53,7 @@ def dispatch(
             )
             break
         with sessions() as session, session.begin():
-            claimed = drip.claim(session, now, size)
+            claimed = claims.claim(session, now, size)
         if room is not None:
             room -= len(claimed)
         batches = _batches(claimed, send_batch_size)
@@ -66,7 +66,7 @@ def dispatch(
                 unqueued = [i for rest in batches[index:] for i in rest]
                 log.exception("could not queue a batch; releasing %d claims", len(unqueued))
                 with sessions() as session, session.begin():
-                    drip.release_claims(session, unqueued)
+                    claims.release_claims(session, unqueued)
                 return handed
             handed += len(batch)
         if len(claimed) < size:

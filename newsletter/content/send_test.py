@@ -15,10 +15,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from newsletter.services.compose import Composer, Reader
-from newsletter.services.mime import Outgoing
-from newsletter.services.sequences import sequence_for
-from newsletter.services.subscriptions import SignupError, clean_name, normalise_email
+from newsletter.audience.subscriptions import SignupError, clean_name, normalise_email
+from newsletter.content.sequences import sequence_for
+from newsletter.mail.compose import Composer, Reader
+from newsletter.mail.mime import Outgoing
 
 SUBJECT_PREFIX = "[Test] "
 # Subscriber ids start at 1, so tokens for 0 open nobody's archive or subscription.

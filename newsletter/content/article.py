@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from newsletter.services.article_parse import (
+from newsletter.content.article_parse import (
     Block,
     balanced_partition,
     block_words,
@@ -28,7 +28,7 @@ from newsletter.services.article_parse import (
     strip_boilerplate,
     trim,
 )
-from newsletter.services.content_rules import is_safe_url
+from newsletter.content.rules import is_safe_url
 
 WORDS_PER_MINUTE = 230
 SUBJECT_MAX = 78

@@ -16,7 +16,7 @@ import unicodedata
 import idna
 from email_validator import EmailNotValidError, validate_email
 
-from newsletter.services.mime import HeaderError
+from newsletter.mail.mime import HeaderError
 
 # UTS #39 "highly restrictive": a label may mix scripts only in these combinations, the ones
 # real writing systems use (Japanese, Chinese with Bopomofo, Korean, each with Latin).

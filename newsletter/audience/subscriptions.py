@@ -19,6 +19,9 @@ from email.parser import BytesParser
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.content.sequences import sequence_for
+from newsletter.delivery import planning
+from newsletter.mail import addresses
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -30,10 +33,8 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from newsletter.services import addresses, drip
-from newsletter.services.schedule import valid_time_zone
-from newsletter.services.sequences import sequence_for
-from newsletter.services.tokens import TokenError, Tokens
+from newsletter.schedule import valid_time_zone
+from newsletter.tokens import TokenError, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
         session.add(
             Enrollment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now)
         )
-    drip.queue(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
+    planning.queue(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
     session.add(
         Event(
             subscriber_id=subscriber.id,
@@ -224,7 +225,7 @@ def confirm(
         )
     )
     for enrollment in pending:
-        drip.start_enrollment(session, enrollment, now, day_seconds)
+        planning.start_enrollment(session, enrollment, now, day_seconds)
     return subscriber
 
 
@@ -241,8 +242,8 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         return True
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
-    drip.stop_enrollments(session, subscriber_id, now, "unsubscribed")
-    drip.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
+    planning.stop_enrollments(session, subscriber_id, now, "unsubscribed")
+    planning.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
     session.add(
         Event(
             subscriber_id=subscriber_id, kind="unsubscribe", data={"source": source}, created_at=now

@@ -1,4 +1,4 @@
-"""Parsing helpers for :mod:`newsletter.services.article`.
+"""Parsing helpers for :mod:`newsletter.content.article`.
 
 Pure functions, no I/O: they turn an article (plain text or a small Markdown
 subset) into blocks, detect headings and trailing blog boilerplate, and hold

@@ -13,6 +13,12 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
+from newsletter.audience import suppressions
+from newsletter.delivery import breaker, planning
+from newsletter.delivery.loading import Job
+from newsletter.delivery.policy import Outcome, Policy
+from newsletter.delivery.verdicts import Verdict, judge
+from newsletter.mail.transport import SendError
 from newsletter.models import (
     Delivery,
     DeliveryState,
@@ -21,11 +27,6 @@ from newsletter.models import (
     Suppression,
     table_of,
 )
-from newsletter.services import breaker, drip, suppressions
-from newsletter.services.batch_load import Job
-from newsletter.services.mailer import SendError
-from newsletter.services.policy import Outcome, Policy
-from newsletter.services.verdicts import Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def record_sent(conn: Connection, accepted: list[Accepted], policy: Policy) -> N
     )
     follows = [(a.job.follow, a.at) for a in accepted if a.job.follow is not None]
     if follows:
-        drip.schedule_next(conn, follows, accepted[-1].at, policy.day_seconds)
+        planning.schedule_next(conn, follows, accepted[-1].at, policy.day_seconds)
 
 
 def mark(conn: Connection, delivery_id: int, now: datetime, claim: datetime | None) -> bool:
@@ -126,7 +127,7 @@ def record_unbuildable(
             return
         delivery.state = DeliveryState.FAILED
         delivery.last_error = reason
-        drip.move_on(session, delivery, now, policy.day_seconds)
+        planning.move_on(session, delivery, now, policy.day_seconds)
         session.flush()
 
 
@@ -173,8 +174,8 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
             Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
         )
     subscriber.status = SubscriberStatus.BOUNCED
-    drip.stop_enrollments(session, subscriber.id, now, suppressions.BOUNCED)
-    drip.skip_pending(
+    planning.stop_enrollments(session, subscriber.id, now, suppressions.BOUNCED)
+    planning.skip_pending(
         session, subscriber.id, reason=suppressions.SKIPPED_BY_BOUNCE, except_id=delivery.id
     )
     _note(session, delivery, "bounce", {"detail": detail[:500]}, now)
@@ -233,13 +234,13 @@ def record_failure(
         elif verdict is Verdict.MESSAGE:
             delivery.state = DeliveryState.FAILED
             _note(session, delivery, "refused", {"detail": str(error)[:500]}, now)
-            drip.move_on(session, delivery, now, policy.day_seconds)
+            planning.move_on(session, delivery, now, policy.day_seconds)
             log.warning("delivery %d refused, failing alone: %s", delivery.id, error)
             outcome = Outcome.REFUSED
         else:
             outcome = _retry_or_give_up(delivery, error, now, policy)
             if outcome is Outcome.FAILED:
-                drip.move_on(session, delivery, now, policy.day_seconds)
+                planning.move_on(session, delivery, now, policy.day_seconds)
         session.flush()
     return outcome
 

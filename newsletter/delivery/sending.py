@@ -35,14 +35,14 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from newsletter.delivery import recording
+from newsletter.delivery.breaker import BounceBreaker
+from newsletter.delivery.loading import Job, prepare
+from newsletter.delivery.policy import Outcome, Policy
+from newsletter.delivery.recording import Accepted
+from newsletter.mail.compose import Composer, Outgoing
+from newsletter.mail.transport import SendError, SmtpTransport
 from newsletter.models import DeliveryKind
-from newsletter.services import recording
-from newsletter.services.batch_load import Job, prepare
-from newsletter.services.breaker import BounceBreaker
-from newsletter.services.compose import Composer, Outgoing
-from newsletter.services.mailer import SendError, SmtpTransport
-from newsletter.services.policy import Outcome, Policy
-from newsletter.services.recording import Accepted
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
