@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.alarm(0)
 
-    print(f"Claim cost on PostgreSQL {server if results else ''}: drip.claim_due(session, now, "
+    print(f"Claim cost on PostgreSQL {server if results else ''}: claims.claim_due(session, now, "
           f"{args.limit}) in a rolled-back transaction; {machine()}")  # fmt: skip
     print(f"{args.repeat} timed repetitions after {args.warmup} warm-up; {load} at start; "
           f"product code: {revision}")  # fmt: skip

@@ -39,7 +39,7 @@ from bench._common import machine, source_revision, table  # noqa: E402
 from newsletter import clock  # noqa: E402
 from newsletter.config import load_settings  # noqa: E402
 from newsletter.content.sequences import ensure_seed  # noqa: E402
-from newsletter.mail.compose import Composer, Reader  # noqa: E402
+from newsletter.mail.compose import Addressee, Composer  # noqa: E402
 from newsletter.migrate import upgrade  # noqa: E402
 from newsletter.models import Sequence, Step  # noqa: E402
 from newsletter.tokens import Tokens  # noqa: E402
@@ -98,7 +98,7 @@ def main() -> None:
             steps = list(sequence.steps)
             total = len(steps)
             readers = [
-                Reader(i + 1, f"reader{i}@example.org", f"Reader{i}" if i % 3 else None)
+                Addressee(i + 1, f"reader{i}@example.org", f"Reader{i}" if i % 3 else None)
                 for i in range(args.mails)
             ]
             now = clock.now()

@@ -81,10 +81,10 @@ def dispatch_command() -> None:
 def status_command() -> None:
     """Show deliveries by state, the due backlog, uncertain sends and recent failures."""
     from newsletter import clock
-    from newsletter.delivery.status import engine_report
+    from newsletter.delivery.status import engine_status
 
     with db.session() as session:
-        report = engine_report(session, clock.now())
+        report = engine_status(session, clock.now())
     for state, count in sorted(report.by_state.items(), key=lambda item: item[0].value):
         click.echo(f"{state.value:>10}: {count}")
     oldest = report.oldest_due.isoformat() if report.oldest_due else "-"
@@ -222,7 +222,7 @@ def results_command(slug: str | None) -> None:
         )
         for part in result.parts:
             click.echo(
-                f"  {part.position:>4} {part.sent:>7} {part.waiting:>7} {part.failed:>7} "
+                f"  {part.position:>4} {part.sent:>7} {part.to_go:>7} {part.failed:>7} "
                 f"{part.skipped:>8} {part.left_after:>10}  {part.subject}"
             )
 
@@ -300,13 +300,13 @@ def send_test_command(
 ) -> None:
     """Send the parts of a sequence to ADDRESS now, as subscribers get them, marked [Test]."""
     from newsletter import clock
-    from newsletter.content.send_test import ProofError, build_proofs
+    from newsletter.content.send_test import TestSendError, build_test_mails
     from newsletter.mail.transport import SendError, SmtpTransport
 
     rt = runtime()
     try:
         with db.session() as session:
-            proofs = build_proofs(
+            mails = build_test_mails(
                 session,
                 rt.composer,
                 address,
@@ -316,18 +316,18 @@ def send_test_command(
                 first_name=first_name,
                 confirmation=confirmation,
             )
-    except ProofError as exc:
+    except TestSendError as exc:
         raise click.ClickException(str(exc)) from None
     transport = SmtpTransport(rt.settings)
     try:
-        for proof in proofs:
-            mail = proof.mail
-            label = f"part {proof.part}" if proof.part else "confirmation"
+        for test_mail in mails:
+            mail = test_mail.mail
+            label = f"part {test_mail.part}" if test_mail.part else "confirmation"
             try:
                 transport.send_data(mail.sender, mail.recipients, mail.data)
             except SendError as exc:
                 raise click.ClickException(f"{label} not sent: {exc}") from None
-            click.echo(f"sent {label}: {proof.subject}")
+            click.echo(f"sent {label}: {test_mail.subject}")
     finally:
         transport.close()
 

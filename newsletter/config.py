@@ -83,11 +83,6 @@ class Settings:
         return self.broker_url == EMBEDDED
 
     @property
-    def real_days(self) -> bool:
-        """Send hours only make sense when a drip day is a calendar day."""
-        return self.drip_day_seconds == 86400
-
-    @property
     def unsubscribe_wait_seconds(self) -> float:
         """How long an unsubscribe waits for a mail already in its SMTP conversation.
 
@@ -97,7 +92,7 @@ class Settings:
         return min(2 * self.smtp_timeout, UNSUBSCRIBE_WAIT_CAP_SECONDS)
 
     @property
-    def claim_ceiling(self) -> int:
+    def max_in_flight(self) -> int:
         """At most this many deliveries are claimed and not yet sent, across all workers.
 
         Claims are cheap, but a claim older than CLAIM_TIMEOUT_SECONDS is reaped and offered

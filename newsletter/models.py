@@ -13,6 +13,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     DateTime,
     Enum,
     ForeignKey,
@@ -24,8 +25,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from newsletter.schedule import SendWindow
@@ -108,7 +111,32 @@ class EnrollmentStatus(enum.StrEnum):
 
 
 class DeliveryState(enum.StrEnum):
-    """scheduled → claimed → sent | retry | failed | skipped (retry goes back to claimed)."""
+    """Where one mail is; every legal move, and the module that makes it:
+
+    ```
+    scheduled ─claim──────────► claimed          dispatch: due, oldest first (claims.claim)
+    retry ─────claim──────────► claimed          the same, when a retry is due
+    claimed ───accepted───────► sent             the server said 250 (recording.record)
+    claimed ───transient──────► retry            4xx, no connection, no reply; a relay
+                                                 refusing us (due at once; sending pauses)
+    claimed ───refused/bounce─► failed           a mailbox or message refusal, given up,
+                                                 unbuildable, or a worker stopped on it
+                                                 MAX_REAPS times (recording, claims)
+    claimed ───last look fails► skipped          the subscriber left or is suppressed
+                                                 (loading, recording.mark)
+    claimed ───release────────► scheduled        unsent, back as if never tried: a pause, a
+                                                 hold, an expiring claim, a broker away
+    claimed ───reaped─────────► retry            its claim expired (claims.give_back)
+    claimed ───catch-up───────► scheduled        too late or outside the send window: due at
+                                                 the next opening (loading)
+    scheduled, retry, claimed ─unsubscribe/bounce─► skipped      (planning.skip_open)
+    failed ────suppression lifted─► scheduled    the part that bounced (audience.suppressions)
+    ```
+
+    A row is *waiting* while it can be claimed, *open* until it is settled, *final* after.
+    Its sending *has begun* when a worker marked its attempt within the current claim
+    (`Delivery.sending_begun`): from then on the mail may be on the wire.
+    """
 
     SCHEDULED = "scheduled"
     CLAIMED = "claimed"
@@ -116,6 +144,19 @@ class DeliveryState(enum.StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+# The state sets the engine, its status report and the results speak of.
+WAITING_STATES = frozenset({DeliveryState.SCHEDULED, DeliveryState.RETRY})
+OPEN_STATES = WAITING_STATES | {DeliveryState.CLAIMED}
+FINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SKIPPED})
+
+
+class StopReason(enum.StrEnum):
+    """Why an enrollment stopped (`Enrollment.stop_reason`)."""
+
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"
 
 
 class DeliveryKind(enum.StrEnum):
@@ -264,6 +305,21 @@ class Delivery(Base):
     subscriber: Mapped[Subscriber] = relationship()
     enrollment: Mapped[Enrollment | None] = relationship()
     step: Mapped[Step | None] = relationship()
+
+    @hybrid_property
+    def sending_begun(self) -> bool:
+        """A worker began this mail's attempt within its current claim: it may be on the wire."""
+        return begun(self.attempted_at, self.claimed_at)
+
+    @sending_begun.inplace.expression
+    @classmethod
+    def _sending_begun_expression(cls) -> ColumnElement[bool]:
+        return and_(cls.attempted_at.is_not(None), cls.attempted_at >= cls.claimed_at)
+
+
+def begun(attempted_at: datetime | None, claimed_at: datetime | None) -> bool:
+    """The rule behind `Delivery.sending_begun`, for rows read without the ORM."""
+    return attempted_at is not None and claimed_at is not None and attempted_at >= claimed_at
 
 
 class Event(Base):

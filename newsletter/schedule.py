@@ -13,6 +13,11 @@ REAL_DAY = 86400.0
 MIN_GAP_DAYS = 0.5
 
 
+def real_days(day_seconds: float) -> bool:
+    """Whether a drip day is a calendar day: only then do send hours and windows apply."""
+    return day_seconds == REAL_DAY
+
+
 @lru_cache(maxsize=1)
 def known_time_zones() -> frozenset[str]:
     """The IANA zone names this machine knows (from tzdata)."""
@@ -103,7 +108,7 @@ def step_due_at(
     """
     if day_offset <= 0:
         due = started_at
-    elif day_seconds == REAL_DAY:
+    elif real_days(day_seconds):
         local_day = started_at.astimezone(zone(time_zone)).date() + timedelta(days=day_offset)
         due = window.opening_on_or_after(local_day, time_zone)
     else:
@@ -112,6 +117,6 @@ def step_due_at(
         earliest = previous_sent_at + timedelta(seconds=MIN_GAP_DAYS * day_seconds)
         if earliest > due:
             due = earliest
-            if day_seconds == REAL_DAY and not window.contains(due, time_zone):
+            if real_days(day_seconds) and not window.contains(due, time_zone):
                 due = window.next_opening(due, time_zone)
     return due

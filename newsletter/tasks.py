@@ -25,10 +25,10 @@ def dispatch_due() -> int:
     return dispatch.dispatch(
         db.session,
         clock.now(),
-        claim_size=settings.dispatch_batch_size,
+        dispatch_batch_size=settings.dispatch_batch_size,
         send_batch_size=settings.send_batch_size,
         claim_timeout_seconds=settings.claim_timeout_seconds,
-        max_in_flight=settings.claim_ceiling,
+        max_in_flight=settings.max_in_flight,
         enqueue=lambda ids, claim: send_batch.delay(ids, claim.isoformat()),
         day_seconds=settings.drip_day_seconds,
     )

@@ -114,7 +114,7 @@ def test_dispatch_releases_claims_when_the_broker_is_away(app: Flask) -> None:
     handed = dispatch.dispatch(
         db.session,
         clock.now(),
-        claim_size=100,
+        dispatch_batch_size=100,
         send_batch_size=2,
         claim_timeout_seconds=600,
         enqueue=flaky_enqueue,
@@ -138,7 +138,7 @@ def test_dispatch_claims_no_more_than_the_in_flight_ceiling(app: Flask) -> None:
         return dispatch.dispatch(
             db.session,
             clock.now(),
-            claim_size=4,
+            dispatch_batch_size=4,
             send_batch_size=2,
             claim_timeout_seconds=600,
             enqueue=lambda batch, claim: queued.append(batch),
@@ -160,8 +160,8 @@ def test_dispatch_claims_no_more_than_the_in_flight_ceiling(app: Flask) -> None:
     assert claimed == 10
 
 
-def test_claim_ceiling_follows_the_rate_limit() -> None:
+def test_max_in_flight_follows_the_rate_limit() -> None:
     base = {"SECRET_KEY": "k" * 32, "CLAIM_TIMEOUT_SECONDS": "600"}
-    assert load_settings(base).claim_ceiling == 5000
-    assert load_settings({**base, "SEND_RATE_PER_SECOND": "2"}).claim_ceiling == 600
-    assert load_settings({**base, "SEND_RATE_PER_SECOND": "1000"}).claim_ceiling == 5000
+    assert load_settings(base).max_in_flight == 5000
+    assert load_settings({**base, "SEND_RATE_PER_SECOND": "2"}).max_in_flight == 600
+    assert load_settings({**base, "SEND_RATE_PER_SECOND": "1000"}).max_in_flight == 5000

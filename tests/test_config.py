@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import ConfigError, load_settings
+from newsletter.schedule import real_days
 
 
 def test_embedded_defaults(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ def test_embedded_defaults(tmp_path: Path) -> None:
         1025,
         "none",
     )
-    assert settings.drip_day_seconds == 86400 and settings.real_days
+    assert settings.drip_day_seconds == 86400 and real_days(settings.drip_day_seconds)
     # A generated secret key is kept, so links in mail already sent stay valid after restart.
     assert load_settings({"INSTANCE_DIR": str(tmp_path)}).secret_key == settings.secret_key
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
@@ -77,7 +78,7 @@ def test_production_values(tmp_path: Path) -> None:
     assert settings.redis_url == "redis://redis:6379/0"  # defaults to the broker's Redis
     assert settings.smtp_security == "starttls"
     assert settings.site_url == "https://news.example.org"
-    assert not settings.real_days
+    assert not real_days(settings.drip_day_seconds)
     assert not (tmp_path / "secret_key").exists()
 
 

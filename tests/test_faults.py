@@ -553,7 +553,7 @@ def test_reaped_claim_is_not_sent_twice(
         dispatch.dispatch(
             db.session,
             clock.now() + timedelta(seconds=timeout + 1),  # the first tick after the timeout
-            claim_size=50,
+            dispatch_batch_size=50,
             send_batch_size=50,
             claim_timeout_seconds=timeout,
             enqueue=lambda ids, claim: handed.append((ids, claim)),

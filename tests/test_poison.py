@@ -141,7 +141,7 @@ def test_a_mail_that_kills_its_worker_fails_alone_after_max_reaps(
         dispatch.dispatch(
             db.session,
             now,
-            claim_size=100,
+            dispatch_batch_size=100,
             send_batch_size=100,
             claim_timeout_seconds=600,
             enqueue=lambda batch, _claim, found=batches: found.append(batch),

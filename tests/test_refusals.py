@@ -191,7 +191,7 @@ def test_breaker_holds_sending_when_a_relay_rejects_every_recipient(
     handed = dispatch.dispatch(
         db.session,
         clock.now(),
-        claim_size=100,
+        dispatch_batch_size=100,
         send_batch_size=100,
         claim_timeout_seconds=600,
         enqueue=lambda ids, claim: None,

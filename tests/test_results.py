@@ -36,9 +36,7 @@ def test_parts_count_sent_waiting_skipped_and_who_left_after_them(
         EnrollmentStatus.ACTIVE: 1,
         EnrollmentStatus.STOPPED: 1,
     }
-    rows = [
-        (p.position, p.sent, p.waiting, p.failed, p.skipped, p.left_after) for p in results.parts
-    ]
+    rows = [(p.position, p.sent, p.to_go, p.failed, p.skipped, p.left_after) for p in results.parts]
     assert rows == [
         (1, 2, 0, 0, 0, 1),  # both got part 1; Bob left after it
         (2, 0, 1, 0, 1, 0),  # Ann's part 2 is to go, Bob's was skipped

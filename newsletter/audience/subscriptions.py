@@ -29,6 +29,7 @@ from newsletter.models import (
     Enrollment,
     EnrollmentStatus,
     Event,
+    StopReason,
     Subscriber,
     SubscriberStatus,
     Suppression,
@@ -45,7 +46,6 @@ CONFIRM_RESEND_INTERVAL = timedelta(minutes=5)
 # per-client rate limit cannot see an attacker who changes address (or forges X-Forwarded-For).
 CONFIRMATIONS_PER_DAY = 3
 CONFIRMATION_CAP_WINDOW = timedelta(days=1)
-MAX_NAME_LENGTH = 100
 MID_SEND_POLL_SECONDS = 0.05
 
 
@@ -87,15 +87,11 @@ def normalise_email(raw: str) -> str:
 
 
 def clean_name(raw: str | None) -> str | None:
-    """A first name without control characters, or None."""
-    if raw is None:
-        return None
-    name = " ".join(raw.split())
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise SignupError("first_name", "The name contains characters that are not allowed.")
-    if len(name) > MAX_NAME_LENGTH:
-        raise SignupError("first_name", f"Keep the name under {MAX_NAME_LENGTH} characters.")
-    return name or None
+    """A first name fit to store (see mail.addresses.clean_name), or SignupError."""
+    try:
+        return addresses.clean_name(raw)
+    except addresses.NameRefused as exc:
+        raise SignupError("first_name", str(exc)) from None
 
 
 def _recent_confirmations(
@@ -178,7 +174,7 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
         session.add(
             Enrollment(subscriber_id=subscriber.id, sequence_id=sequence.id, created_at=now)
         )
-    planning.queue(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
+    planning.add_delivery(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
     session.add(
         Event(
             subscriber_id=subscriber.id,
@@ -242,8 +238,8 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
         return True
     subscriber.status = SubscriberStatus.UNSUBSCRIBED
     subscriber.unsubscribed_at = now
-    planning.stop_enrollments(session, subscriber_id, now, "unsubscribed")
-    planning.skip_pending(session, subscriber_id, reason=f"unsubscribed ({source})")
+    planning.stop_enrollments(session, subscriber_id, now, StopReason.UNSUBSCRIBED)
+    planning.skip_open(session, subscriber_id, reason=f"unsubscribed ({source})")
     session.add(
         Event(
             subscriber_id=subscriber_id, kind="unsubscribe", data={"source": source}, created_at=now
@@ -288,7 +284,7 @@ def mid_send(session: Session, subscriber_id: int, now: datetime, within: timede
         .where(
             Delivery.subscriber_id == subscriber_id,
             Delivery.state.in_([DeliveryState.CLAIMED, DeliveryState.SKIPPED]),
-            Delivery.attempted_at >= Delivery.claimed_at,
+            Delivery.sending_begun,
             Delivery.attempted_at > now - within,
         )
         .limit(1)

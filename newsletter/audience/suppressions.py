@@ -13,19 +13,18 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from newsletter.delivery import planning
 from newsletter.models import (
     Delivery,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
     Event,
+    StopReason,
     Subscriber,
     SubscriberStatus,
     Suppression,
 )
-
-BOUNCED = "bounced"  # the stop reason a bounce gives enrollments
-SKIPPED_BY_BOUNCE = "address bounced"  # the last_error of what a bounce skipped
 
 
 class LiftError(ValueError):
@@ -75,7 +74,9 @@ def lift(session: Session, email: str, now: datetime) -> Subscriber | None:
     subscriber.status = SubscriberStatus.ACTIVE if confirmed else SubscriberStatus.PENDING
     session.execute(
         update(Enrollment)
-        .where(Enrollment.subscriber_id == subscriber.id, Enrollment.stop_reason == BOUNCED)
+        .where(
+            Enrollment.subscriber_id == subscriber.id, Enrollment.stop_reason == StopReason.BOUNCED
+        )
         .values(
             status=EnrollmentStatus.ACTIVE if confirmed else EnrollmentStatus.PENDING,
             ended_at=None,
@@ -95,7 +96,7 @@ def lift(session: Session, email: str, now: datetime) -> Subscriber | None:
                 (Delivery.id.in_(bounced) & (Delivery.state == DeliveryState.FAILED))
                 | (
                     (Delivery.state == DeliveryState.SKIPPED)
-                    & (Delivery.last_error == SKIPPED_BY_BOUNCE)
+                    & (Delivery.last_error == planning.SKIPPED_BY_BOUNCE)
                 )
             ),
         )

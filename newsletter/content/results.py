@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
+    OPEN_STATES,
     Delivery,
     DeliveryState,
     Enrollment,
@@ -25,7 +26,6 @@ from newsletter.models import (
     SubscriberStatus,
 )
 
-WAITING = (DeliveryState.SCHEDULED, DeliveryState.CLAIMED, DeliveryState.RETRY)
 GONE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
 
 
@@ -36,7 +36,7 @@ class PartResult:
     position: int
     subject: str
     sent: int
-    waiting: int
+    to_go: int
     failed: int
     skipped: int
     left_after: int
@@ -95,7 +95,7 @@ def sequence_results(session: Session, sequence: Sequence) -> SequenceResults:
                 position=step.position,
                 subject=step.subject,
                 sent=counts[DeliveryState.SENT],
-                waiting=sum(counts[state] for state in WAITING),
+                to_go=sum(counts[state] for state in OPEN_STATES),
                 failed=counts[DeliveryState.FAILED],
                 skipped=counts[DeliveryState.SKIPPED],
                 left_after=left.get(step.position, 0),

@@ -1,7 +1,7 @@
 """Test sends: the parts of a sequence built exactly as subscribers get them, to one address.
 
 An author checks a course in a real inbox (layout, spam placement, DKIM) before anyone
-signs up. A proof is composed by the same Composer as a real part, with "[Test]" before the
+signs up. A mail is composed by the same Composer as a real part, with "[Test]" before the
 subject, and is not a delivery: it leaves no row and counts in no report. Its personal links
 (view in browser, archive, unsubscribe) belong to no subscriber, so they find nothing rather
 than someone else's data.
@@ -15,9 +15,9 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from newsletter.audience.subscriptions import SignupError, clean_name, normalise_email
 from newsletter.content.sequences import sequence_for
-from newsletter.mail.compose import Composer, Reader
+from newsletter.mail import addresses
+from newsletter.mail.compose import Addressee, Composer
 from newsletter.mail.mime import Outgoing
 
 SUBJECT_PREFIX = "[Test] "
@@ -25,12 +25,12 @@ SUBJECT_PREFIX = "[Test] "
 NOBODY = 0
 
 
-class ProofError(ValueError):
+class TestSendError(ValueError):
     """The request names no sequence, no such part, or a bad address or name."""
 
 
 @dataclass(frozen=True)
-class Proof:
+class TestMail:
     """One test mail: which part it is, its subject, and the bytes to send."""
 
     part: int
@@ -38,7 +38,7 @@ class Proof:
     mail: Outgoing
 
 
-def build_proofs(
+def build_test_mails(
     session: Session,
     composer: Composer,
     address: str,
@@ -48,32 +48,35 @@ def build_proofs(
     part: int | None = None,
     first_name: str | None = None,
     confirmation: bool = False,
-) -> list[Proof]:
-    """The proofs of a sequence's parts (all, or `part`), and its confirmation mail if asked.
+) -> list[TestMail]:
+    """The test mails of a sequence's parts (all, or `part`), and its confirmation mail if asked.
 
-    Raises ProofError, before anything is built, for an unknown sequence or part, an invalid
+    Raises TestSendError, before anything is built, for an unknown sequence or part, an invalid
     address, or a name the signup form would refuse.
     """
     try:
-        email = normalise_email(address)
-        name = clean_name(first_name)
-    except SignupError as exc:
-        raise ProofError(f"{exc.field}: {exc}") from None
+        email = addresses.normalise(address)
+    except addresses.AddressError as exc:
+        raise TestSendError(f"email: {exc}") from None
+    try:
+        name = addresses.clean_name(first_name)
+    except addresses.NameRefused as exc:
+        raise TestSendError(f"first_name: {exc}") from None
     sequence = sequence_for(session, slug)
     if sequence is None:
-        raise ProofError(f"no sequence {slug!r}" if slug else "no sequence yet: run init")
+        raise TestSendError(f"no sequence {slug!r}" if slug else "no sequence yet: run init")
     steps = list(sequence.steps)
     if part is not None and not 1 <= part <= len(steps):
-        raise ProofError(f"sequence {sequence.slug!r} has parts 1 to {len(steps)}, not {part}")
-    reader = Reader(NOBODY, email, name)
-    proofs: list[Proof] = []
+        raise TestSendError(f"sequence {sequence.slug!r} has parts 1 to {len(steps)}, not {part}")
+    addressee = Addressee(NOBODY, email, name)
+    mails: list[TestMail] = []
     if confirmation:
-        rendered = composer.confirmation(reader, sequence)
+        rendered = composer.confirmation(addressee, sequence)
         marked = dataclasses.replace(rendered, subject=SUBJECT_PREFIX + rendered.subject)
-        proofs.append(Proof(0, marked.subject, composer.wire(marked, reader, now)))
+        mails.append(TestMail(0, marked.subject, composer.wire(marked, addressee, now)))
     for step in steps:
         if part is None or step.position == part:
-            mail = composer.part(reader, step, sequence, now, subject_prefix=SUBJECT_PREFIX)
-            subject = SUBJECT_PREFIX + composer.personalise(step.subject, reader)
-            proofs.append(Proof(step.position, subject, mail))
-    return proofs
+            mail = composer.part(addressee, step, sequence, now, subject_prefix=SUBJECT_PREFIX)
+            subject = SUBJECT_PREFIX + composer.personalise(step.subject, addressee)
+            mails.append(TestMail(step.position, subject, mail))
+    return mails

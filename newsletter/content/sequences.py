@@ -43,7 +43,7 @@ def _check_parts(parts: list[Any]) -> None:
     """Refuse, at import, any part the sender could not render or should not send.
 
     A template error, a link that is not https:// or mailto:, an image without alt text: in
-    the source, and in the body as each sample subscriber would get it (admin_templates.SAMPLES).
+    the source, and in the body as each sample subscriber would get it (sandbox.SAMPLES).
     """
     templates = AdminTemplates()
     for part in parts:

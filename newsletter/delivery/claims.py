@@ -14,12 +14,11 @@ from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.delivery import planning
-from newsletter.models import Delivery, DeliveryState, Event
+from newsletter.models import WAITING_STATES, Delivery, DeliveryState, Event
 from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
-CLAIMABLE_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
 # A delivery taken back this many times from a worker that stopped while sending it fails
 # with the reason instead of stopping workers forever (a poison row).
 MAX_REAPS = 3
@@ -39,7 +38,7 @@ def claim(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
     """
     candidates = (
         select(Delivery.id)
-        .where(Delivery.state.in_(CLAIMABLE_STATES), Delivery.due_at <= now)
+        .where(Delivery.state.in_(WAITING_STATES), Delivery.due_at <= now)
         .order_by(Delivery.due_at, Delivery.id)
         .limit(limit)
     )
@@ -48,7 +47,7 @@ def claim(session: Session, now: datetime, limit: int) -> list[tuple[int, int]]:
     claimed = session.execute(
         update(Delivery)
         .where(Delivery.id.in_(candidates.scalar_subquery()))
-        .where(Delivery.state.in_(CLAIMABLE_STATES))
+        .where(Delivery.state.in_(WAITING_STATES))
         .values(state=DeliveryState.CLAIMED, claimed_at=now)
         .returning(Delivery.id, Delivery.reaps)
         .execution_options(synchronize_session=False)
@@ -81,9 +80,6 @@ def release_claims(session: Session, ids: list[int]) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-_BEGUN = Delivery.attempted_at.is_not(None) & (Delivery.attempted_at >= Delivery.claimed_at)
-
-
 def give_back(
     session: Session,
     where: ColumnElement[bool],
@@ -100,9 +96,12 @@ def give_back(
     MAX_REAPS it fails with the reason instead of looping.
     """
     rows = session.execute(
-        select(Delivery.id, Delivery.subscriber_id, Delivery.reaps, _BEGUN.label("begun")).where(
-            Delivery.state == DeliveryState.CLAIMED, where
-        )
+        select(
+            Delivery.id,
+            Delivery.subscriber_id,
+            Delivery.reaps,
+            Delivery.sending_begun.label("begun"),
+        ).where(Delivery.state == DeliveryState.CLAIMED, where)
     ).all()
     if not rows:
         return 0

@@ -21,7 +21,7 @@ def dispatch(
     sessions: Callable[[], Session],
     now: datetime,
     *,
-    claim_size: int,
+    dispatch_batch_size: int,
     send_batch_size: int,
     claim_timeout_seconds: float,
     enqueue: Callable[[list[int], datetime], None],
@@ -46,7 +46,7 @@ def dispatch(
         room = max_in_flight - claims.count_claimed(session) if max_in_flight else None
     handed = 0
     for _ in range(MAX_CLAIMS_PER_TICK):
-        size = claim_size if room is None else min(claim_size, room)
+        size = dispatch_batch_size if room is None else min(dispatch_batch_size, room)
         if size <= 0:
             log.info(
                 "dispatch: %d deliveries already in flight; claiming more later", max_in_flight

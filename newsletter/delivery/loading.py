@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, joinedload, selectinload
 
 from newsletter.delivery import breaker, claims, planning
 from newsletter.delivery.policy import Outcome, Policy
-from newsletter.mail.compose import Composer
+from newsletter.mail.compose import Addressee, Composer
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -33,9 +33,10 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    begun,
     table_of,
 )
-from newsletter.schedule import REAL_DAY
+from newsletter.schedule import real_days
 
 log = logging.getLogger(__name__)
 
@@ -91,19 +92,12 @@ class Job:
 
     delivery_id: int
     kind: DeliveryKind
-    subscriber_id: int
-    email: str
-    first_name: str | None
+    addressee: Addressee
     time_zone: str
     message_id: str
     step: Step | None = None
     sequence: Sequence | None = None
     follow: planning.FollowUp | None = None
-
-    @property
-    def id(self) -> int:
-        """The subscriber's id: a Job is also the Recipient the composer addresses."""
-        return self.subscriber_id
 
 
 def _skip_reason(row: Row[Any], suppressed: set[str]) -> str | None:
@@ -130,7 +124,7 @@ def _reschedule_at(
     Windows only exist with real days. The first part answers the person's own click on the
     confirmation link, so it goes at once whatever the hour.
     """
-    if policy.day_seconds != REAL_DAY or step.day_offset == 0:
+    if not real_days(policy.day_seconds) or step.day_offset == 0:
         return None
     window = step.sequence.window
     if not window.contains(now, time_zone):
@@ -176,9 +170,7 @@ def _job(
     job = Job(
         row.id,
         DeliveryKind(row.kind),
-        row.subscriber_id,
-        row.email,
-        row.first_name,
+        Addressee(row.subscriber_id, row.email, row.first_name),
         row.time_zone,
         # The same Message-ID on every attempt, so a receiver can drop a copy of a mail that
         # did arrive before (a retry after an uncertain reply).
@@ -202,10 +194,6 @@ def _job(
         steps=step.sequence.steps,
     )
     return job
-
-
-def _begun(row: Row[Any]) -> bool:
-    return row.attempted_at is not None and row.attempted_at >= row.claimed_at
 
 
 def prepare(
@@ -233,19 +221,19 @@ def prepare(
             claims.release_claims(session, [r.id for r in mine])
             settled[Outcome.HELD] = len(mine)
             mine = []
-        begun = [r.id for r in mine if _begun(r)]
-        if begun:
+        begun_ids = [r.id for r in mine if begun(r.attempted_at, r.claimed_at)]
+        if begun_ids:
             # This task ran before and stopped while sending these (its worker died): they go
             # back like a reaped claim, to be sent alone, instead of stopping this run too.
             claims.give_back(
                 session,
-                Delivery.id.in_(begun),
+                Delivery.id.in_(begun_ids),
                 now,
                 "the worker stopped while sending it",
                 policy.day_seconds,
             )
-            settled[Outcome.HELD] += len(begun)
-            mine = [r for r in mine if not _begun(r)]
+            settled[Outcome.HELD] += len(begun_ids)
+            mine = [r for r in mine if r.id not in begun_ids]
         emails = {r.email for r in mine}
         suppressed = set(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))

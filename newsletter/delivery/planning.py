@@ -14,23 +14,25 @@ from sqlalchemy import Connection, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
+    OPEN_STATES,
     Delivery,
     DeliveryKind,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
     Step,
+    StopReason,
     table_of,
 )
 from newsletter.schedule import SendWindow, step_due_at
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY, DeliveryState.CLAIMED)
-CLAIMABLE_STATES = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
+# The last_error of what a bounce skipped, so that lifting the suppression finds it again.
+SKIPPED_BY_BOUNCE = "address bounced"
 
 
-def queue(
+def add_delivery(
     session: Session,
     kind: DeliveryKind,
     subscriber_id: int,
@@ -72,7 +74,7 @@ def _schedule_step(
         day_seconds=day_seconds,
         previous_sent_at=previous_sent_at,
     )
-    return queue(
+    return add_delivery(
         session,
         DeliveryKind.STEP,
         enrollment.subscriber_id,
@@ -202,7 +204,9 @@ def schedule_next(
         conn.execute(_INSERT_NEXT, following)
 
 
-def stop_enrollments(session: Session, subscriber_id: int, now: datetime, reason: str) -> None:
+def stop_enrollments(
+    session: Session, subscriber_id: int, now: datetime, reason: StopReason
+) -> None:
     """End every running or pending enrollment of a subscriber who left or bounced, and why."""
     session.execute(
         update(Enrollment)
@@ -210,7 +214,7 @@ def stop_enrollments(session: Session, subscriber_id: int, now: datetime, reason
             Enrollment.subscriber_id == subscriber_id,
             Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
         )
-        .values(status=EnrollmentStatus.STOPPED, ended_at=now, stop_reason=reason[:32])
+        .values(status=EnrollmentStatus.STOPPED, ended_at=now, stop_reason=reason)
         .execution_options(synchronize_session=False)
     )
 
@@ -244,7 +248,7 @@ def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: fl
         _schedule_step(session, enrollment, following, now, now, day_seconds)
 
 
-def skip_pending(
+def skip_open(
     session: Session, subscriber_id: int, reason: str, except_id: int | None = None
 ) -> int:
     """Mark every unsent delivery of a subscriber skipped; returns how many."""

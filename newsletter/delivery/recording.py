@@ -13,7 +13,6 @@ from datetime import datetime
 from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.orm import Session
 
-from newsletter.audience import suppressions
 from newsletter.delivery import breaker, planning
 from newsletter.delivery.loading import Job
 from newsletter.delivery.policy import Outcome, Policy
@@ -23,6 +22,7 @@ from newsletter.models import (
     Delivery,
     DeliveryState,
     Event,
+    StopReason,
     SubscriberStatus,
     Suppression,
     table_of,
@@ -174,9 +174,9 @@ def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetim
             Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
         )
     subscriber.status = SubscriberStatus.BOUNCED
-    planning.stop_enrollments(session, subscriber.id, now, suppressions.BOUNCED)
-    planning.skip_pending(
-        session, subscriber.id, reason=suppressions.SKIPPED_BY_BOUNCE, except_id=delivery.id
+    planning.stop_enrollments(session, subscriber.id, now, StopReason.BOUNCED)
+    planning.skip_open(
+        session, subscriber.id, reason=planning.SKIPPED_BY_BOUNCE, except_id=delivery.id
     )
     _note(session, delivery, "bounce", {"detail": detail[:500]}, now)
 

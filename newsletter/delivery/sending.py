@@ -1,6 +1,6 @@
 """Sending a batch of claimed deliveries over one SMTP connection and two database connections.
 
-The batch is loaded and checked in one transaction (`batch_load`). Then, for each message:
+The batch is loaded and checked in one transaction (`loading`). Then, for each message:
 its attempt begins with one conditional write (`recording.mark`, the last look: a row that an
 unsubscribe skipped or another task took over is left alone), it is built, and it goes over
 SMTP. The write for the next message runs on its own database thread and connection while
@@ -56,11 +56,11 @@ RECORD_WITHIN_SECONDS = 0.5
 
 def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
     if job.kind is DeliveryKind.CONFIRM:
-        rendered = composer.confirmation(job, job.sequence)
-        return composer.wire(rendered, job, now, message_id=job.message_id)
+        rendered = composer.confirmation(job.addressee, job.sequence)
+        return composer.wire(rendered, job.addressee, now, message_id=job.message_id)
     step, sequence = job.step, job.sequence
     assert step is not None and sequence is not None
-    return composer.part(job, step, sequence, now, message_id=job.message_id)
+    return composer.part(job.addressee, step, sequence, now, message_id=job.message_id)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter.models import Delivery, DeliveryState, Event, Subscriber
+from newsletter.models import WAITING_STATES, Delivery, DeliveryState, Event, Subscriber
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class EngineReport:
+class EngineStatus:
     """A snapshot for operators (`flask --app web status`)."""
 
     by_state: dict[DeliveryState, int]
@@ -33,7 +33,7 @@ class EngineReport:
     recent_failures: list[Failure]
 
 
-def engine_report(session: Session, now: datetime, failures: int = 10) -> EngineReport:
+def engine_status(session: Session, now: datetime, failures: int = 10) -> EngineStatus:
     """Count deliveries by state, the due backlog, uncertain sends and the latest failures."""
     by_state = {
         state: count
@@ -41,12 +41,11 @@ def engine_report(session: Session, now: datetime, failures: int = 10) -> Engine
             select(Delivery.state, func.count()).group_by(Delivery.state)
         )
     }
-    open_states = (DeliveryState.SCHEDULED, DeliveryState.RETRY)
-    due = select(Delivery).where(Delivery.state.in_(open_states), Delivery.due_at <= now)
+    due = select(Delivery).where(Delivery.state.in_(WAITING_STATES), Delivery.due_at <= now)
     due_now = session.scalar(select(func.count()).select_from(due.subquery())) or 0
     oldest = session.scalar(
         select(func.min(Delivery.due_at)).where(
-            Delivery.state.in_(open_states), Delivery.due_at <= now
+            Delivery.state.in_(WAITING_STATES), Delivery.due_at <= now
         )
     )
     uncertain = session.scalar(select(func.count(Event.id)).where(Event.kind == "uncertain")) or 0
@@ -57,7 +56,7 @@ def engine_report(session: Session, now: datetime, failures: int = 10) -> Engine
         .order_by(Delivery.id.desc())
         .limit(failures)
     ).all()
-    return EngineReport(
+    return EngineStatus(
         by_state=by_state,
         due_now=due_now,
         oldest_due=oldest,

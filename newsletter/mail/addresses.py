@@ -1,4 +1,4 @@
-"""Subscriber addresses: one stored form per mailbox, and the ASCII form the wire needs.
+"""Who a mail goes to: a subscriber's address in one stored form, its wire form, their name.
 
 Stored form: email-validator's normalized address (NFKC first, so fullwidth and other
 compatibility variants collapse to the same characters), lower-cased, with the domain in
@@ -38,8 +38,28 @@ MIXED_SCRIPT_MESSAGE = (
 )
 
 
+# The width of the column a first name is stored in.
+MAX_NAME_LENGTH = 100
+
+
 class AddressError(ValueError):
     """An address that cannot be a subscriber's; the message is fit to show to the person."""
+
+
+class NameRefused(ValueError):
+    """A first name that cannot be stored; the message is fit to show to the person."""
+
+
+def clean_name(raw: str | None) -> str | None:
+    """A first name with its white space folded and no control characters, or None."""
+    if raw is None:
+        return None
+    name = " ".join(raw.split())
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise NameRefused("The name contains characters that are not allowed.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise NameRefused(f"Keep the name under {MAX_NAME_LENGTH} characters.")
+    return name or None
 
 
 def _script(char: str) -> str | None:

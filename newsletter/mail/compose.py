@@ -51,7 +51,7 @@ EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
 STEP_CACHE_SIZE = 256
 # Stand-ins for the per-subscriber parts of a rendered step; plain ASCII so that escaping and
 # CSS inlining leave them intact. Values from admin text have tokens of their own, which carry
-# the value (admin_templates.value_token).
+# the value (sandbox.value_token).
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _READER_TOKEN = "NLSUBSTREADER7d1c"
@@ -192,8 +192,8 @@ class Recipient(Protocol):
 
 
 @dataclass(frozen=True)
-class Reader:
-    """A Recipient without a database row: a test send's addressee, a benchmark's reader."""
+class Addressee:
+    """A Recipient as a plain value: a batch's subscriber, a test send's addressee."""
 
     id: int
     email: str
