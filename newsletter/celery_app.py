@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import beat_init, celeryd_init, worker_process_init
 from flask import Flask
 from kombu.entity import Queue
 
@@ -32,8 +32,14 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
 
     kombu_compat.install()  # a broker restart must not end the worker
     celery_app = Celery(app.name, task_cls=FlaskTask)
+    broker = resolved_broker_url(settings)
     celery_app.conf.update(
-        broker_url=resolved_broker_url(settings),
+        broker_url=broker,
+        # The celery command line copies the environment's BROKER_URL (the word "embedded",
+        # say) into CELERY_BROKER_URL, which outranks broker_url; the read and write URLs are
+        # what connections use, and nothing on the command line sets those.
+        broker_read_url=broker,
+        broker_write_url=broker,
         broker_connection_retry_on_startup=True,
         # Tasks carry ids only and are safe to run twice (the delivery state decides), so a
         # message is acknowledged after the task, and a killed worker's work is redelivered.
@@ -71,6 +77,14 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     )
     celery_app.set_default()
     app.extensions["celery"] = celery_app
+    if settings.broker_is_embedded:
+        # The process that consumes (a worker, or a lone beat) is the one that must have a
+        # broker: it starts the embedded one when it starts, not when this module is imported.
+        def _start_broker(**_: Any) -> None:
+            embedded.ensure_running(settings.instance_dir)
+
+        celeryd_init.connect(_start_broker, weak=False)
+        beat_init.connect(_start_broker, weak=False)
     if settings.worker_memory_limit_mb:
         # Pool children do the sending; the budget is theirs (the main process only supervises).
         limit = settings.worker_memory_limit_mb

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -160,23 +159,25 @@ def _site_url(env: Mapping[str, str]) -> str:
     return value
 
 
+SECRET_KEY_FILE = "secret_key"
+
+
 def _secret_key(env: Mapping[str, str], instance_dir: Path) -> str:
     value = env.get("SECRET_KEY", "").strip()
     if value:
         if len(value) < 16:
             raise ConfigError("SECRET_KEY must be at least 16 characters long")
         return value
-    # The embedded run keeps a generated key in the instance folder so that links in mail
-    # already sent stay valid across restarts; production sets SECRET_KEY explicitly.
-    key_file = instance_dir / "secret_key"
-    if key_file.exists():
+    # The embedded run keeps a generated key in the instance folder (made by scripts/run, see
+    # newsletter.instance), so that links in mail already sent stay valid across restarts.
+    key_file = instance_dir / SECRET_KEY_FILE
+    try:
         return key_file.read_text().strip()
-    instance_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key)
-    return key
+    except FileNotFoundError:
+        raise ConfigError(
+            f"SECRET_KEY is not set: set it (it signs every link in mail), or start the "
+            f"embedded run with scripts/run, which keeps a generated one in {key_file}"
+        ) from None
 
 
 def _mail_from(env: Mapping[str, str]) -> str:

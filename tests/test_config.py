@@ -7,10 +7,16 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import ConfigError, load_settings
+from newsletter.instance import keep_secret_key
 from newsletter.schedule import real_days
 
 
 def test_embedded_defaults(tmp_path: Path) -> None:
+    # Reading settings writes nothing: without SECRET_KEY or a kept key it says what to do.
+    with pytest.raises(ConfigError, match="SECRET_KEY is not set.*scripts/run"):
+        load_settings({"INSTANCE_DIR": str(tmp_path)})
+    assert list(tmp_path.iterdir()) == []
+    keep_secret_key(tmp_path)  # what scripts/run does first
     settings = load_settings({"INSTANCE_DIR": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'newsletter.db'}"
     assert settings.broker_is_embedded and settings.redis_url == "embedded"
@@ -21,6 +27,7 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     )
     assert settings.drip_day_seconds == 86400 and real_days(settings.drip_day_seconds)
     # A generated secret key is kept, so links in mail already sent stay valid after restart.
+    keep_secret_key(tmp_path)
     assert load_settings({"INSTANCE_DIR": str(tmp_path)}).secret_key == settings.secret_key
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
 
@@ -101,7 +108,12 @@ def test_web_entry_point_reports_bad_setting(tmp_path: Path) -> None:
 
 
 def test_password_is_never_sent_in_the_clear_to_another_machine(tmp_path: Path) -> None:
-    base = {"INSTANCE_DIR": str(tmp_path), "SMTP_USERNAME": "me", "SMTP_PASSWORD": "secret"}
+    base = {
+        "INSTANCE_DIR": str(tmp_path),
+        "SECRET_KEY": "k" * 32,
+        "SMTP_USERNAME": "me",
+        "SMTP_PASSWORD": "secret",
+    }
     remote = {**base, "SMTP_HOST": "smtp.example.org"}
     with pytest.raises(ConfigError, match="SMTP_SECURITY=none.*in the clear"):
         load_settings(remote)
@@ -112,4 +124,4 @@ def test_password_is_never_sent_in_the_clear_to_another_machine(tmp_path: Path) 
     allowed = {**remote, "SMTP_ALLOW_PLAINTEXT_AUTH": "1"}
     assert load_settings(allowed).smtp_username == "me"
     # Without a username there is nothing to protect.
-    assert load_settings({"INSTANCE_DIR": str(tmp_path), "SMTP_HOST": "relay.example.org"})
+    assert load_settings({**base, "SMTP_USERNAME": "", "SMTP_HOST": "relay.example.org"})

@@ -41,7 +41,7 @@ from newsletter.delivery.loading import Job, prepare
 from newsletter.delivery.policy import Outcome, Policy
 from newsletter.delivery.recording import Accepted
 from newsletter.mail.compose import Composer, Outgoing
-from newsletter.mail.transport import SendError, SmtpTransport
+from newsletter.mail.transport import SendError, Transport
 from newsletter.models import DeliveryKind
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class _Batch:
         db: _Lane,
         marker: _Lane,
         composer: Composer,
-        transport: SmtpTransport,
+        transport: Transport,
         clock: Callable[[], datetime],
         policy: Policy,
         claim: datetime | None,
@@ -315,7 +315,7 @@ class _Batch:
 def deliver_batch(
     engine: Engine,
     composer: Composer,
-    transport: SmtpTransport,
+    transport: Transport,
     delivery_ids: Iterable[int],
     clock: Callable[[], datetime],
     policy: Policy,

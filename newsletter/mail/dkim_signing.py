@@ -62,8 +62,13 @@ def openssl_rsa_sign(hash_obj: Any, private_key: dict[str, int]) -> bytes:
     return key.sign(hash_obj.digest(), padding.PKCS1v15(), Prehashed(algorithm))
 
 
-# dkimpy looks the function up in its module at signing time; signing is the only use here.
-dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
+def use_openssl_rsa() -> None:
+    """Make dkimpy sign with `openssl_rsa_sign` (same bytes, a tenth of the time).
+
+    dkimpy looks the RSA function up in its module at signing time, so this choice is the
+    process's; it is made when a signer is created (`DkimSigner.from_file`), never by import.
+    """
+    dkim.RSASSA_PKCS1_v1_5_sign = openssl_rsa_sign
 
 
 class DkimError(ConfigError):
@@ -91,6 +96,7 @@ class DkimSigner:
             raise DkimError(f"DKIM_PRIVATE_KEY_FILE {key_file}: not a PEM private key") from exc
         if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 1024:
             raise DkimError(f"DKIM_PRIVATE_KEY_FILE {key_file}: an RSA key of 1024+ bits is needed")
+        use_openssl_rsa()
         return cls(domain, selector, pem)
 
     def sign(self, message: bytes) -> bytes:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from email.message import EmailMessage
 from email.utils import getaddresses, parseaddr
+from typing import Protocol
 
 from newsletter.config import Settings
 
@@ -94,6 +95,14 @@ def _refusal(stage: Stage, code: int, reply: bytes | str, what: str = "") -> Sen
     text = " ".join(_text(reply).split())[:500]
     label = what or stage.value
     return SendError(f"{label} refused: {code} {text}", stage=stage, code=code, reply=text)
+
+
+class Transport(Protocol):
+    """What the sender needs of a mail transport: one message's bytes out, or a SendError."""
+
+    def send_data(self, sender: str, recipients: Iterable[str], payload: bytes) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class SmtpTransport:
