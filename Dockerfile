@@ -3,6 +3,15 @@
 # See docs/deploy.md. Build with `docker-compose build` or `docker build -t newsletter .`.
 
 ARG PYTHON_VERSION=3.11.12
+
+# The product as a wheel: the package with its templates, static files, migrations and the
+# emails/ folder (layouts, system mails, the shipped article) inside it as newsletter.emails.
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN pip install --no-cache-dir --disable-pip-version-check --quiet --upgrade pip \
+ && pip wheel --no-cache-dir --no-deps -w /wheels .
+
 FROM python:${PYTHON_VERSION}-slim-bookworm
 
 ENV PYTHONUNBUFFERED=1 \
@@ -24,13 +33,15 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
-# The project itself. It is installed in place (editable) because the package reads the
-# `emails/` folder next to it: Path(newsletter.__file__).parents[1] / "emails" must be /app/emails.
-# The code stays owned by root and read-only for the service user.
-COPY . .
-RUN pip install --no-cache-dir --no-deps -e . \
- && python -c "import pathlib, newsletter; emails = pathlib.Path(newsletter.__file__).resolve().parents[1] / 'emails'; assert (emails / 'layouts').is_dir(), f'emails/ not found at {emails}'; print('emails:', emails)" \
- && python -m compileall -q newsletter web.py worker.py \
+# The product: a plain install of the wheel (nothing of the source tree but the two entry
+# points), so the image runs exactly what `pip install .` gives. The code stays owned by root
+# and read-only for the service user.
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --no-deps /tmp/wheels/*.whl \
+ && rm -rf /tmp/wheels \
+ && python -c "from newsletter.mail.compose import EMAILS_DIR; assert (EMAILS_DIR / 'layouts' / 'step.html').is_file(), EMAILS_DIR; print('emails:', EMAILS_DIR)"
+COPY web.py worker.py ./
+RUN python -m compileall -q web.py worker.py \
  && mkdir -p "$INSTANCE_DIR" \
  && chown newsletter:newsletter "$INSTANCE_DIR"
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid, parseaddr
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +48,9 @@ __all__ = ["Composer", "HeaderError", "Outgoing", "Recipient", "Rendered", "chec
 
 log = logging.getLogger(__name__)
 
-EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
+# The top-level emails/ folder, shipped inside the package (see pyproject.toml), so that it is
+# found the same way in a checkout, an editable install and a plain one.
+EMAILS_DIR = Path(str(files("newsletter.emails")))
 STEP_CACHE_SIZE = 256
 # Stand-ins for the per-subscriber parts of a rendered step; plain ASCII so that escaping and
 # CSS inlining leave them intact. Values from admin text have tokens of their own, which carry

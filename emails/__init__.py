@@ -1,0 +1,1 @@
+"""Mail layouts, system mails and article sources, shipped as package data (newsletter.emails)."""
