@@ -35,7 +35,7 @@ from newsletter.schedule import SendWindow
 
 
 def utcnow() -> datetime:
-    """The wall clock in UTC; the injectable clock in `newsletter.clock` wraps it."""
+    """The wall clock in UTC, for column defaults; services pass `newsletter.clock`'s time."""
     return datetime.now(UTC)
 
 

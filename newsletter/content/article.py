@@ -104,11 +104,6 @@ class _Section:
         return head + sum(block_words(b) for b in self.blocks)
 
 
-def is_markdown_path(path: pathlib.Path) -> bool:
-    """Default format choice: ``.md``/``.markdown`` files are Markdown, all else plain text."""
-    return path.suffix.lower() in {".md", ".markdown"}
-
-
 def normalize_title(text: str) -> str:
     """Comparison key for link titles: straight quotes, single spaces, case-folded."""
     text = re.sub(r"[‘’‚‛′]", "'", re.sub(r"[“”„‟″]", '"', text))

@@ -76,11 +76,6 @@ class SendError(Exception):
         self.setup = setup
 
     @property
-    def permanent(self) -> bool:
-        """A 5xx answer: the same attempt will not succeed by repeating it."""
-        return self.code is not None and self.code >= 500
-
-    @property
     def enhanced(self) -> str | None:
         """The reply's enhanced status code ("5.1.1"), if it has one."""
         match = _ENHANCED.match(self.reply)
