@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery import current_app as current_celery_app
 from celery.signals import beat_init, celeryd_init, worker_process_init
 from flask import Flask
 from kombu.entity import Queue
@@ -77,22 +78,41 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     )
     celery_app.set_default()
     app.extensions["celery"] = celery_app
-    if settings.broker_is_embedded:
-        # The process that consumes (a worker, or a lone beat) is the one that must have a
-        # broker: it starts the embedded one when it starts, not when this module is imported.
-        def _start_broker(**_: Any) -> None:
-            embedded.ensure_running(settings.instance_dir)
-
-        celeryd_init.connect(_start_broker, weak=False)
-        beat_init.connect(_start_broker, weak=False)
-    if settings.worker_memory_limit_mb:
-        # Pool children do the sending; the budget is theirs (the main process only supervises).
-        limit = settings.worker_memory_limit_mb
-        worker_process_init.connect(lambda **_: cap_memory(limit), weak=False)
+    # The signal handlers below read the settings from the Celery app they concern.
+    celery_app.newsletter_settings = settings
     return celery_app
 
 
+def _settings_of(celery_app: Celery) -> Settings | None:
+    found = getattr(celery_app, "newsletter_settings", None)
+    return found if isinstance(found, Settings) else None
+
+
+def _start_embedded_broker(celery_app: Celery) -> None:
+    # The process that consumes (a worker, or a lone beat) is the one that must have a broker:
+    # it starts the embedded one when it starts, never when a module is imported.
+    settings = _settings_of(celery_app)
+    if settings is not None and settings.broker_is_embedded:
+        embedded.ensure_running(settings.instance_dir)
+
+
+@celeryd_init.connect
+def _broker_for_worker(instance: Any = None, **_: Any) -> None:
+    if instance is not None:
+        _start_embedded_broker(instance.app)
+
+
+@beat_init.connect
+def _broker_for_beat(sender: Any = None, **_: Any) -> None:
+    if sender is not None:
+        _start_embedded_broker(sender.app)
+
+
 @worker_process_init.connect
-def _fresh_connections_after_fork(**_: Any) -> None:
-    # A forked pool child must not share the parent's pooled database sockets.
+def _prepare_pool_process(**_: Any) -> None:
+    # A forked pool child must not share the parent's pooled database sockets, and it is the
+    # one that sends: the memory budget is its own (the main process only supervises).
     db.dispose()
+    settings = _settings_of(current_celery_app)
+    if settings is not None and settings.worker_memory_limit_mb:
+        cap_memory(settings.worker_memory_limit_mb)
