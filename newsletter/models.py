@@ -92,7 +92,21 @@ class Base(DeclarativeBase):
 
 
 class SubscriberStatus(enum.StrEnum):
-    """pending → active → unsubscribed | bounced | complained."""
+    """A subscriber's lifecycle, and the step that makes each move:
+
+    ```
+    (none) ──signup────────► pending       audience/subscriptions.signup (a confirmation row)
+    pending ─confirm───────► active        audience/subscriptions.confirm (part 1 due now)
+    active, pending ─unsubscribe─► unsubscribed   audience/subscriptions.unsubscribe
+    unsubscribed ─signup───► pending       a fresh double opt-in
+    active, pending ─bounce─► bounced      delivery/recording (a mailbox refusal)
+    bounced ─lift──────────► active | pending     audience/suppressions.lift
+    ```
+
+    Leaving (unsubscribe, bounce) ends the subscriber's enrollments in the same transaction,
+    with a `StopReason`, and skips every open delivery. `complained` is kept for feedback
+    loops; a complaint suppresses the address like a bounce.
+    """
 
     PENDING = "pending"
     ACTIVE = "active"
@@ -102,7 +116,7 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class EnrollmentStatus(enum.StrEnum):
-    """An enrollment waits for confirmation, runs, and ends completed or stopped."""
+    """pending (until confirmed) → active → completed (the last part sent) | stopped (left)."""
 
     PENDING = "pending"
     ACTIVE = "active"
