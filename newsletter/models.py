@@ -104,8 +104,8 @@ class SubscriberStatus(enum.StrEnum):
     ```
 
     Leaving (unsubscribe, bounce) ends the subscriber's enrollments in the same transaction,
-    with a `StopReason`, and skips every open delivery. `complained` is kept for feedback
-    loops; a complaint suppresses the address like a bounce.
+    with a `StopReason`, and skips every open delivery. `complained` is reserved for
+    feedback-loop reports: nothing sets it yet, and a signup treats it as it treats bounced.
     """
 
     PENDING = "pending"
