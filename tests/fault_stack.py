@@ -18,7 +18,8 @@ from pathlib import Path
 import redis
 
 from newsletter import embedded
-from tests.conftest import WorkerProcess, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.workers import WorkerProcess
 
 # -- brokers the test owns ---------------------------------------------------------------------
 

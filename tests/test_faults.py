@@ -36,14 +36,6 @@ from newsletter.models import (
     Suppression,
 )
 from newsletter.runtime import Runtime
-from tests.conftest import (
-    PG_ADMIN_URL,
-    WorkerProcess,
-    base_env,
-    make_app,
-    start_worker,
-    stop_worker,
-)
 from tests.fault_check import Expectations, Report, check_copies, check_outcome
 from tests.fault_probes import (
     claimed_subscribers,
@@ -58,8 +50,11 @@ from tests.fault_stack import (
     PrivateRedis,
     terminate_backends,
 )
-from tests.mailparse import link, unsubscribe_path
-from tests.webclient import confirm
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.env import PG_ADMIN_URL
+from tests.helpers.mailparse import link, unsubscribe_path
+from tests.helpers.webclient import confirm
+from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 

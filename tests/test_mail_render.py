@@ -32,10 +32,11 @@ from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Sequence, Step, Subscriber
-from tests.conftest import ROOT, base_env, make_app, running_sink
-from tests.mailparse import html_of
-from tests.sending_helpers import runtime_of
-from tests.test_shipped_mail import part_mails, send_shipped_mails
+from tests.helpers.apps import base_env, make_app, runtime_of
+from tests.helpers.env import ROOT
+from tests.helpers.mailparse import html_of
+from tests.helpers.shipped import part_mails, send_shipped_mails
+from tests.helpers.smtp import running_sink
 
 WIDTHS = (320, 375, 600, 1024)
 CARD_MAX = 600
