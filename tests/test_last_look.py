@@ -19,7 +19,7 @@ from sqlalchemy import select
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import DeliveryKind, Subscriber
-from tests.fault_smtp import FaultSmtp
+from tests.faults.smtp import FaultSmtp
 from tests.helpers.apps import base_env, make_app, runtime_of
 from tests.helpers.sending import active_subscriber, claim_all, delivery, run_batch
 

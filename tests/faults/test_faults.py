@@ -3,7 +3,7 @@
 Each case runs a real worker with beat against a real SMTP server the test owns, on two stacks
 ("embedded": SQLite + the embedded broker; "pg-redis": PostgreSQL + a private redis-server on
 its own port), injects one kind of fault while the series is in progress, and ends with the
-same check (`tests/fault_check.py::check_outcome`), judged from the mail the SMTP server received.
+same check (`tests/faults/check.py::check_outcome`), judged from the mail the SMTP server received.
 Every case prints a `[fault report]` line with its uncertain events and duplicates.
 """
 
@@ -36,15 +36,15 @@ from newsletter.models import (
     Suppression,
 )
 from newsletter.runtime import Runtime
-from tests.fault_check import Expectations, Report, check_copies, check_outcome
-from tests.fault_probes import (
+from tests.faults.check import Expectations, Report, check_copies, check_outcome
+from tests.faults.probes import (
     claimed_subscribers,
     db_retry,
     in_flight_subscribers,
     sent_claimed_after,
 )
-from tests.fault_smtp import FaultSmtp
-from tests.fault_stack import (
+from tests.faults.smtp import FaultSmtp
+from tests.faults.stack import (
     EmbeddedBroker,
     Fleet,
     PrivateRedis,
