@@ -1,7 +1,9 @@
 """Shared fixtures: real databases, a real SMTP server, real Celery workers.
 
-SQLite runs always. PostgreSQL and Redis run when reachable (TEST_PG_URL, TEST_REDIS_URL;
-defaults are the local servers); under CI=true a missing server is an error, not a skip.
+SQLite runs always. PostgreSQL runs when reachable (TEST_PG_URL, default the local server).
+Redis is the server TEST_REDIS_URL names, or else a private redis-server started for the
+session (see `tests/helpers/redis_server.py`). Under CI=true a missing server is an error,
+not a skip.
 """
 
 from __future__ import annotations
@@ -19,15 +21,13 @@ from flask import Flask
 from newsletter import embedded
 from newsletter.db import db
 from tests.helpers.apps import base_env, make_app
-from tests.helpers.env import PG_ADMIN_URL, unavailable
+from tests.helpers.env import PG_ADMIN_URL, unavailable, worker_number
+from tests.helpers.redis_server import PrivateRedis, redis_executable, worker_database
 from tests.helpers.smtp import SmtpSink, running_sink
 from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
-
 
 # -- SMTP ------------------------------------------------------------------------------------
 
@@ -70,12 +70,35 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis server this test process may flush databases of.
+
+    TEST_REDIS_URL when the operator names one (scripts/test starts a private server and
+    names it); otherwise a redis-server started for this session alone, never a server that
+    merely answers on the usual port: the tests FLUSH it.
+    """
+    named = os.environ.get("TEST_REDIS_URL")
+    if named:
+        yield named
+        return
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"), executable=redis_executable())
+    try:
+        server.start()
+    except (OSError, RuntimeError) as exc:
+        unavailable("Redis", exc)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def redis_url() -> Iterator[str]:
-    """A Redis database number of its own, flushed before and after the test."""
+def redis_url(redis_server: str) -> Iterator[str]:
+    """A Redis database of this test process's own, flushed before and after the test."""
     import redis
 
-    url = f"{REDIS_URL.rstrip('/')}/{7 + os.getpid() % 8}"
+    url = worker_database(redis_server, worker_number())
     try:
         client = redis.Redis.from_url(url, socket_timeout=3)
         client.flushdb()

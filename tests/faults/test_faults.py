@@ -44,15 +44,11 @@ from tests.faults.probes import (
     sent_claimed_after,
 )
 from tests.faults.smtp import FaultSmtp
-from tests.faults.stack import (
-    EmbeddedBroker,
-    Fleet,
-    PrivateRedis,
-    terminate_backends,
-)
+from tests.faults.stack import EmbeddedBroker, Fleet, terminate_backends
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.env import PG_ADMIN_URL
 from tests.helpers.mailparse import link, unsubscribe_path
+from tests.helpers.redis_server import PrivateRedis
 from tests.helpers.webclient import confirm
 from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 
