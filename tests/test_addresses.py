@@ -25,10 +25,10 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import SmtpSink
-from tests.mailparse import link, part_number
-from tests.test_sending import active_subscriber, claim_all, deliver, delivery
-from tests.webclient import confirm, post_signup
+from tests.helpers.mailparse import link, part_number
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import confirm, post_signup
 
 
 def count(model: type) -> int:

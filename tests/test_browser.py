@@ -35,16 +35,13 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import (
-    ROOT,
-    SmtpSink,
-    WorkerProcess,
-    base_env,
-    free_port,
-    make_app,
-)
-from tests.mailparse import html_of
-from tests.test_reader import send_part_one
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.env import ROOT
+from tests.helpers.mailparse import html_of
+from tests.helpers.ports import free_port
+from tests.helpers.sending import send_part_one
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.workers import WorkerProcess
 
 pytestmark = pytest.mark.browser
 

@@ -13,8 +13,9 @@ from newsletter import create_app
 from newsletter.config import load_settings
 from newsletter.db import db
 from newsletter.models import Delivery, Sequence, Step, Subscriber
-from tests.conftest import SmtpSink, base_env
-from tests.mailparse import html_of, text_of
+from tests.helpers.apps import base_env
+from tests.helpers.mailparse import html_of, text_of
+from tests.helpers.smtp import SmtpSink
 
 
 @pytest.fixture

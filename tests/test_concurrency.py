@@ -15,8 +15,10 @@ from newsletter.audience import subscriptions
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Subscriber
-from tests.conftest import SmtpSink, WorkerProcess, base_env, make_app
-from tests.mailparse import text_of
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.mailparse import text_of
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -93,7 +93,7 @@ def test_web_entry_point_reports_bad_setting(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from tests.conftest import ROOT
+    from tests.helpers.env import ROOT
 
     result = subprocess.run(
         [sys.executable, "-c", "import web"],

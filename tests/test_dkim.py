@@ -20,8 +20,9 @@ from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.mail.dkim_signing import DkimError, DkimSigner
 from newsletter.models import DeliveryKind, Subscriber, SubscriberStatus
-from tests.conftest import SmtpSink, base_env, make_app
-from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.helpers.apps import base_env, make_app, runtime_of
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
 
 
 @pytest.fixture

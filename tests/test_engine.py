@@ -19,8 +19,9 @@ from newsletter.delivery import claims, sending
 from newsletter.delivery.flow import FlowControl, MemoryStore, RedisStore
 from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence, Subscriber
-from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.helpers.apps import runtime_of
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
 
 
 def scheduled_step(app: Flask, email: str, tz: str, day_offset: int = 1) -> int:

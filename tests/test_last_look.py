@@ -19,9 +19,9 @@ from sqlalchemy import select
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import DeliveryKind, Subscriber
-from tests.conftest import base_env, make_app
-from tests.fault_smtp import FaultSmtp
-from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
+from tests.faults.smtp import FaultSmtp
+from tests.helpers.apps import base_env, make_app, runtime_of
+from tests.helpers.sending import active_subscriber, claim_all, delivery, run_batch
 
 PEOPLE = [f"r{n}@example.org" for n in range(8)]
 REPLY_DELAY = 1.0

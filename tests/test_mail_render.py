@@ -7,14 +7,17 @@ Two kinds of check:
   no sideways scroll, text of at least 14 px at a contrast of at least 4.5:1 (WCAG AA),
   one centred column, every image described and every link https or mailto.
 
-The same browser takes the README's screenshots of part 1 (docs/screenshots/).
+The same browser takes the README's screenshots of part 1 and checks them; it writes them to
+docs/screenshots/ only when asked (UPDATE_SCREENSHOTS=1), so a test run never changes tracked
+files.
 """
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -32,10 +35,11 @@ from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Sequence, Step, Subscriber
-from tests.conftest import ROOT, base_env, make_app, running_sink
-from tests.mailparse import html_of
-from tests.sending_helpers import runtime_of
-from tests.test_shipped_mail import part_mails, send_shipped_mails
+from tests.helpers.apps import base_env, make_app, runtime_of
+from tests.helpers.env import ROOT
+from tests.helpers.mailparse import html_of
+from tests.helpers.shipped import part_mails, send_shipped_mails
+from tests.helpers.smtp import running_sink
 
 WIDTHS = (320, 375, 600, 1024)
 CARD_MAX = 600
@@ -446,10 +450,39 @@ SHOTS = (
 )
 
 
+# What a screenshot shows, measured in the browser: its mean luminance (0 black, 1 white) and
+# how many colours it has (a blank or one-colour image has a handful; text has many shades).
+PICTURE = """
+async (src) => {
+  const image = new Image();
+  image.src = src;
+  await image.decode();
+  const canvas = document.createElement('canvas');
+  canvas.width = image.width;
+  canvas.height = image.height;
+  const context = canvas.getContext('2d');
+  context.drawImage(image, 0, 0);
+  const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  let sum = 0;
+  const colours = new Set();
+  for (let i = 0; i < data.length; i += 4) {
+    sum += 0.2126 * data[i] + 0.7152 * data[i + 1] + 0.0722 * data[i + 2];
+    colours.add((data[i] << 16) | (data[i + 1] << 8) | data[i + 2]);
+  }
+  return {luminance: sum / (data.length / 4) / 255, colours: colours.size};
+}
+"""
+MIN_COLOURS = 50
+
+
 @pytest.fixture
-def screenshot_dir() -> Iterator[Path]:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    yield SCREENSHOTS
+def screenshot_dir(tmp_path: Path) -> Path:
+    """docs/screenshots/ with UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else a
+    folder of the test's own: a run never rewrites tracked files."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path
 
 
 @pytest.mark.browser
@@ -469,9 +502,17 @@ def test_readme_screenshots_of_part_one(
             page.set_content(part_one.html, wait_until="load")
             path = screenshot_dir / f"{name}.png"
             page.screenshot(path=str(path))
+            data = base64.b64encode(path.read_bytes()).decode()
+            seen: dict[str, float] = page.evaluate(PICTURE, f"data:image/png;base64,{data}")
         finally:
             context.close()
         assert png_size(path) == (width * scale, height * scale), name
+        # The picture shows the mail in its colour scheme: light on white, or dark.
+        if scheme == "dark":
+            assert seen["luminance"] < 0.3, f"{name} is not dark: {seen}"
+        else:
+            assert seen["luminance"] > 0.7, f"{name} is not light: {seen}"
+        assert seen["colours"] >= MIN_COLOURS, f"{name} looks blank: {seen}"
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     for name, *_ in SHOTS:
         assert f"docs/screenshots/{name}.png" in readme, f"README does not show {name}"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WorkerProcess, base_env, make_app
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.workers import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -27,9 +27,10 @@ from newsletter.db import db
 from newsletter.mail.compose import body_html, sample_bodies
 from newsletter.mail.sandbox import TOKEN_START, AdminTemplateError, AdminTemplates
 from newsletter.models import Delivery, DeliveryState, Sequence, Subscriber
-from tests.conftest import SmtpSink
-from tests.mailparse import PART, html_of, text_of
-from tests.test_sending import active_subscriber, claim_all, deliver, runtime_of
+from tests.helpers.apps import runtime_of
+from tests.helpers.mailparse import PART, html_of, text_of
+from tests.helpers.sending import active_subscriber, claim_all, deliver
+from tests.helpers.smtp import SmtpSink
 
 PLAIN = "Ingrid"
 HOSTILE = [

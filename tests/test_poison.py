@@ -19,8 +19,9 @@ from newsletter.db import db
 from newsletter.delivery import claims, dispatch
 from newsletter.mail.transport import SmtpTransport
 from newsletter.models import Delivery, DeliveryKind, DeliveryState, Event, Sequence
-from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
+from tests.helpers.apps import runtime_of
+from tests.helpers.sending import active_subscriber, claim_all, delivery, run_batch
+from tests.helpers.smtp import SmtpSink
 
 POISON = "poison@example.org"
 

@@ -8,17 +8,11 @@ from flask import Flask
 from sqlalchemy import select
 
 from newsletter.db import db
-from newsletter.models import Delivery, DeliveryKind, DeliveryState
-from tests.conftest import SmtpSink
-from tests.mailparse import html_of, text_of
-from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
-
-
-def send_part_one(app: Flask, email: str) -> int:
-    subscriber_id = active_subscriber(email)
-    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
-    deliver(app, step_id)
-    return subscriber_id
+from newsletter.models import Delivery, DeliveryState
+from tests.helpers.apps import runtime_of
+from tests.helpers.mailparse import html_of, text_of
+from tests.helpers.sending import active_subscriber, send_part_one
+from tests.helpers.smtp import SmtpSink
 
 
 def test_the_mail_links_to_itself_and_to_the_archive(app: Flask, smtp_sink: SmtpSink) -> None:

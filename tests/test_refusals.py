@@ -29,8 +29,9 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, delivery, run_batch, runtime_of
+from tests.helpers.apps import runtime_of
+from tests.helpers.sending import active_subscriber, claim_all, delivery, run_batch
+from tests.helpers.smtp import SmtpSink
 
 
 class FakeWall:

@@ -10,8 +10,8 @@ from newsletter.audience import subscriptions
 from newsletter.content.results import sequence_results
 from newsletter.db import db
 from newsletter.models import DeliveryKind, EnrollmentStatus, Sequence
-from tests.conftest import SmtpSink
-from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
 
 
 def test_parts_count_sent_waiting_skipped_and_who_left_after_them(

@@ -29,7 +29,7 @@ from newsletter.mail.sandbox import (
     AdminTemplates,
 )
 from newsletter.models import Sequence, Step
-from tests.conftest import base_env, make_app
+from tests.helpers.apps import base_env, make_app
 
 # (text, what the refusal must say)
 HOSTILE = [

@@ -30,10 +30,11 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import SmtpSink
-from tests.mailparse import html_of, link, part_number, text_of
-from tests.test_sending import claim_all, deliver, delivery, runtime_of
-from tests.webclient import confirm, post_signup
+from tests.helpers.apps import runtime_of
+from tests.helpers.mailparse import html_of, link, part_number, text_of
+from tests.helpers.sending import claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import confirm, post_signup
 
 EMAIL = "scan@example.org"
 TABLES: tuple[Any, ...] = (Subscriber, Enrollment, Delivery, Event)

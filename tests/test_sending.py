@@ -28,9 +28,10 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from tests.conftest import SmtpSink
-from tests.mailparse import html_of, part_number, text_of
-from tests.sending_helpers import active_subscriber, claim_all, deliver, delivery, runtime_of
+from tests.helpers.apps import runtime_of
+from tests.helpers.mailparse import html_of, part_number, text_of
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.smtp import SmtpSink
 
 
 def test_part_one_is_sent_recorded_and_part_two_scheduled(app: Flask, smtp_sink: SmtpSink) -> None:
@@ -151,7 +152,7 @@ def test_smtp_server_down_is_transient(app: Flask) -> None:
     # The app's SMTP_PORT points at the sink; build a transport aimed at a closed port.
     from dataclasses import replace
 
-    from tests.conftest import free_port
+    from tests.helpers.ports import free_port
 
     settings = replace(runtime_of(app).settings, smtp_port=free_port())
     assert deliver(app, step_id, SmtpTransport(settings)) is sending.Outcome.RETRY

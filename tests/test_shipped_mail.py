@@ -6,7 +6,6 @@ Built by the real Composer and sent to a real SMTP server, then read back with P
 
 from __future__ import annotations
 
-from datetime import datetime
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -14,15 +13,11 @@ from email.parser import BytesParser
 from flask import Flask
 from sqlalchemy import select
 
-from newsletter import clock
-from newsletter.audience import subscriptions
 from newsletter.db import db
-from newsletter.mail.compose import Composer, markdown_to_text
-from newsletter.mail.mime import Outgoing
-from newsletter.mail.transport import SmtpTransport
-from newsletter.models import Sequence, Subscriber
-from tests.conftest import SmtpSink
-from tests.sending_helpers import runtime_of
+from newsletter.mail.compose import markdown_to_text
+from newsletter.models import Sequence
+from tests.helpers.shipped import send_shipped_mails
+from tests.helpers.smtp import SmtpSink
 
 COMMON = ("From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type")
 SERIES = ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post")
@@ -44,32 +39,6 @@ def check(message: EmailMessage, headers: tuple[str, ...]) -> None:
         assert not part.defects
         assert part.get_content().strip()
     assert not message.defects
-
-
-def part_mails(
-    composer: Composer, subscriber: Subscriber, sequence: Sequence, now: datetime
-) -> list[Outgoing]:
-    """Every part of `sequence` as the sender builds it for `subscriber`."""
-    return [composer.part(subscriber, step, sequence, now) for step in sequence.steps]
-
-
-def send_shipped_mails(app: Flask, smtp_sink: SmtpSink) -> list[bytes]:
-    """The confirmation and every part of the seed series, as sent; the bytes received."""
-    rt = runtime_of(app)
-    composer, transport = rt.composer, SmtpTransport(rt.settings)
-    now = clock.now()
-    with db.transaction() as session:
-        subscriptions.signup(
-            session, subscriptions.SignupRequest(email="zoe@example.org", first_name="Zoë"), now
-        )
-    with db.session() as session:
-        sequence = session.scalars(select(Sequence).where(Sequence.is_default)).one()
-        subscriber = session.scalars(select(Subscriber)).one()
-        outgoing = [composer.wire(composer.confirmation(subscriber, sequence), subscriber, now)]
-        outgoing += part_mails(composer, subscriber, sequence, now)
-    for mail in outgoing:
-        transport.send_data(mail.sender, mail.recipients, mail.data)
-    return list(smtp_sink.handler.raw)
 
 
 def test_the_seed_series_and_the_confirmation_parse_strictly(

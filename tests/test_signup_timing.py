@@ -22,8 +22,9 @@ from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Subscriber, SubscriberStatus, Suppression
 from newsletter.web.timing import answer_floor
-from tests.conftest import SmtpSink, base_env, make_app
-from tests.webclient import csrf
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import csrf
 
 FLOOR = 0.05  # SIGNUP_ANSWER_SECONDS for the test: above a signup's own cost on this machine
 TRIES = 40

@@ -19,7 +19,9 @@ from cryptography.x509.oid import NameOID
 
 from newsletter.config import load_settings
 from newsletter.mail.transport import SendError, SmtpTransport
-from tests.conftest import SinkHandler, base_env, free_port
+from tests.helpers.apps import base_env
+from tests.helpers.ports import free_port
+from tests.helpers.smtp import SinkHandler
 
 
 def _name(common: str) -> x509.Name:

@@ -10,8 +10,8 @@ import subprocess
 import pytest
 from flask import Flask
 
-from tests.conftest import SmtpSink
-from tests.test_shipped_mail import send_shipped_mails
+from tests.helpers.shipped import send_shipped_mails
+from tests.helpers.smtp import SmtpSink
 
 MAX_SCORE = 1.0
 

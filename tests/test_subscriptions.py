@@ -26,8 +26,9 @@ from newsletter.models import (
     SubscriberStatus,
 )
 from newsletter.runtime import Runtime
-from tests.conftest import SmtpSink, base_env, make_app
-from tests.webclient import confirm, csrf, post_signup
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import confirm, csrf, post_signup
 
 
 def rt(app: Flask) -> Runtime:

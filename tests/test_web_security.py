@@ -23,10 +23,10 @@ from newsletter import clock
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Delivery, DeliveryKind, Event, Subscriber, SubscriberStatus
-from tests.conftest import SmtpSink, base_env, make_app
-from tests.test_reader import send_part_one
-from tests.test_sending import runtime_of
-from tests.webclient import CSRF_FIELD, csrf, post_signup
+from tests.helpers.apps import base_env, make_app, runtime_of
+from tests.helpers.sending import send_part_one
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import CSRF_FIELD, csrf, post_signup
 
 PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "

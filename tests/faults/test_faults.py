@@ -3,7 +3,7 @@
 Each case runs a real worker with beat against a real SMTP server the test owns, on two stacks
 ("embedded": SQLite + the embedded broker; "pg-redis": PostgreSQL + a private redis-server on
 its own port), injects one kind of fault while the series is in progress, and ends with the
-same check (`tests/fault_check.py::check_outcome`), judged from the mail the SMTP server received.
+same check (`tests/faults/check.py::check_outcome`), judged from the mail the SMTP server received.
 Every case prints a `[fault report]` line with its uncertain events and duplicates.
 """
 
@@ -36,30 +36,21 @@ from newsletter.models import (
     Suppression,
 )
 from newsletter.runtime import Runtime
-from tests.conftest import (
-    PG_ADMIN_URL,
-    WorkerProcess,
-    base_env,
-    make_app,
-    start_worker,
-    stop_worker,
-)
-from tests.fault_check import Expectations, Report, check_copies, check_outcome
-from tests.fault_probes import (
+from tests.faults.check import Expectations, Report, check_copies, check_outcome
+from tests.faults.probes import (
     claimed_subscribers,
     db_retry,
     in_flight_subscribers,
     sent_claimed_after,
 )
-from tests.fault_smtp import FaultSmtp
-from tests.fault_stack import (
-    EmbeddedBroker,
-    Fleet,
-    PrivateRedis,
-    terminate_backends,
-)
-from tests.mailparse import link, unsubscribe_path
-from tests.webclient import confirm
+from tests.faults.smtp import FaultSmtp
+from tests.faults.stack import EmbeddedBroker, Fleet, terminate_backends
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.env import PG_ADMIN_URL
+from tests.helpers.mailparse import link, unsubscribe_path
+from tests.helpers.redis_server import PrivateRedis
+from tests.helpers.webclient import confirm
+from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 

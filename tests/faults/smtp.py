@@ -22,8 +22,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.conftest import SinkHandler, SmtpSink, free_port
-from tests.mailparse import PART, text_of
+from tests.helpers.mailparse import PART, text_of
+from tests.helpers.ports import free_port
+from tests.helpers.smtp import SinkHandler, SmtpSink
 
 
 @dataclass

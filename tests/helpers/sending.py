@@ -12,15 +12,10 @@ from newsletter import clock
 from newsletter.audience import subscriptions
 from newsletter.db import db
 from newsletter.delivery import claims, sending
+from newsletter.delivery.policy import Outcome
 from newsletter.mail.transport import SmtpTransport
-from newsletter.models import Delivery, Subscriber
-from newsletter.runtime import Runtime
-
-
-def runtime_of(app: Flask) -> Runtime:
-    value = app.extensions["newsletter"]
-    assert isinstance(value, Runtime)
-    return value
+from newsletter.models import Delivery, DeliveryKind, Subscriber
+from tests.helpers.apps import runtime_of
 
 
 def active_subscriber(email: str, name: str | None = "Ann") -> int:
@@ -41,11 +36,17 @@ def claim_all() -> list[int]:
         return claims.claim_due(session, clock.now(), 100)
 
 
-def deliver(
-    app: Flask, delivery_id: int, transport: SmtpTransport | None = None
-) -> sending.Outcome:
+def deliver(app: Flask, delivery_id: int, transport: SmtpTransport | None = None) -> Outcome:
     """Send one claimed delivery; its outcome."""
     return next(iter(run_batch(app, [delivery_id], transport)))
+
+
+def send_part_one(app: Flask, email: str) -> int:
+    """A confirmed subscriber whose part 1 was sent through the app's own send path; their id."""
+    subscriber_id = active_subscriber(email)
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    deliver(app, step_id)
+    return subscriber_id
 
 
 def delivery(delivery_id: int) -> Delivery:
@@ -60,7 +61,7 @@ def run_batch(
     ids: list[int],
     transport: SmtpTransport | None = None,
     **options: Any,
-) -> Counter[sending.Outcome]:
+) -> Counter[Outcome]:
     """One batch of the given deliveries through the app's own composer and policy."""
     rt = runtime_of(app)
     with app.app_context():

@@ -23,8 +23,8 @@ from newsletter.models import (
     SubscriberStatus,
     Suppression,
 )
-from tests.fault_probes import db_retry, reading, wait_until_quiet
-from tests.fault_smtp import Arrival, FaultSmtp
+from tests.faults.probes import db_retry, reading, wait_until_quiet
+from tests.faults.smtp import Arrival, FaultSmtp
 
 # -- the end check ---------------------------------------------------------------------------
 

@@ -27,9 +27,11 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.conftest import SmtpSink, WorkerProcess, base_env, make_app
-from tests.mailparse import html_of, link, part_number, text_of, unsubscribe_path
-from tests.webclient import confirm
+from tests.helpers.apps import base_env, make_app
+from tests.helpers.mailparse import html_of, link, part_number, text_of, unsubscribe_path
+from tests.helpers.smtp import SmtpSink
+from tests.helpers.webclient import confirm
+from tests.helpers.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 

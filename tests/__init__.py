@@ -1,0 +1,1 @@
+"""The test suite. A package, so that helpers import as `tests.helpers.…` however pytest is run."""
