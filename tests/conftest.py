@@ -29,6 +29,28 @@ from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
+# -- markers ---------------------------------------------------------------------------------
+
+
+def require_marker(request: pytest.FixtureRequest, name: str, what: str) -> None:
+    """Fail a test that uses `what` without carrying the marker `name`.
+
+    Runs are chosen by markers (`-m "not slow"`, `-m "not postgres"`), so a test missing its
+    marker would be let into a run it does not belong in.
+    """
+    if request.node.get_closest_marker(name) is None:
+        pytest.fail(f"{request.node.nodeid} uses {what} but is not marked @pytest.mark.{name}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check the markers fixtures imply."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "browser"
+        ):
+            raise pytest.UsageError(f"{item.nodeid} uses Chromium but is not marked browser")
+
+
 # -- SMTP ------------------------------------------------------------------------------------
 
 
@@ -48,8 +70,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    require_marker(request, "postgres", "PostgreSQL")
     try:
         import psycopg
 
@@ -94,10 +117,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest, redis_server: str) -> Iterator[str]:
     """A Redis database of this test process's own, flushed before and after the test."""
     import redis
 
+    require_marker(request, "redis", "Redis")
     url = worker_database(redis_server, worker_number())
     try:
         client = redis.Redis.from_url(url, socket_timeout=3)
@@ -110,11 +134,23 @@ def redis_url(redis_server: str) -> Iterator[str]:
         client.flushdb()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test that takes this runs once on SQLite and once on PostgreSQL."""
+    """The test's database, SQLite or PostgreSQL (see `pytest_generate_tests`)."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `database_url` (the `app` fixture does) runs on SQLite and on
+    PostgreSQL, unless it is marked `any_database`: the database plays no part in what it
+    checks (rendering, tokens, headers), so it runs once, on SQLite."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    params = [pytest.param("sqlite", id="sqlite")]
+    if metafunc.definition.get_closest_marker("any_database") is None:
+        params.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
+    metafunc.parametrize("database_url", params, indirect=True)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -148,8 +184,11 @@ def at_time() -> Iterator[Callable[[datetime], None]]:
 
 
 @pytest.fixture
-def run_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def run_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers for a test; all of them (and an embedded broker) stop at its end."""
+    require_marker(request, "slow", "real worker processes")
     started: list[WorkerProcess] = []
     # Remembered before the start: a worker that fails to start may still have started the
     # embedded broker, which must not outlive the test.

@@ -78,6 +78,8 @@ def prepare() -> None:
             subscriptions.unsubscribe(session, subscriber_id, clock.now(), "page")
 
 
+@pytest.mark.timing
+@pytest.mark.slow
 def test_signup_answer_takes_the_same_time_for_every_state(
     padded_app: Flask, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -39,6 +39,7 @@ def score(raw: bytes) -> tuple[float, list[str]]:
     return float(found.group(1)), rules
 
 
+@pytest.mark.any_database
 def test_every_shipped_mail_scores_at_most_one_point(
     app: Flask, smtp_sink: SmtpSink, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -92,7 +92,12 @@ def fault_smtp() -> Iterator[FaultSmtp]:
         smtp.stop()
 
 
-@pytest.fixture(params=["embedded", "pg-redis"])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("pg-redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def stack(request: pytest.FixtureRequest, tmp_path: Path, fault_smtp: FaultSmtp) -> Iterator[Stack]:
     if request.param == "embedded":
         url = str(request.getfixturevalue("sqlite_url"))
