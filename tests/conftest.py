@@ -20,6 +20,7 @@ from flask import Flask
 
 from newsletter import embedded
 from newsletter.db import db
+from tests.helpers.alone import Room
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.env import PG_ADMIN_URL, unavailable, worker_number
 from tests.helpers.redis_server import PrivateRedis, redis_executable, worker_database
@@ -43,12 +44,79 @@ def require_marker(request: pytest.FixtureRequest, name: str, what: str) -> None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Check the markers fixtures imply."""
+    """Check the markers fixtures imply; put the `timing` tests last.
+
+    Under xdist a `timing` test waits for every running test to end and holds off new ones
+    (tests/helpers/alone.py), so it costs least once the rest of the run is done.
+    """
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
             "browser"
         ):
             raise pytest.UsageError(f"{item.nodeid} uses Chromium but is not marked browser")
+    items.sort(key=lambda item: item.get_closest_marker("timing") is not None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under xdist, run each `timing` test while no other worker runs a test."""
+    room: Room | None = item.config.stash.get(_ROOM, None)
+    if room is None:
+        return (yield)
+    alone = item.get_closest_marker("timing") is not None
+    room.enter(alone=alone)
+    try:
+        return (yield)
+    finally:
+        if not (alone and nextitem is not None and nextitem.get_closest_marker("timing")):
+            room.leave()
+
+
+_ROOM = pytest.StashKey[Room]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") and config.option.basetemp:
+        # An xdist worker: its basetemp is <the run's basetemp>/popen-gwN, so the lock files
+        # sit beside the workers' folders and go when pytest cleans old runs up.
+        config.stash[_ROOM] = Room(Path(config.option.basetemp).parent / "alone")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    room = config.stash.get(_ROOM, None)
+    if room is not None:
+        room.close()
+
+
+# -- findings shown in the run's summary ---------------------------------------------------------
+
+# Lines of findings (spam scores, signup medians, fault reports, render measurements) from every
+# test of the run, in the order their tests ended. Filled in the process that reports (the
+# xdist controller), from each test's user_properties, because a worker's own output is not
+# shown.
+_FINDINGS: list[str] = []
+
+
+@pytest.fixture
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Add a line to the findings printed at the end of the run, passed or failed."""
+
+    def add(line: str) -> None:
+        request.node.user_properties.append(("finding", line))
+
+    return add
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _FINDINGS.extend(str(value) for key, value in report.user_properties if key == "finding")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FINDINGS:
+        terminalreporter.section("findings")
+        for line in _FINDINGS:
+            terminalreporter.write_line(line)
 
 
 # -- SMTP ------------------------------------------------------------------------------------
