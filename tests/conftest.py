@@ -20,6 +20,7 @@ from flask import Flask
 
 from newsletter import embedded
 from newsletter.db import db
+from tests.helpers.alone import Room
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.env import PG_ADMIN_URL, unavailable, worker_number
 from tests.helpers.redis_server import PrivateRedis, redis_executable, worker_database
@@ -28,6 +29,95 @@ from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
+
+# -- markers ---------------------------------------------------------------------------------
+
+
+def require_marker(request: pytest.FixtureRequest, name: str, what: str) -> None:
+    """Fail a test that uses `what` without carrying the marker `name`.
+
+    Runs are chosen by markers (`-m "not slow"`, `-m "not postgres"`), so a test missing its
+    marker would be let into a run it does not belong in.
+    """
+    if request.node.get_closest_marker(name) is None:
+        pytest.fail(f"{request.node.nodeid} uses {what} but is not marked @pytest.mark.{name}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Check the markers fixtures imply; put the `timing` tests last.
+
+    Under xdist a `timing` test waits for every running test to end and holds off new ones
+    (tests/helpers/alone.py), so it costs least once the rest of the run is done.
+    """
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "browser"
+        ):
+            raise pytest.UsageError(f"{item.nodeid} uses Chromium but is not marked browser")
+    items.sort(key=lambda item: item.get_closest_marker("timing") is not None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Under xdist, run each `timing` test while no other worker runs a test."""
+    room: Room | None = item.config.stash.get(_ROOM, None)
+    if room is None:
+        return (yield)
+    alone = item.get_closest_marker("timing") is not None
+    room.enter(alone=alone)
+    try:
+        return (yield)
+    finally:
+        if not (alone and nextitem is not None and nextitem.get_closest_marker("timing")):
+            room.leave()
+
+
+_ROOM = pytest.StashKey[Room]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") and config.option.basetemp:
+        # An xdist worker: its basetemp is <the run's basetemp>/popen-gwN, so the lock files
+        # sit beside the workers' folders and go when pytest cleans old runs up.
+        config.stash[_ROOM] = Room(Path(config.option.basetemp).parent / "alone")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    room = config.stash.get(_ROOM, None)
+    if room is not None:
+        room.close()
+
+
+# -- findings shown in the run's summary ---------------------------------------------------------
+
+# Lines of findings (spam scores, signup medians, fault reports, render measurements) from every
+# test of the run, in the order their tests ended. Filled in the process that reports (the
+# xdist controller), from each test's user_properties, because a worker's own output is not
+# shown.
+_FINDINGS: list[str] = []
+
+
+@pytest.fixture
+def report_line(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Add a line to the findings printed at the end of the run, passed or failed."""
+
+    def add(line: str) -> None:
+        request.node.user_properties.append(("finding", line))
+
+    return add
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":
+        _FINDINGS.extend(str(value) for key, value in report.user_properties if key == "finding")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _FINDINGS:
+        terminalreporter.section("findings")
+        for line in _FINDINGS:
+            terminalreporter.write_line(line)
+
 
 # -- SMTP ------------------------------------------------------------------------------------
 
@@ -48,8 +138,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    require_marker(request, "postgres", "PostgreSQL")
     try:
         import psycopg
 
@@ -94,10 +185,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
+def redis_url(request: pytest.FixtureRequest, redis_server: str) -> Iterator[str]:
     """A Redis database of this test process's own, flushed before and after the test."""
     import redis
 
+    require_marker(request, "redis", "Redis")
     url = worker_database(redis_server, worker_number())
     try:
         client = redis.Redis.from_url(url, socket_timeout=3)
@@ -110,11 +202,23 @@ def redis_url(redis_server: str) -> Iterator[str]:
         client.flushdb()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest) -> str:
-    """Each test that takes this runs once on SQLite and once on PostgreSQL."""
+    """The test's database, SQLite or PostgreSQL (see `pytest_generate_tests`)."""
     name = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     return str(request.getfixturevalue(name))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `database_url` (the `app` fixture does) runs on SQLite and on
+    PostgreSQL, unless it is marked `any_database`: the database plays no part in what it
+    checks (rendering, tokens, headers), so it runs once, on SQLite."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    params = [pytest.param("sqlite", id="sqlite")]
+    if metafunc.definition.get_closest_marker("any_database") is None:
+        params.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
+    metafunc.parametrize("database_url", params, indirect=True)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -148,8 +252,11 @@ def at_time() -> Iterator[Callable[[datetime], None]]:
 
 
 @pytest.fixture
-def run_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def run_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
     """Start workers for a test; all of them (and an embedded broker) stop at its end."""
+    require_marker(request, "slow", "real worker processes")
     started: list[WorkerProcess] = []
     # Remembered before the start: a worker that fails to start may still have started the
     # embedded broker, which must not outlive the test.

@@ -69,6 +69,7 @@ def test_idn_address_signs_up_confirms_and_gets_part_one_as_idna(
     assert part_one["To"].addresses[0].display_name == "Ida"
 
 
+@pytest.mark.any_database
 @pytest.mark.parametrize(
     "address",
     [
@@ -109,6 +110,7 @@ def test_variants_of_one_address_are_one_subscriber(app: Flask) -> None:
     assert confirmations == 2
 
 
+@pytest.mark.any_database
 @pytest.mark.parametrize(
     "address",
     ["a@pаypal.com", "a@xn--pypal-4ve.com", "a@gοogle.com", "a@mail.аpple.com"],
@@ -167,6 +169,7 @@ def test_a_legacy_utf8_row_fails_its_own_mail_alone(app: Flask, smtp_sink: SmtpS
         assert still is not None and still.status is SubscriberStatus.ACTIVE
 
 
+@pytest.mark.any_database
 def test_signup_service_refuses_like_the_form(app: Flask) -> None:
     with db.transaction() as session, pytest.raises(subscriptions.SignupError) as caught:
         subscriptions.signup(

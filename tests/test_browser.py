@@ -217,6 +217,7 @@ def test_invalid_address_is_refused_next_to_the_field(
         assert count(model) == 0, f"{model.__name__} rows written for an invalid address"
 
 
+@pytest.mark.slow
 def test_whole_journey_confirm_read_unsubscribe(
     start_site: Callable[..., Site],
     new_page: Callable[..., Page],
@@ -289,6 +290,7 @@ def test_whole_journey_confirm_read_unsubscribe(
     assert open_rows == 0
 
 
+@pytest.mark.slow
 def test_dev_mailbox_shows_the_confirmation_mail(
     tmp_path: Path,
     start_site: Callable[..., Site],

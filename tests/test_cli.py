@@ -141,6 +141,7 @@ def test_import_article_errors_change_nothing(
         assert session.scalar(select(func.count(Sequence.id))) == 1
 
 
+@pytest.mark.any_database
 def test_send_test_sends_each_part_as_subscribers_get_it(app: Flask, smtp_sink: SmtpSink) -> None:
     runner = app.test_cli_runner()
     result = runner.invoke(
@@ -170,6 +171,7 @@ def test_send_test_sends_each_part_as_subscribers_get_it(app: Flask, smtp_sink: 
     assert one_click.status_code == 404
 
 
+@pytest.mark.any_database
 def test_send_test_of_one_part(app: Flask, smtp_sink: SmtpSink) -> None:
     result = app.test_cli_runner().invoke(args=["send-test", "a@example.org", "--part", "4"])
     assert result.exit_code == 0, result.output
@@ -177,6 +179,7 @@ def test_send_test_of_one_part(app: Flask, smtp_sink: SmtpSink) -> None:
     assert "Part 4 of 4" in text_of(only) and "KEEP READING" in text_of(only)
 
 
+@pytest.mark.any_database
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -195,6 +198,7 @@ def test_send_test_refuses_bad_requests_and_sends_nothing(
     assert smtp_sink.messages == []
 
 
+@pytest.mark.any_database
 def test_send_test_reports_a_refusal(app: Flask, smtp_sink: SmtpSink) -> None:
     smtp_sink.handler.refuse["a@example.org"] = "550 5.1.1 no such user"
     result = app.test_cli_runner().invoke(args=["send-test", "a@example.org"])

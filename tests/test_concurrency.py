@@ -25,7 +25,12 @@ pytestmark = pytest.mark.slow
 PEOPLE = 120
 
 
-@pytest.fixture(params=["sqlite-embedded", "postgres-redis"])
+@pytest.fixture(
+    params=[
+        "sqlite-embedded",
+        pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def env(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -> dict[str, str]:
     # Real days: part 1 goes at once, part 2 is a day away, so each person gets exactly one mail.
     extra = {

@@ -175,6 +175,7 @@ def test_the_app_refuses_to_start_with_an_unreadable_key(tmp_path: Path, sqlite_
     assert "DKIM_PRIVATE_KEY_FILE" in result.stderr + result.stdout
 
 
+@pytest.mark.any_database
 def test_unsigned_when_dkim_is_off(app: Flask, smtp_sink: SmtpSink) -> None:
     raw = send_part_one(app, smtp_sink, "plain@example.org")
     assert b"DKIM-Signature" not in raw and b"Reply-To" not in raw

@@ -39,7 +39,12 @@ DAY = 2.0  # seconds in a drip day for these tests
 TICK = 0.5
 
 
-@pytest.fixture(params=["embedded", "postgres-redis"])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def stack(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -> dict[str, str]:
     """Settings for the two shapes the product runs in."""
     extra = {"DRIP_DAY_SECONDS": str(DAY), "DISPATCH_INTERVAL_SECONDS": str(TICK)}

@@ -207,7 +207,7 @@ class FakeWall:
         return self.now
 
 
-@pytest.mark.parametrize("store_kind", ["memory", "redis"])
+@pytest.mark.parametrize("store_kind", ["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def test_error_brake_trips_pauses_and_releases(
     store_kind: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -239,6 +239,8 @@ def test_error_brake_trips_pauses_and_releases(
     assert store.paused_until() == pytest.approx(wall.now + 30)
 
 
+@pytest.mark.redis
+@pytest.mark.timing
 def test_rate_limit_reserves_evenly_spaced_slots(redis_url: str) -> None:
     import redis
 

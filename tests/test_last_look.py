@@ -47,6 +47,8 @@ def slow_app(tmp_path: Path, database_url: str, slow_relay: FaultSmtp) -> Iterat
     db.dispose()
 
 
+@pytest.mark.timing
+@pytest.mark.slow
 def test_no_mail_starts_after_the_unsubscribe_page_answered(
     slow_app: Flask, slow_relay: FaultSmtp
 ) -> None:

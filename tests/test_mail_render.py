@@ -18,6 +18,7 @@ import base64
 import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -413,7 +414,7 @@ def problems_at(page: Page, mail: Mail, width: int, scheme: str, seen_all: Seen)
 @pytest.mark.browser
 @pytest.mark.parametrize("width", WIDTHS)
 def test_every_mail_reads_well_at_this_width(
-    browser: Browser, shipped: list[Mail], width: int
+    browser: Browser, shipped: list[Mail], width: int, report_line: Callable[[str], None]
 ) -> None:
     context = browser.new_context(
         viewport={"width": width, "height": 800}, is_mobile=width < CARD_MAX, has_touch=True
@@ -426,7 +427,7 @@ def test_every_mail_reads_well_at_this_width(
                 seen.problems += problems_at(page, mail, width, scheme, seen)
     finally:
         context.close()
-    print(
+    report_line(
         f"[mail render] {width}px, {len(shipped)} mails, light and dark: content at most "
         f"{seen.widest_px}px wide, smallest text {seen.smallest_px:g}px, "
         f"lowest contrast {seen.lowest_contrast:.2f}:1"

@@ -261,7 +261,7 @@ WORST_NAME = "\U0001d504" * MAX_VALUE_CHARS
 
 @pytest.mark.parametrize("kind", list(WORST))
 def test_the_worst_accepted_texts_render_within_the_memory_budget(
-    templates: AdminTemplates, kind: str
+    templates: AdminTemplates, kind: str, report_line: Callable[[str], None]
 ) -> None:
     n = _largest_accepted(templates, WORST[kind])
     with pytest.raises(AdminTemplateError):  # one step further is refused
@@ -278,8 +278,10 @@ def test_the_worst_accepted_texts_render_within_the_memory_budget(
         rendered = tracemalloc.get_traced_memory()[1] - before
     finally:
         tracemalloc.stop()
-    print(f"{kind}: source {len(source):,}, output {len(out):,} characters;", end=" ")
-    print(f"peak: check {checked:,} B, render {rendered:,} B")
+    report_line(
+        f"[sandbox] {kind}: source {len(source):,}, output {len(out):,} characters; "
+        f"peak: check {checked:,} B, render {rendered:,} B"
+    )
     assert out or kind == "hidden replacement"
     assert rendered < RENDER_MEMORY_BYTES
     assert checked < RENDER_MEMORY_BYTES

@@ -63,6 +63,7 @@ def test_part_one_is_sent_recorded_and_part_two_scheduled(app: Flask, smtp_sink:
     assert len(smtp_sink.messages) == 1
 
 
+@pytest.mark.any_database
 def test_rendered_mail_structure(app: Flask, smtp_sink: SmtpSink) -> None:
     sub_id = active_subscriber("hdr@example.org", name=None)
     step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
@@ -205,6 +206,7 @@ def test_one_unbuildable_mail_does_not_stop_its_batch(app: Flask, smtp_sink: Smt
     assert states == {DeliveryState.FAILED, DeliveryState.SENT}
 
 
+@pytest.mark.any_database
 def test_cached_step_is_personalised_per_subscriber(app: Flask, smtp_sink: SmtpSink) -> None:
     rt = runtime_of(app)
     active_subscriber("one@example.org", name="<b>Bo</b> & Co")

@@ -10,6 +10,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -41,6 +42,7 @@ def check(message: EmailMessage, headers: tuple[str, ...]) -> None:
     assert not message.defects
 
 
+@pytest.mark.any_database
 def test_the_seed_series_and_the_confirmation_parse_strictly(
     app: Flask, smtp_sink: SmtpSink
 ) -> None:

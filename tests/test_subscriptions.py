@@ -6,6 +6,7 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
@@ -105,6 +106,7 @@ def test_invalid_address_is_an_error_and_writes_nothing(app: Flask) -> None:
     assert count(Subscriber) == 0 and count(Delivery) == 0 and count(Event) == 0
 
 
+@pytest.mark.any_database
 def test_signup_without_csrf_token_is_refused(app: Flask) -> None:
     response = app.test_client().post("/", data={"email": "csrf@example.org"})
     assert response.status_code == 400
@@ -152,6 +154,7 @@ def test_confirm_get_shows_a_button_and_the_post_confirms(app: Flask) -> None:
         )
 
 
+@pytest.mark.any_database
 def test_confirm_post_without_the_pages_token_changes_nothing(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "n@example.org")
@@ -184,6 +187,7 @@ def confirm_post(client: FlaskClient, path: str) -> TestResponse:
     return client.post(path, data={"csrf_token": csrf(client)})
 
 
+@pytest.mark.any_database
 def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "t@example.org")
@@ -203,6 +207,7 @@ def test_tampered_confirm_link_changes_nothing(app: Flask) -> None:
     assert subscriber("t@example.org").status is SubscriberStatus.PENDING
 
 
+@pytest.mark.any_database
 def test_expired_confirm_link_is_refused(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "old@example.org")
@@ -223,6 +228,7 @@ def test_expired_confirm_link_is_refused(app: Flask) -> None:
     assert subscriber("old@example.org").status is SubscriberStatus.PENDING
 
 
+@pytest.mark.any_database
 def test_confirm_link_from_another_deployment_is_refused(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "k@example.org")
@@ -256,6 +262,7 @@ def test_unsubscribe_get_shows_a_button_and_changes_nothing(app: Flask) -> None:
     assert client.post(path, data={"List-Unsubscribe": "One-Click"}).status_code == 200
 
 
+@pytest.mark.any_database
 def test_forged_unsubscribe_token_is_not_found(app: Flask) -> None:
     client = app.test_client()
     post_signup(client, "f@example.org")

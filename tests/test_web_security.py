@@ -107,6 +107,7 @@ def pages(app: Flask, smtp_sink: SmtpSink) -> dict[str, str]:
     }
 
 
+@pytest.mark.any_database
 def test_every_page_has_the_security_headers_and_cookie_flags(
     app: Flask, pages: dict[str, str]
 ) -> None:
@@ -167,6 +168,7 @@ def aged_csrf_token(app: Flask, client: FlaskClient, age: int) -> str:
     return str(serializer.dumps(raw))
 
 
+@pytest.mark.any_database
 def test_csrf_tokens_expire_after_an_hour(app: Flask) -> None:
     client = app.test_client()
     stale = aged_csrf_token(app, client, 3601)
@@ -203,6 +205,7 @@ def form_action(page: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.any_database
 def test_query_parameters_never_reach_url_for(app: Flask) -> None:
     client = app.test_client()
     forged = client.get(

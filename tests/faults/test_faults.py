@@ -92,7 +92,12 @@ def fault_smtp() -> Iterator[FaultSmtp]:
         smtp.stop()
 
 
-@pytest.fixture(params=["embedded", "pg-redis"])
+@pytest.fixture(
+    params=[
+        "embedded",
+        pytest.param("pg-redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ]
+)
 def stack(request: pytest.FixtureRequest, tmp_path: Path, fault_smtp: FaultSmtp) -> Iterator[Stack]:
     if request.param == "embedded":
         url = str(request.getfixturevalue("sqlite_url"))
@@ -209,8 +214,9 @@ class Run:
         return False
 
     def finish(
-        self, capsys: pytest.CaptureFixture[str], expect: Expectations | None = None
+        self, report_line: Callable[[str], None], expect: Expectations | None = None
     ) -> Report:
+        """The end check; its report line goes into the run's summary."""
         expect = expect or Expectations(active=set())
         expect.active = set(self.emails) - set(self.left) - expect.bounced
         expect.left = dict(self.left)
@@ -222,10 +228,7 @@ class Run:
         faults = dict(self.smtp.handler.faults)
         if faults:
             report.notes.append(f"smtp faults {faults}")
-        with capsys.disabled():
-            print("\n" + report.line())
-            for problem in report.problems[:20]:
-                print("    " + problem)
+        report_line(report.line())
         assert not report.problems, (
             "\n".join(report.problems[:30]) + "\n" + self.fleet.logs()[-6000:]
         )
@@ -272,7 +275,7 @@ def begin(
 
 
 def test_worker_killed_mid_send(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """kill -9 of the worker's process group while part 2 is going out; a new worker takes over."""
     run = begin("kill9", stack, fault_smtp, fleet)
@@ -283,11 +286,11 @@ def test_worker_killed_mid_send(
     fault_smtp.handler.calm()
     time.sleep(1)
     run.worker = fleet.start(run.env)
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_broker_flushed_then_restarted(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """FLUSHALL in the middle of the run; later the broker is killed and started again.
 
@@ -305,11 +308,11 @@ def test_broker_flushed_then_restarted(
     stack.broker.start()
     run.note("broker started again")
     run.expect_recovery("the broker restart")
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_smtp_server_down_for_a_while(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """The SMTP server goes away for 6 s and comes back on the same port."""
     run = begin("smtp-down", stack, fault_smtp, fleet)
@@ -319,11 +322,11 @@ def test_smtp_server_down_for_a_while(
     time.sleep(6)
     fault_smtp.start()
     run.note("SMTP back")
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_smtp_random_transient_errors(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """30 % of RCPTs and of DATA replies are 421 or 451 for 8 s."""
     run = begin("smtp-4xx", stack, fault_smtp, fleet)
@@ -332,11 +335,11 @@ def test_smtp_random_transient_errors(
     time.sleep(8)
     fault_smtp.handler.calm()
     run.note("4xx stopped")
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_smtp_hangs_past_the_timeout(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """A few messages are stored but answered only after the client's timeout (uncertain)."""
     run = begin("smtp-hang", stack, fault_smtp, fleet)
@@ -347,12 +350,12 @@ def test_smtp_hangs_past_the_timeout(
     run.wait_part(3, 5)
     handler.calm()
     run.note(f"{handler.hangs} hangs injected")
-    report = run.finish(capsys)
+    report = run.finish(report_line)
     assert handler.hangs >= 1 and report.uncertain >= 1
 
 
 def test_smtp_refuses_some_addresses_with_550(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """After part 1, three addresses are refused with 550: they fail, bounce, get nothing more."""
     run = begin("smtp-550", stack, fault_smtp, fleet)
@@ -360,7 +363,7 @@ def test_smtp_refuses_some_addresses_with_550(
     for email in targets:
         fault_smtp.wait_part_for(email, 1)
         fault_smtp.handler.refuse[email] = "550 5.1.1 No such user here"
-    run.finish(capsys, Expectations(active=set(), bounced=set(targets), allow_failed=True))
+    run.finish(report_line, Expectations(active=set(), bounced=set(targets), allow_failed=True))
     with db.session() as session:
         open_enrollments = session.scalar(
             select(func.count(Enrollment.id))
@@ -375,7 +378,7 @@ def test_smtp_refuses_some_addresses_with_550(
 
 
 def test_relay_refuses_the_sender(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """The relay refuses MAIL FROM (550, then 530) for a while: nobody is suppressed, sending
     pauses, and resumes by itself when the relay accepts again; everyone gets every part."""
@@ -387,7 +390,7 @@ def test_relay_refuses_the_sender(
     fault_smtp.handler.mail_reply = None
     run.note(f"MAIL FROM refused for 5 s at part-2 count {run.parts(2)}")
     run.expect_recovery("the relay refused the sender")
-    run.finish(capsys)
+    run.finish(report_line)
     with db.session() as session:
         suppressed = set(session.scalars(select(Suppression.email)))
         bounced = session.scalar(
@@ -397,7 +400,7 @@ def test_relay_refuses_the_sender(
 
 
 def test_relay_rejects_every_recipient(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """Every RCPT is refused as an unknown user: the bounce breaker holds sending after a few,
     instead of suppressing the list; the operator lifts those and resumes; all parts arrive."""
@@ -430,11 +433,11 @@ def test_relay_rejects_every_recipient(
     lifted = runner.invoke(args=["suppressions", "lift", "--since", since.isoformat()])
     assert lifted.exit_code == 0 and f"{len(bounced)} lifted" in lifted.output, lifted.output
     assert runner.invoke(args=["resume"]).exit_code == 0
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_postgres_connections_killed(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """pg_terminate_backend on every connection of the test database, again and again for 4 s."""
     if stack.pg_database is None:
@@ -450,7 +453,7 @@ def test_postgres_connections_killed(
         time.sleep(0.2)
     fault_smtp.handler.calm()
     run.note(f"terminated {killed} backends in {rounds} rounds")
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def _unsubscribe_some(run: Run, find: Callable[[], list[int]], count: int) -> list[str]:
@@ -472,7 +475,7 @@ def _unsubscribe_some(run: Run, find: Callable[[], list[int]], count: int) -> li
 
 
 def test_unsubscribe_while_claimed(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """One-click unsubscribe of people whose mail is claimed right now: nothing after the POST."""
     run = begin("unsub-claimed", stack, fault_smtp, fleet)
@@ -482,11 +485,11 @@ def test_unsubscribe_while_claimed(
     fault_smtp.handler.calm()
     run.note(f"unsubscribed while claimed: {targets}")
     assert targets, "no claimed delivery was seen in 20 s"
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_unsubscribe_while_in_flight(
-    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, fleet: Fleet, report_line: Callable[[str], None]
 ) -> None:
     """As above, for mail whose SMTP conversation has begun (a relay slow to answer RCPT)."""
     run = begin("unsub-in-flight", stack, fault_smtp, fleet)
@@ -497,11 +500,11 @@ def test_unsubscribe_while_in_flight(
     fault_smtp.handler.calm()
     run.note(f"unsubscribed while in flight: {targets}")
     assert targets, "no delivery in flight was seen in 20 s"
-    run.finish(capsys)
+    run.finish(report_line)
 
 
 def test_reaped_claim_is_not_sent_twice(
-    stack: Stack, fault_smtp: FaultSmtp, capsys: pytest.CaptureFixture[str]
+    stack: Stack, fault_smtp: FaultSmtp, report_line: Callable[[str], None]
 ) -> None:
     """A batch outlives its claim (slow relay, backlog in the queue): at most a counted copy.
 
@@ -602,10 +605,7 @@ def test_reaped_claim_is_not_sent_twice(
             )
             assert worker_a.fired
     report = check_copies(f"reaped-claim[{stack.name}]", fault_smtp)
-    with capsys.disabled():
-        print("\n" + report.line())
-        for problem in report.problems:
-            print("    " + problem)
+    report_line(report.line())
     assert not report.problems, "\n".join(report.problems)
     assert len(fault_smtp.sink.to("r1@example.org")) == 1
     assert len(fault_smtp.sink.to("r2@example.org")) == 2 and report.uncertain == 1
@@ -616,7 +616,7 @@ def test_clock_jumps_forward(
     fault_smtp: FaultSmtp,
     fleet: Fleet,
     tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
+    report_line: Callable[[str], None],
 ) -> None:
     """The shared clock jumps 3 drip days ahead mid-run: no two parts closer than half a day."""
     offset_file = tmp_path / "clock-offset"
@@ -624,4 +624,4 @@ def test_clock_jumps_forward(
     run.wait_part(2, 3)
     offset_file.write_text(str(3 * DAY))
     run.note(f"clock +{3 * DAY:g}s at {fault_smtp.count()} messages")
-    run.finish(capsys, Expectations(active=set(), min_gap_seconds=0.5 * DAY))
+    run.finish(report_line, Expectations(active=set(), min_gap_seconds=0.5 * DAY))
