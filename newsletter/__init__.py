@@ -70,7 +70,7 @@ def _register_extensions(app: Flask, settings: Settings) -> None:
     from newsletter.extensions import csrf, limiter
     from newsletter.runtime import Runtime
 
-    db.configure(settings.database_url)
+    db.init_app(app, settings.database_url)
     app.extensions["newsletter"] = Runtime.build(settings)
     csrf.init_app(app)
     limiter.init_app(app)

@@ -78,8 +78,9 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
     )
     celery_app.set_default()
     app.extensions["celery"] = celery_app
-    # The signal handlers below read the settings from the Celery app they concern.
+    # The signal handlers below read the settings and the Flask app from the Celery app.
     celery_app.newsletter_settings = settings
+    celery_app.flask_app = app
     return celery_app
 
 
@@ -112,7 +113,10 @@ def _broker_for_beat(sender: Any = None, **_: Any) -> None:
 def _prepare_pool_process(**_: Any) -> None:
     # A forked pool child must not share the parent's pooled database sockets, and it is the
     # one that sends: the memory budget is its own (the main process only supervises).
-    db.dispose()
+    flask_app = getattr(current_celery_app, "flask_app", None)
+    if isinstance(flask_app, Flask):
+        with flask_app.app_context():
+            db.dispose()
     settings = _settings_of(current_celery_app)
     if settings is not None and settings.worker_memory_limit_mb:
         cap_memory(settings.worker_memory_limit_mb)

@@ -1,4 +1,12 @@
-"""Engine and session factory, created unbound and attached to an app in `init_app`."""
+"""The database of an app: its engine and session factory, attached to the app in `init_app`.
+
+Flask's extension pattern: `db` is created unbound at import and knows no database; each app
+gets its own engine in `init_app`, kept in `app.extensions`, and `db.session()` and
+`db.engine` find the one of the current app (a request, a task and a command each run inside
+their app's context). Outside any app context (a script, a benchmark, a test's own setup) they
+use the app created last in this process, which in a deployment is the only one. Creating an
+app never disposes of or rebinds another app's engine.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from flask import Flask, current_app, has_app_context
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -51,34 +60,46 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+_KEY = "newsletter.db"
+
+
+class _Bound:
+    """One app's engine and session factory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+
 class Database:
-    """Holds one engine and its session factory for the process."""
+    """The engine and sessions of the current app (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._engine: Engine | None = None
-        self._factory: sessionmaker[Session] | None = None
+        self._latest: _Bound | None = None
 
-    def configure(self, url: str) -> None:
-        """Bind to a database URL; called by the app factory, never at import."""
-        if self._engine is not None and str(self._engine.url) == normalise_url(url):
-            return
-        if self._engine is not None:
-            self._engine.dispose()
-        self._engine = make_engine(url)
-        self._factory = sessionmaker(self._engine, expire_on_commit=False)
+    def init_app(self, app: Flask, url: str) -> None:
+        """Give `app` an engine for `url` (no connection is made until the first use)."""
+        bound = _Bound(make_engine(url))
+        app.extensions[_KEY] = bound
+        self._latest = bound
+
+    def _bound(self) -> _Bound:
+        if has_app_context():
+            bound = current_app.extensions.get(_KEY)
+            if isinstance(bound, _Bound):
+                return bound
+        if self._latest is None:
+            raise RuntimeError("no app has a database yet: create one with create_app()")
+        return self._latest
 
     @property
     def engine(self) -> Engine:
-        """The bound engine; an error if `configure` was not called."""
-        if self._engine is None:
-            raise RuntimeError("database is not configured: call create_app() first")
-        return self._engine
+        """The current app's engine."""
+        return self._bound().engine
 
     def session(self) -> Session:
-        """A new Session; the caller owns it (use as a context manager)."""
-        if self._factory is None:
-            raise RuntimeError("database is not configured: call create_app() first")
-        return self._factory()
+        """A new Session of the current app's database; the caller owns it."""
+        return self._bound().sessions()
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -87,9 +108,9 @@ class Database:
             yield session
 
     def dispose(self) -> None:
-        """Drop pooled connections (after fork, and in tests)."""
-        if self._engine is not None:
-            self._engine.dispose()
+        """Drop the current app's pooled connections (after fork, and in tests)."""
+        if has_app_context() or self._latest is not None:
+            self._bound().engine.dispose()
 
 
 db = Database()
