@@ -1,6 +1,8 @@
-"""The outcomes of sending a delivery and the timing rules that govern retries and catch-up.
+"""What became of one delivery handed to the sender, and the timing rules of sending.
 
-Shared by the sender, the flow control and the tasks, so none of them depends on another.
+`Outcome` is counted by the batch and heard by flow control and the bounce breaker; `Policy`
+is the day length, retry delays, give-up age and catch-up grace from the settings. Both live
+here so that the sender, flow control and the breaker share them without importing each other.
 """
 
 from __future__ import annotations
