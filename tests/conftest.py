@@ -9,7 +9,6 @@ not a skip.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from newsletter.db import db
 from tests.helpers.alone import Room
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.env import PG_ADMIN_URL, unavailable, worker_number
+from tests.helpers.postgres import Databases
 from tests.helpers.redis_server import PrivateRedis, redis_executable, worker_database
 from tests.helpers.smtp import SmtpSink, running_sink
 from tests.helpers.workers import WorkerProcess, start_worker, stop_worker
@@ -137,28 +137,29 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'newsletter.db'}"
 
 
-@pytest.fixture
-def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    require_marker(request, "postgres", "PostgreSQL")
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[Databases]:
+    """This test process's PostgreSQL databases (tests/helpers/postgres.py)."""
     try:
-        import psycopg
-
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+        databases = Databases(PG_ADMIN_URL)
     except Exception as exc:  # noqa: BLE001 - any failure means "not here"
         unavailable("PostgreSQL", exc)
-    name = f"nl_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture
+def postgres_url(request: pytest.FixtureRequest, postgres_databases: Databases) -> Iterator[str]:
+    """An empty PostgreSQL database of the test's own, nobody else connected."""
+    require_marker(request, "postgres", "PostgreSQL")
+    name = postgres_databases.take()
+    try:
+        yield postgres_databases.url(name)
     finally:
         db.dispose()
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+        postgres_databases.give_back(name)
 
 
 @pytest.fixture(scope="session")
