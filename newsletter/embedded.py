@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +42,15 @@ def limiter_url(instance_dir: Path) -> str:
 def _alive(sock: Path) -> bool:
     if not sock.exists():
         return False
+    # One try: redis-py's default retries turn a stale socket (a broker that died) into six
+    # seconds of waiting before the embedded broker is started again.
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1, retry=Retry(NoBackoff(), 0))
     try:
-        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=1).ping())
+        return bool(client.ping())
     except (redis.RedisError, OSError):
         return False
+    finally:
+        client.close()
 
 
 def _executable() -> str:
