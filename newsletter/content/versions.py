@@ -272,7 +272,7 @@ def _resources(value: Any) -> list[dict[str, str]]:
         url = _one_line("resources", item.get("url", "") or "", 2000, required=False)
         if not isinstance(blurb, str) or len(blurb) > 1000:
             raise DraftError("resources", f"link {number}: the blurb must be short text")
-        # An empty URL is kept in a draft (the editor warns); publish refuses it.
+        # An empty URL is allowed, as the import allows it: the editor warns (`warnings`).
         if url and not is_safe_url(url):
             raise DraftError("resources", f"link {number}: {url!r} must be an https:// URL")
         checked.append({"title": title, "blurb": blurb.strip(), "url": url})
@@ -403,14 +403,20 @@ def update_settings(session: Session, draft: SequenceVersion, **fields: Any) -> 
     session.flush()
 
 
+def warnings(draft: SequenceVersion) -> list[str]:
+    """What the editor should point out without refusing it: "Keep reading" links with no URL
+    yet (they are shown without a target, as an import leaves them)."""
+    return [
+        f"step {number}: the link “{link.get('title')}” has no URL yet"
+        for number, step in enumerate(draft.snapshot.get("steps", []), start=1)
+        for link in step.get("resources") or []
+        if not link.get("url")
+    ]
+
+
 def _check_whole(steps: list[dict[str, Any]]) -> None:
-    """What a publish needs beyond each field: links filled in, days in order."""
+    """What a publish needs beyond each field: the days in order."""
     for number, step in enumerate(steps, start=1):
-        for link in step.get("resources") or []:
-            if not link.get("url"):
-                raise DraftError(
-                    "resources", f"step {number}: the link {link.get('title')!r} has no URL yet"
-                )
         if number > 1 and int(step["day_offset"]) < int(steps[number - 2]["day_offset"]):
             raise DraftError(
                 "day_offset",
@@ -431,6 +437,7 @@ class Placement:
     place: float  # the furthest rank, in the new order, of the steps it has had
     waiting_id: int | None  # its waiting delivery
     waiting_key: str | None  # the step that delivery is for
+    waiting_behind: bool  # that step now lies at or before their place
     target_key: str | None  # its next part after the publish; None: nothing is left
     due_at: datetime | None  # when that next part is due
     last_sent_at: datetime | None
@@ -448,6 +455,7 @@ class PublishPlan:
 
     version: int
     new_order: list[str]  # step keys, in the draft's order
+    subjects: dict[str, str]  # step key -> subject in the draft
     added: dict[str, int]  # key of each new step -> its number in the new order
     removed: dict[str, tuple[int, str]]  # key of each removed step -> (old number, subject)
     in_progress: int
@@ -481,10 +489,15 @@ class PublishPlan:
                 moves[p.waiting_key][self.number_of(p.target_key)] += 1
         return moves
 
-    def moved_forward(self) -> Counter[tuple[int | None, int | None]]:
-        """Those whose waiting step stays but now lies before their place: (from, to) counts."""
+    def step_name(self, key: str | None) -> str:
+        """'step 3 (“Subject”)', in the new order."""
+        return f"step {self.number_of(key)} (“{self.subjects.get(key or '', '')}”)"
+
+    def moved_forward(self) -> Counter[tuple[int | None, int | None, bool]]:
+        """Those whose waiting step stays but who get another one next, by (from, to, whether
+        the step they waited on now lies behind their place)."""
         return Counter(
-            (self.number_of(p.waiting_key), self.number_of(p.target_key))
+            (self.number_of(p.waiting_key), self.number_of(p.target_key), p.waiting_behind)
             for p in self.placements
             if p.changes
             and p.waiting_key is not None
@@ -516,7 +529,8 @@ class PublishPlan:
             for target, count in sorted(moves.items(), key=lambda m: m[0] or 10**9):
                 one = count == 1
                 where = (
-                    f"{'moves' if one else 'move'} on to step {target}"
+                    f"{'moves' if one else 'move'} on to "
+                    f"{self.step_name(self.new_order[target - 1])}"
                     if target
                     else f"{'finishes' if one else 'finish'} (nothing is left)"
                 )
@@ -524,13 +538,20 @@ class PublishPlan:
                     f"{_count(count)} {_are(count)} waiting on the step you removed "
                     f"(step {old}, “{subject}”) and {where}"
                 )
-        for (before, after), count in sorted(
+        for (before, after, behind), count in sorted(
             self.moved_forward().items(), key=lambda m: (m[0][0] or 0, m[0][1] or 10**9)
         ):
+            one = count == 1
+            if not behind:
+                yield (
+                    f"{_count(count)} waiting on step {before} {'gets' if one else 'get'} "
+                    f"step {after} first, which now comes before it"
+                )
+                continue
             where = f"step {after}" if after else "the end (nothing is left)"
             yield (
                 f"{_count(count)} waiting on step {before}, which now comes before "
-                f"where they are, {'moves' if count == 1 else 'move'} on to {where}"
+                f"where they are, {'moves' if one else 'move'} on to {where}"
             )
         if self.stuck:
             yield f"{_count(self.stuck)} who had no next part will get one"
@@ -540,7 +561,9 @@ class PublishPlan:
                 "now: publishing waits until they are sent"
             )
         if self.finished:
-            yield f"{_people(self.finished)} {_have(self.finished)} finished and get nothing more"
+            gets = "gets" if self.finished == 1 else "get"
+            have = _have(self.finished)
+            yield f"{_people(self.finished)} {have} finished and {gets} nothing more"
         yield ", ".join(self._promises())
 
     def _promises(self) -> Iterator[str]:
@@ -661,7 +684,9 @@ def _placements(
         step_id: key
         for step_id, key in session.execute(
             select(Step.id, Step.key).where(Step.sequence_id == sequence.id)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     }
     ranks = _ranks(session, sequence, order)
     settings = {**{n: getattr(sequence, n) for n in SETTINGS}, **draft.snapshot.get("settings", {})}
@@ -673,6 +698,7 @@ def _placements(
     result = PublishPlan(
         version=draft.number,
         new_order=order,
+        subjects={step["key"]: str(step["subject"]) for step in new_steps},
         added={key: order.index(key) + 1 for key in order if key not in live_keys},
         removed={
             step.key: (number, step.subject)
@@ -689,7 +715,9 @@ def _placements(
             select(Enrollment.status, func.count())
             .where(Enrollment.sequence_id == sequence.id)
             .group_by(Enrollment.status)
-        ).tuples()
+        )
+        .tuples()
+        .all()
     )
     result.in_progress = int(counts.get(EnrollmentStatus.ACTIVE, 0))
     result.not_started = int(counts.get(EnrollmentStatus.PENDING, 0))
@@ -759,6 +787,7 @@ def _placements(
             place=place,
             waiting_id=waiting.id if waiting is not None else None,
             waiting_key=waiting_key,
+            waiting_behind=waiting_key is not None and ranks[waiting_key] <= place,
             target_key=target,
             due_at=due,
             last_sent_at=last_sent,
@@ -905,20 +934,19 @@ def publish(
         raise DraftError("version", "; ".join(the_plan._promises()))
     session.flush()
     by_key = _apply_steps(session, sequence, draft, now)
-    number = draft.number
-    made = [
-        _move(session, sequence, placement, by_key, the_plan, now)
-        for placement in the_plan.placements
-    ]
     session.execute(
         update(Enrollment)
         .where(
             Enrollment.sequence_id == sequence.id,
             Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
         )
-        .values(version=number)
+        .values(version=draft.number)
         .execution_options(synchronize_session=False)
     )
+    made = [
+        _move(session, sequence, placement, by_key, the_plan, now)
+        for placement in the_plan.placements
+    ]
     # Nothing of this sequence may have been claimed or planned behind the plan's back (on
     # PostgreSQL a claim can only take a row made after the lock): else, all of it waits.
     session.flush()
