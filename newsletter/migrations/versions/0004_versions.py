@@ -116,14 +116,17 @@ def _fill(versions: sa.Table) -> None:
                 "send_days": sequence["send_days"],
             },
         }
+        created = sequence["created_at"] or now
+        if created.tzinfo is None:  # SQLite keeps UTC without a zone (models.UTCDateTime)
+            created = created.replace(tzinfo=UTC)
         bind.execute(
             versions.insert().values(
                 sequence_id=sequence["id"],
                 number=1,
                 state="published",
                 snapshot=snapshot,
-                created_at=sequence["created_at"] or now,
-                published_at=sequence["created_at"] or now,
+                created_at=created,
+                published_at=created,
                 published_by=None,
                 summary=None,
             )
