@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +22,7 @@ from newsletter import clock
 from newsletter.content import versions
 from newsletter.content.versions import DraftError, PublishBusy, PublishPlan
 from newsletter.db import db
+from newsletter.delivery.policy import Outcome
 from newsletter.models import (
     Delivery,
     DeliveryKind,
@@ -529,3 +530,39 @@ def test_import_over_a_sequence_in_use_needs_publish(app: Flask, tmp_path: Any) 
         assert wait4.version == 2  # finished by version 2 (its last step went)
         wait3 = session.get(Enrollment, world.crowd["wait3"])
         assert wait3 is not None and wait3.version == 2
+
+
+def test_after_a_reorder_the_series_follows_the_new_order(
+    app: Flask, smtp_sink: SmtpSink, at_time: Callable[[datetime], None]
+) -> None:
+    """Through the real send path: part 1 sent, then the last step moved to second place."""
+    at_time(datetime(2026, 6, 10, 10, 0, tzinfo=UTC))  # inside the send window, in UTC
+    subscriber_id = active_subscriber("order@example.org")
+    part_one = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    deliver(app, part_one)
+    with db.transaction() as session:
+        sequence = the_sequence(session)
+        subjects = {step.key: step.subject for step in sequence.steps}
+        keys = [step.key for step in sequence.steps]
+        draft = versions.draft_of(session, sequence)
+        versions.move_step(session, draft, keys[3], 1)
+        for index, key in enumerate([keys[0], keys[3], keys[1], keys[2]]):
+            versions.update_step(session, draft, key, day_offset=index)
+        versions.publish(session, sequence, "kit@example.org")
+    for _ in range(3):
+        with db.transaction() as session:
+            waiting = session.scalars(
+                select(Delivery).where(
+                    Delivery.subscriber_id == subscriber_id, Delivery.state == S.SCHEDULED
+                )
+            ).one()
+            waiting.due_at = clock.now()
+        (claimed,) = claim_all()
+        assert deliver(app, claimed) is Outcome.SENT
+    with db.session() as session:
+        enrollment = session.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == subscriber_id)
+        ).one()
+        assert enrollment.status is EnrollmentStatus.COMPLETED
+    got = [str(m["Subject"]) for m in smtp_sink.to("order@example.org")]
+    assert got == [subjects[k] for k in (keys[0], keys[3], keys[1], keys[2])]
