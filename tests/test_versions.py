@@ -468,6 +468,12 @@ def test_publish_waits_while_a_mail_of_the_sequence_is_being_sent(app: Flask) ->
     with db.session() as session:
         the_plan = versions.plan(session, the_sequence(session))
         assert the_plan.busy == 1
+        assert (
+            "1 mail of this sequence is being sent right now; publish again in a minute"
+            in sentence_list(the_plan)
+        )
+        # The one being sent is not planned: the worker schedules what follows it.
+        assert world.crowd["wait2"] not in {p.enrollment_id for p in the_plan.placements}
     with db.transaction() as session:
         before = counts(session)
         with pytest.raises(PublishBusy) as caught:

@@ -556,10 +556,7 @@ class PublishPlan:
         if self.stuck:
             yield f"{_count(self.stuck)} who had no next part will get one"
         if self.busy:
-            yield (
-                f"{self.busy} {'mail is' if self.busy == 1 else 'mails are'} being sent right "
-                "now: publishing waits until they are sent"
-            )
+            yield str(PublishBusy(self.busy))
         if self.finished:
             gets = "gets" if self.finished == 1 else "get"
             have = _have(self.finished)
@@ -751,7 +748,12 @@ def _placements(
     gap = timedelta(seconds=MIN_GAP_DAYS * day_seconds)
     for enrollment in enrollments:
         mine = rows.get(enrollment.id, [])
-        result.busy += sum(1 for r in mine if r.state == DeliveryState.CLAIMED)
+        claimed = sum(1 for r in mine if r.state == DeliveryState.CLAIMED)
+        if claimed:
+            # Being sent: the worker schedules what follows. A publish waits for it
+            # (PublishBusy) and is then planned again, with the part recorded as had.
+            result.busy += claimed
+            continue
         had = frozenset(all_steps[r.step_id] for r in mine if r.state in HAD_STATES)
         taken = {all_steps[r.step_id] for r in mine}
         waiting = next((r for r in mine if r.state in WAITING_STATES), None)
