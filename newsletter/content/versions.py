@@ -837,7 +837,7 @@ def _lock(session: Session, sequence: Sequence) -> None:
         select(Enrollment.id)
         .where(
             Enrollment.sequence_id == sequence.id,
-            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES),
         )
         .order_by(Enrollment.id)
         .with_for_update()
