@@ -573,3 +573,50 @@ def test_a_paused_person_waiting_on_a_removed_step_stays_held_on_the_next(app: F
         resume_enrollment(session, enrollment, clock.now())
     with db.session() as session:
         assert waiting_key(session, world.crowd["wait3"]) == world.keys[4]
+
+
+@pytest.mark.parametrize(
+    ("edit", "waits"),
+    [
+        ("text of a later step", False),
+        ("a step right after the one on its way", True),
+        ("a step after the next one", False),
+    ],
+)
+def test_a_part_on_its_way_holds_up_only_a_publish_that_changes_what_follows_it(
+    app: Flask, edit: str, waits: bool
+) -> None:
+    """wait2's part 2 is being sent; the worker will schedule part 3 as the live version says."""
+    world = make_world()
+    with db.transaction() as session:
+        row = session.scalars(
+            select(Delivery).where(
+                Delivery.enrollment_id == world.crowd["wait2"], Delivery.state == S.SCHEDULED
+            )
+        ).one()
+        row.state, row.claimed_at = S.CLAIMED, clock.now()
+        claimed_id = row.id
+        draft = versions.draft_of(session, the_sequence(session))
+        if edit == "text of a later step":
+            versions.update_step(session, draft, world.keys[3], subject="Part three, retold")
+        elif edit == "a step right after the one on its way":
+            versions.add_step(session, draft, world.keys[2])
+        else:
+            key = versions.add_step(session, draft, world.keys[3])
+            versions.update_step(session, draft, key, day_offset=2)
+    with db.transaction() as session:
+        if waits:
+            with pytest.raises(PublishBusy):
+                versions.publish(session, the_sequence(session), "kit@example.org")
+        else:
+            versions.publish(session, the_sequence(session), "kit@example.org")
+    with db.session() as session:
+        assert versions.open_draft(session, the_sequence(session)) is not None or not waits
+        claimed = session.get(Delivery, claimed_id)
+        assert claimed is not None and claimed.state is S.CLAIMED
+        assert (
+            claimed.step_id
+            == session.scalars(select(Step.id).where(Step.key == world.keys[2])).one()
+        )
+        enrollment = session.get(Enrollment, world.crowd["wait2"])
+        assert enrollment is not None and enrollment.version == (1 if waits else 2)
