@@ -497,8 +497,10 @@ class CachedFigures(Base):
 Index("ix_subscribers_created_at", Subscriber.created_at)
 Index("ix_subscribers_confirmed_at", Subscriber.confirmed_at)
 Index("ix_deliveries_sent_at", Delivery.sent_at)
-# The funnel's cohort: a sequence's enrollments begun in the chosen period.
+# The funnel's cohort: a sequence's enrollments begun in the chosen period, and their
+# deliveries' states and steps read from the index alone.
 Index("ix_enrollments_sequence_created", Enrollment.sequence_id, Enrollment.created_at)
+Index("ix_deliveries_enrollment_state", Delivery.enrollment_id, Delivery.state, Delivery.step_id)
 # The uncertain sends of the engine's health: a few rows among millions of events.
 Index("ix_events_kind", Event.kind)
 

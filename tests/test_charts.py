@@ -40,11 +40,11 @@ def test_columns_are_in_proportion_and_stand_on_one_baseline() -> None:
     assert one.x < two.x < three.x and two.x + two.width <= chart.width
 
 
-def test_every_seventh_day_is_labelled_and_the_last_one_always() -> None:
+def test_every_seventh_day_is_labelled_counting_back_from_the_last() -> None:
     points = [(str(day), day) for day in range(30)]
     chart = charts.columns("Signups", "per day", points, label_every=7)
     labelled = [bar.label for bar in chart.bars if bar.show_label]
-    assert labelled == ["0", "7", "14", "21", "28", "29"]
+    assert labelled == ["1", "8", "15", "22", "29"]
 
 
 def test_an_empty_chart_has_a_unit_axis_and_no_repeated_tick() -> None:

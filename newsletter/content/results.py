@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -35,8 +34,6 @@ from newsletter.models import (
 )
 
 GONE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
-
-_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 # The periods a funnel may be asked for (a whitelist: the page offers these and no other),
 # as days back from now; None is all time.
@@ -80,17 +77,6 @@ class SequenceResults:
     parts: list[PartResult]
 
 
-def _in_cohort(query: Select[_Row], since: datetime | None) -> Select[_Row]:
-    """`query` over deliveries, narrowed to the readers who enrolled at or after `since`."""
-    if since is None:
-        return query
-    # The cohort is read through ix_enrollments_sequence_created, the deliveries through
-    # their (enrollment_id, step_id) key.
-    return query.join(Enrollment, Enrollment.id == Delivery.enrollment_id).where(
-        Enrollment.created_at >= since
-    )
-
-
 def sequence_results(
     session: Session, sequence: Sequence, since: datetime | None = None
 ) -> SequenceResults:
@@ -98,42 +84,45 @@ def sequence_results(
 
     With `since`, only the readers who enrolled at or after it (a cohort) are counted.
     """
-    enrollments = select(Enrollment.status, func.count()).where(
-        Enrollment.sequence_id == sequence.id
-    )
+    cohort = [Enrollment.sequence_id == sequence.id]
     if since is not None:
-        enrollments = enrollments.where(Enrollment.created_at >= since)
+        cohort.append(Enrollment.created_at >= since)
+    # Every count starts from the cohort's enrollments (ix_enrollments_sequence_created) and
+    # reaches their deliveries through ix_deliveries_enrollment_state, an index-only read, so
+    # a period costs its own readers, not the whole deliveries table.
     readers = {
         status: int(count)
-        for status, count in session.execute(enrollments.group_by(Enrollment.status))
+        for status, count in session.execute(
+            select(Enrollment.status, func.count()).where(*cohort).group_by(Enrollment.status)
+        )
     }
     states: dict[int, Counter[DeliveryState]] = {}
     for step_id, state, count in session.execute(
-        _in_cohort(
-            select(Delivery.step_id, Delivery.state, func.count())
-            .join(Step, Step.id == Delivery.step_id)
-            .where(Step.sequence_id == sequence.id)
-            .group_by(Delivery.step_id, Delivery.state),
-            since,
-        )
+        select(Delivery.step_id, Delivery.state, func.count())
+        .select_from(Enrollment)
+        .join(Delivery, Delivery.enrollment_id == Enrollment.id)
+        .where(*cohort)
+        .group_by(Delivery.step_id, Delivery.state)
     ):
         states.setdefault(step_id, Counter())[state] = int(count)
-    # The last part each reader received; counted for those who have since gone.
-    last_sent = _in_cohort(
-        select(Delivery.subscriber_id, func.max(Step.position).label("position"))
+    # The last part each reader who has since gone received.
+    last_sent = (
+        select(Subscriber.status.label("status"), func.max(Step.position).label("position"))
+        .select_from(Enrollment)
+        .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+        .join(Delivery, Delivery.enrollment_id == Enrollment.id)
         .join(Step, Step.id == Delivery.step_id)
-        .where(Step.sequence_id == sequence.id, Delivery.state == DeliveryState.SENT)
-        .group_by(Delivery.subscriber_id),
-        since,
-    ).subquery()
+        .where(*cohort, Subscriber.status.in_(GONE), Delivery.state == DeliveryState.SENT)
+        .group_by(Enrollment.id, Subscriber.status)
+        .subquery()
+    )
     left: dict[int, Counter[SubscriberStatus]] = {}
     for position, status, count in session.execute(
-        select(last_sent.c.position, Subscriber.status, func.count())
-        .join(Subscriber, Subscriber.id == last_sent.c.subscriber_id)
-        .where(Subscriber.status.in_(GONE))
-        .group_by(last_sent.c.position, Subscriber.status)
+        select(last_sent.c.position, last_sent.c.status, func.count()).group_by(
+            last_sent.c.position, last_sent.c.status
+        )
     ):
-        left.setdefault(int(position), Counter())[status] = int(count)
+        left.setdefault(int(position), Counter())[SubscriberStatus(status)] = int(count)
     parts: list[PartResult] = []
     for step in sequence.steps:
         counts = states.get(step.id, Counter())

@@ -54,13 +54,17 @@ class Chart:
 
 
 def nice_ceiling(value: int) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least `value` (at least 1)."""
+    """The smallest of 1, 2, 5, 10, 20, 25, 50, 100, ... that is at least `value` (at least 1).
+
+    (2.5 is a step only from 10 up, where it stays a whole number, halved or not.)
+    """
     if value <= 1:
         return 1
     power: int = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if step * power >= value:
-            return step * power
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
+        candidate = int(step * power)
+        if candidate >= value and candidate == step * power and (step != 2.5 or power >= 10):
+            return candidate
     return 10 * power  # pragma: no cover - the loop always returns
 
 
@@ -91,7 +95,8 @@ def columns(
                 width=round(slot - gap, 2),
                 height=round(h, 2),
                 note=notes[index] if index < len(notes) else "",
-                show_label=index % label_every == 0 or index == len(points) - 1,
+                # Counted back from the last bar, so that the latest one is always labelled.
+                show_label=(len(points) - 1 - index) % label_every == 0,
             )
         )
     ticks = [

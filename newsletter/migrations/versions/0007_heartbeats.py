@@ -36,11 +36,15 @@ def upgrade() -> None:
     op.create_index("ix_subscribers_confirmed_at", "subscribers", ["confirmed_at"])
     op.create_index("ix_deliveries_sent_at", "deliveries", ["sent_at"])
     op.create_index("ix_enrollments_sequence_created", "enrollments", ["sequence_id", "created_at"])
+    op.create_index(
+        "ix_deliveries_enrollment_state", "deliveries", ["enrollment_id", "state", "step_id"]
+    )
     op.create_index("ix_events_kind", "events", ["kind"])
 
 
 def downgrade() -> None:
     op.drop_index("ix_events_kind", table_name="events")
+    op.drop_index("ix_deliveries_enrollment_state", table_name="deliveries")
     op.drop_index("ix_enrollments_sequence_created", table_name="enrollments")
     op.drop_index("ix_deliveries_sent_at", table_name="deliveries")
     op.drop_index("ix_subscribers_confirmed_at", table_name="subscribers")

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import redis
 from flask import abort, render_template, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy import select
 
 from newsletter import clock
 from newsletter.audience import figures
@@ -111,8 +112,8 @@ def _day_charts(counted: figures.DashboardFigures) -> list[charts.Chart]:
                 f"{title} per day {span}; the table below gives each day's number.",
                 points,
                 label_every=7,
-                width=480,
-                height=180,
+                width=380,
+                height=170,
             )
         )
     return made
@@ -129,6 +130,7 @@ def dashboard() -> ResponseReturnValue:
         last_tick = heartbeat.last(session, heartbeat.DISPATCH)
         brake = status.brake(session, pause)
         sending = _sending(brake, now, unknown)
+        sequences = session.execute(select(Sequence.id, Sequence.title).order_by(Sequence.id)).all()
     counted = cached.value
     states = charts.rows(
         "Subscribers by state",
@@ -145,6 +147,7 @@ def dashboard() -> ResponseReturnValue:
         tick=_tick(last_tick, now, runtime().settings.dispatch_interval_seconds),
         states_chart=states,
         day_charts=_day_charts(counted),
+        sequences=sequences,
         refresh_seconds=f"{figures.REFRESH_SECONDS:g}",
     )
 
