@@ -92,6 +92,7 @@ def test_engine_health_counts_due_claimed_retrying_failed_and_uncertain(
     add_delivery(session, who, D.FAILED)
     add_delivery(session, who, D.SENT, sent=NOW)
     add_delivery(session, who, D.SKIPPED)
+    add_delivery(session, who, D.HELD, due=NOW - timedelta(hours=1))  # held, not due
     session.add_all(
         [
             Event(subscriber_id=who.id, kind="uncertain", created_at=NOW),
@@ -105,8 +106,7 @@ def test_engine_health_counts_due_claimed_retrying_failed_and_uncertain(
     assert (current.due_now, current.claimed, current.retrying, current.failed) == (2, 1, 2, 2)
     assert current.oldest_due == NOW - timedelta(hours=2)
     assert current.uncertain == 1
-    # The model has no held state yet: the dashboard says so instead of showing a zero.
-    assert current.held is None
+    assert current.held == 1
 
 
 # -- the cache and its staleness rule -------------------------------------------------------------

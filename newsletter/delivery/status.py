@@ -1,9 +1,10 @@
-"""What the delivery engine is doing: counts by state, backlog, failures, uncertain sends.
+"""What the delivery engine is doing: counts by state, backlog, held parts, failures, uncertain
+sends.
 
 `health` is the part cheap enough for a page at millions of rows: it counts only the
-unsettled and failed states, through `ix_deliveries_state_due`, never the sent history.
-`engine_status` (`flask status`) adds the full count by state and the latest failures.
-`brake` says whether sending holds or pauses, and why.
+unsettled, held and failed states, through `ix_deliveries_state_due`, never the sent history.
+`engine_status` (`flask status`) adds the full count by state, the paused sequences and the
+latest failures. `brake` says whether sending holds or pauses, and why.
 """
 
 from __future__ import annotations
@@ -22,12 +23,18 @@ from newsletter.models import (
     Delivery,
     DeliveryState,
     Event,
+    Sequence,
+    SequenceStatus,
     Subscriber,
 )
 
-# The states the engine's health counts; a HELD state, where the model has one, joins them.
-HEALTH_STATES = (DeliveryState.CLAIMED, DeliveryState.RETRY, DeliveryState.FAILED)
-HELD: DeliveryState | None = getattr(DeliveryState, "HELD", None)
+# The states the engine's health counts beside what is due.
+HEALTH_STATES = (
+    DeliveryState.CLAIMED,
+    DeliveryState.RETRY,
+    DeliveryState.FAILED,
+    DeliveryState.HELD,
+)
 
 
 @dataclass(frozen=True)
@@ -43,10 +50,8 @@ class Failure:
 
 @dataclass(frozen=True)
 class Health:
-    """The engine's unsettled work: what is due, in flight, retrying, failed or uncertain.
-
-    `held` is None while the model has no held state (rows an operator set aside).
-    """
+    """The engine's unsettled work: what is due, in flight, retrying, failed, held (waiting on
+    a paused sequence or person) or uncertain."""
 
     due_now: int
     oldest_due: datetime | None
@@ -54,7 +59,7 @@ class Health:
     retrying: int
     failed: int
     uncertain: int
-    held: int | None
+    held: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class EngineStatus:
 
     by_state: dict[DeliveryState, int]
     due_now: int
+    # Parts waiting on a paused sequence or person: unsent, and not claimed until resumed.
+    held: int
+    paused_sequences: list[str]
     oldest_due: datetime | None
     uncertain: int
     recent_failures: list[Failure]
@@ -97,12 +105,11 @@ def health(session: Session, now: datetime) -> Health:
         Delivery.state.in_(WAITING_STATES), Delivery.due_at <= now
     )
     due_now, oldest = session.execute(due).one()
-    counted = HEALTH_STATES + ((HELD,) if HELD is not None else ())
     by_state = {
         state: int(count)
         for state, count in session.execute(
             select(Delivery.state, func.count())
-            .where(Delivery.state.in_(counted))
+            .where(Delivery.state.in_(HEALTH_STATES))
             .group_by(Delivery.state)
         )
     }
@@ -115,7 +122,7 @@ def health(session: Session, now: datetime) -> Health:
         retrying=by_state.get(DeliveryState.RETRY, 0),
         failed=by_state.get(DeliveryState.FAILED, 0),
         uncertain=int(uncertain or 0),
-        held=None if HELD is None else by_state.get(HELD, 0),
+        held=by_state.get(DeliveryState.HELD, 0),
     )
 
 
@@ -134,6 +141,11 @@ def engine_status(session: Session, now: datetime, failures: int = 10) -> Engine
         )
     }
     current = health(session, now)
+    paused = session.scalars(
+        select(Sequence.slug)
+        .where(Sequence.status == SequenceStatus.PAUSED)
+        .order_by(Sequence.slug)
+    ).all()
     rows = session.execute(
         select(Delivery, Subscriber.email)
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -144,6 +156,8 @@ def engine_status(session: Session, now: datetime, failures: int = 10) -> Engine
     return EngineStatus(
         by_state=by_state,
         due_now=current.due_now,
+        held=by_state.get(DeliveryState.HELD, 0),
+        paused_sequences=list(paused),
         oldest_due=current.oldest_due,
         uncertain=current.uncertain,
         recent_failures=[

@@ -1,7 +1,7 @@
 """the dispatcher's heartbeat, cached figures, and the indexes of the dashboard and funnel
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29 23:40:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import newsletter.models
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
