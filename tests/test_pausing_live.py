@@ -1,7 +1,7 @@
 """Pausing, resending and restarting with a real worker and beat, a real broker and a real SMTP
 server, on the embedded stack (SQLite) and on PostgreSQL with Redis.
 
-A drip day is two seconds here (tests/test_end_to_end.py's stack), so a whole series plays out
+A drip day is two seconds here (`tests/helpers/stacks.py`), so a whole series plays out
 in about eight: the pause lands while parts are going out.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from flask import Flask
 from sqlalchemy import func, select
 
 from newsletter import clock
@@ -32,16 +32,21 @@ from newsletter.models import (
 from tests.helpers.mailparse import part_number, text_of
 from tests.helpers.sending import active_subscriber
 from tests.helpers.smtp import SmtpSink
+from tests.helpers.stacks import DAY, STACKS, TICK, go_live, stack_env
 from tests.helpers.workers import WorkerProcess
-from tests.test_end_to_end import DAY, TICK, live, stack  # noqa: F401 - the shared fixtures
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def worker(live: tuple[Flask, WorkerProcess]) -> WorkerProcess:  # noqa: F811 - the fixture
-    """The running worker with beat of `live` (the app is the test process's own)."""
-    return live[1]
+@pytest.fixture(params=STACKS)
+def worker(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    smtp_sink: SmtpSink,
+    run_worker: Callable[..., WorkerProcess],
+) -> WorkerProcess:
+    """A running worker with beat on each stack; the test process has the app."""
+    return go_live(stack_env(request, tmp_path, smtp_sink), run_worker)[1]
 
 
 PARTS = 4  # the seed sequence
