@@ -104,10 +104,14 @@ def read_choice(args: dict[str, str], actor_ids: set[int]) -> Choice:
 
 
 def as_text(data: dict[str, Any] | None) -> str:
-    """Before or after as readable JSON text (escaped by the template like any text)."""
+    """Before or after as text, a `name: JSON value` line per field (escaped by the template
+    like any text; JSON shows control characters such as CR and LF as escapes)."""
     if data is None:
         return ""
-    return json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False, default=str)
+    return "\n".join(
+        f"{name}: {json.dumps(value, ensure_ascii=False, default=str)}"
+        for name, value in sorted(data.items())
+    )
 
 
 @bp.get("/audit", endpoint="audit")
