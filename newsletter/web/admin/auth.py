@@ -145,15 +145,22 @@ def sign_in_code() -> ResponseReturnValue:
 
 @bp.errorhandler(RateLimitExceeded)
 def too_many_attempts(error: RateLimitExceeded) -> tuple[str, int]:
-    """Too many failed sign-ins from this address or for this account."""
-    page = render_template(
-        "admin/sign_in.html",
-        form=SignInForm(),
-        refused=(
-            "Too many failed attempts to sign in. Wait a few minutes and try again "
-            f"(limit: {error.description})."
-        ),
+    """Too many failed sign-ins (or codes) from this address or for this account."""
+    refused = (
+        "Too many failed attempts to sign in. Wait a few minutes and try again "
+        f"(limit: {error.description})."
     )
+    if request.endpoint == "admin.sign_in_code":
+        page = render_template("admin/sign_in_code.html", form=CodeForm(), refused=refused)
+    elif request.endpoint == "admin.sign_in":
+        page = render_template("admin/sign_in.html", form=SignInForm(), refused=refused)
+    else:
+        page = render_template(
+            "message.html",
+            title="Too many requests",
+            message="Too many requests. Wait a few minutes and try again.",
+            show_signup=False,
+        )
     return page, 429
 
 
