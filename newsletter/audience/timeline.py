@@ -290,7 +290,8 @@ def story(session: Session, subscriber_id: int, now: datetime) -> Story | None:
         Entry(at=e.created_at, event=EventLine(kind=e.kind, data=e.data, delivery_id=e.delivery_id))
         for e in events
     ]
-    entries.sort(key=lambda entry: entry.at)
+    # At the same instant the event comes first: a signup before the mail it planned.
+    entries.sort(key=lambda entry: (entry.at, entry.delivery is not None))
     return Story(
         subscriber=subscriber,
         suppression=suppression,
