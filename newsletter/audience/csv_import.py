@@ -353,13 +353,14 @@ def _add_batch(
     day_seconds: float,
 ) -> None:
     ours = f"import #{entry.id} "
-    existing = dict(
-        session.execute(
+    existing = {
+        email: form
+        for email, form in session.execute(
             select(Subscriber.email, Subscriber.consent_form).where(
                 Subscriber.email.in_({r.email for r in rows})
             )
-        ).tuples()
-    )
+        )
+    }
     hashes = {address_hash(r.email) for r in rows}
     suppressed = set(
         session.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes)))
