@@ -280,11 +280,11 @@ def test_hostile_cells_come_back_neutralised_in_the_export(app: Flask) -> None:
 
 ROWS = 200_000
 # Each row carries a wide column nobody maps, as exports from other tools do: the file is
-# about 80 MB, so that holding it (or its rows) in memory would show in the worker's peak.
+# about 83 MB, so that holding it (or its rows) in memory would show in the worker's peak.
 WIDE = "x" * 380
 # Growth of the worker's peak resident memory the import may cause. Reading the file whole
 # takes more than its size; a streamed import holds one batch.
-GROWTH_BOUND_MB = 60
+GROWTH_BOUND_MB = 50
 
 
 def peak_and_pool_pid(worker: WorkerProcess) -> tuple[int, int]:
@@ -358,7 +358,7 @@ def test_a_large_file_through_a_real_worker_stays_in_bounded_memory(
         f"CSV import: {ROWS} rows, {size_mb:.0f} MB file; "
         f"worker peak memory grew {growth_mb:.1f} MB"
     )
-    assert size_mb > 2 * GROWTH_BOUND_MB
+    assert size_mb > 1.5 * GROWTH_BOUND_MB, "reading this file whole would pass the bound"
     assert growth_mb < GROWTH_BOUND_MB
     assert (entry.rows_read, entry.added, entry.duplicates, entry.invalid) == (
         ROWS,

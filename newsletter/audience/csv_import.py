@@ -245,6 +245,13 @@ def configure(
     entry.status = ImportStatus.QUEUED
 
 
+def unqueue(session: Session, import_id: int) -> None:
+    """Put a queued import back to "uploaded" (its task could not be queued)."""
+    entry = session.get(SubscriberImport, import_id, with_for_update=True)
+    if entry is not None and entry.status is ImportStatus.QUEUED:
+        entry.status = ImportStatus.UPLOADED
+
+
 @dataclass(frozen=True)
 class _Row:
     line: int
