@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField, FileRequired
 from wtforms import BooleanField, RadioField, SelectField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, InputRequired
 
 from newsletter.audience.csv_import import FIELD_LABELS
@@ -29,8 +30,10 @@ class UploadForm(FlaskForm):  # type: ignore[misc]
 
 
 CONSENT_CHOICES = [
-    ("confirm", "Send confirmation mails: they start once they confirm (double opt-in)"),
-    (
+    SelectChoice(
+        "confirm", "Send confirmation mails: they start once they confirm (double opt-in)"
+    ),
+    SelectChoice(
         "attest",
         "I attest they already consented: they start at once, and the consent is recorded "
         "as imported by me",
