@@ -156,9 +156,10 @@ def options(session: Session) -> Options:
             id=row.id, sequence_id=row.sequence_id, position=row.position, subject=row.subject
         )
         for row in session.execute(
-            select(Step.id, Step.sequence_id, Step.position, Step.subject).order_by(
-                Step.sequence_id, Step.position
-            )
+            # Live steps only: a removed step keeps its row (and a negative position).
+            select(Step.id, Step.sequence_id, Step.position, Step.subject)
+            .where(Step.removed_at.is_(None))
+            .order_by(Step.sequence_id, Step.position)
         )
     ]
     return Options(sequences=sequences, steps=steps)

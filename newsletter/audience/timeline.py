@@ -54,6 +54,8 @@ class DeliveryLine:
         """ "Part 3: <subject>" or "Confirmation mail"."""
         if self.kind is DeliveryKind.CONFIRM:
             return "Confirmation mail"
+        if self.position is None:
+            return f"A removed step: {self.subject}"
         return f"Part {self.position}: {self.subject}"
 
 
@@ -126,7 +128,7 @@ def _delivery_sentence(
     delivery: Delivery, subscriber: Subscriber, now: datetime, window: SendWindow | None
 ) -> str | None:
     name = "The confirmation mail" if delivery.kind is DeliveryKind.CONFIRM else None
-    if name is None and delivery.step is not None:
+    if name is None and delivery.step is not None and delivery.step.removed_at is None:
         name = f"Part {delivery.step.position}"
     name = name or "A mail"
     zone_name = subscriber.time_zone
@@ -240,7 +242,7 @@ def _delivery_line(delivery: Delivery) -> DeliveryLine:
         id=delivery.id,
         kind=delivery.kind,
         sequence=step.sequence.title if step is not None else None,
-        position=step.position if step is not None else None,
+        position=step.position if step is not None and step.removed_at is None else None,
         subject=step.subject if step is not None else None,
         state=delivery.state,
         due_at=delivery.due_at,
