@@ -223,6 +223,7 @@ def test_an_upload_without_a_token_or_a_file_is_refused(app: Flask) -> None:
         content_type="multipart/form-data",
     )
     assert answer.status_code == 400
+    assert "This page has expired" in answer.get_data(as_text=True), "the app's CSRF answer"
     token = csrf_token(client, "/admin/imports")
     answer = client.post(
         "/admin/imports", data={"csrf_token": token}, content_type="multipart/form-data"

@@ -63,13 +63,14 @@ def imports() -> ResponseReturnValue:
 
 
 # Exempt from the app-wide check only so that the size limit below is raised before the body
-# is read; the form's own CSRF field is still required (validate_on_submit checks it).
+# is read; the same check then runs here (a missing or forged token gets the same answer).
 @csrf.exempt
 @bp.post("/imports")
 @editor_required
 def imports_upload() -> ResponseReturnValue:
     """Store an uploaded file and go on to its mapping page."""
     request.max_content_length = csv_import.MAX_UPLOAD_BYTES + UPLOAD_OVERHEAD
+    csrf.protect()
     form = UploadForm()
     if not form.validate_on_submit():
         return _list(form, status=400)
