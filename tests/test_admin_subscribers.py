@@ -12,6 +12,7 @@ import json
 import re
 from datetime import timedelta
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
@@ -20,13 +21,18 @@ from newsletter import clock
 from newsletter.db import db
 from newsletter.models import (
     AuditEntry,
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
     ImportStatus,
     Subscriber,
     SubscriberImport,
     SubscriberStatus,
 )
 from tests.helpers.admin import create_admin, csrf_token, signed_in
-from tests.helpers.people import add_person, signed_up
+from tests.helpers.people import add_person, seed_steps, signed_up
 
 HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_AGENT = '"><img src=x onerror=alert(1)>'
@@ -245,3 +251,84 @@ def test_a_file_larger_than_the_public_limit_is_accepted(app: Flask) -> None:
         content_type="multipart/form-data",
     )
     assert answer.status_code == 303
+
+
+def enrollment_of(subscriber_id: int) -> Enrollment:
+    with db.session() as session:
+        return session.scalars(
+            select(Enrollment)
+            .where(Enrollment.subscriber_id == subscriber_id)
+            .order_by(Enrollment.id.desc())
+        ).first() or pytest.fail("no enrollment")
+
+
+def test_pause_resume_move_and_restart_from_the_page(app: Flask) -> None:
+    client = editor(app)
+    subscriber_id = person()
+    enrollment = enrollment_of(subscriber_id)
+    base = f"/admin/subscribers/{subscriber_id}/enrollments/{enrollment.id}"
+    token = csrf_token(client, f"/admin/subscribers/{subscriber_id}")
+    assert client.post(f"{base}/pause").status_code == 400, "no token, no pause"
+    assert client.post(f"{base}/pause", data={"csrf_token": token}).status_code == 303
+    assert enrollment_of(subscriber_id).status is EnrollmentStatus.PAUSED
+    page = client.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
+    assert "Paused in “" in page and ">Resume</button>" in page
+    refused = client.post(f"{base}/pause", data={"csrf_token": token})
+    assert refused.status_code == 400 and "only an active one pauses" in refused.get_data(
+        as_text=True
+    )
+    assert client.post(f"{base}/resume", data={"csrf_token": token}).status_code == 303
+    assert enrollment_of(subscriber_id).status is EnrollmentStatus.ACTIVE
+    with db.session() as session:
+        third = seed_steps(session)[2]
+    moved = client.post(f"{base}/move", data={"csrf_token": token, "step": str(third.id)})
+    assert moved.status_code == 303
+    with db.session() as session:
+        waiting = session.scalars(
+            select(Delivery).where(
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.state == DeliveryState.SCHEDULED,
+                Delivery.kind == DeliveryKind.STEP,
+            )
+        ).all()
+        assert [d.step_id for d in waiting] == [third.id]
+    bad = client.post(f"{base}/move", data={"csrf_token": token, "step": "not-a-step"})
+    assert bad.status_code == 400 and "Choose a step from the list." in bad.get_data(as_text=True)
+    assert client.post(f"{base}/restart", data={"csrf_token": token}).status_code == 303
+    assert enrollment_of(subscriber_id).id != enrollment.id
+    assert [a[0] for a in audit_actions()] == [
+        "subscriber.pause",
+        "subscriber.resume",
+        "subscriber.move",
+        "subscriber.restart",
+    ]
+
+
+def test_resend_only_a_part_they_had(app: Flask) -> None:
+    client = editor(app)
+    subscriber_id = person()
+    with db.session() as session:
+        first = seed_steps(session)[0]
+    url = f"/admin/subscribers/{subscriber_id}/resend"
+    token = csrf_token(client, f"/admin/subscribers/{subscriber_id}")
+    refused = client.post(url, data={"csrf_token": token, "step": str(first.id)})
+    assert refused.status_code == 400 and "have not had step 1" in refused.get_data(as_text=True)
+    with db.transaction() as session:
+        row = session.scalars(
+            select(Delivery).where(
+                Delivery.subscriber_id == subscriber_id, Delivery.step_id == first.id
+            )
+        ).one()
+        row.state, row.sent_at = DeliveryState.SENT, clock.now()
+    assert "Send a part again" in client.get(f"/admin/subscribers/{subscriber_id}").get_data(
+        as_text=True
+    )
+    assert client.post(url, data={"csrf_token": token, "step": str(first.id)}).status_code == 303
+    with db.session() as session:
+        copies = session.scalars(
+            select(Delivery).where(
+                Delivery.subscriber_id == subscriber_id, Delivery.kind == DeliveryKind.RESEND
+            )
+        ).all()
+        assert len(copies) == 1 and copies[0].step_id == first.id
+    assert [a[0] for a in audit_actions()] == ["subscriber.resend"]

@@ -173,3 +173,20 @@ def test_entries_merge_deliveries_and_events_in_time_order(app: Flask) -> None:
 def test_unknown_id_is_none(app: Flask) -> None:
     with db.session() as session:
         assert timeline.story(session, 987654, NOW) is None
+
+
+def test_a_paused_person_and_their_held_part(app: Flask) -> None:
+    from newsletter.audience import moves
+
+    subscriber_id = reader(part_two=DeliveryState.SCHEDULED)
+    with db.transaction() as session:
+        enrollment = session.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == subscriber_id)
+        ).one()
+        moves.pause_enrollment(session, enrollment, NOW)
+    said = sentences(subscriber_id)
+    assert any(s.startswith("Paused in “") for s in said)
+    assert (
+        "Part 2 is held while they or the sequence are paused (due Tue 1 Dec 09:00 in their "
+        "zone)." in said
+    )

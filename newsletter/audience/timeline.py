@@ -15,12 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from newsletter.models import (
+    OPEN_STATES,
     Delivery,
     DeliveryKind,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
     Event,
+    SequenceStatus,
     Step,
     Subscriber,
     SubscriberStatus,
@@ -39,6 +41,7 @@ class DeliveryLine:
 
     id: int
     kind: DeliveryKind
+    step_id: int | None
     sequence: str | None
     position: int | None
     subject: str | None
@@ -56,7 +59,8 @@ class DeliveryLine:
             return "Confirmation mail"
         if self.position is None:
             return f"A removed step: {self.subject}"
-        return f"Part {self.position}: {self.subject}"
+        copy = " (a copy sent again)" if self.kind is DeliveryKind.RESEND else ""
+        return f"Part {self.position}{copy}: {self.subject}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class Entry:
 class EnrollmentLine:
     """A sequence the person is in, and how far."""
 
+    id: int
+    sequence_id: int
     sequence: str
     status: EnrollmentStatus
     started_at: datetime | None
@@ -130,6 +136,8 @@ def _delivery_sentence(
     name = "The confirmation mail" if delivery.kind is DeliveryKind.CONFIRM else None
     if name is None and delivery.step is not None and delivery.step.removed_at is None:
         name = f"Part {delivery.step.position}"
+        if delivery.kind is DeliveryKind.RESEND:
+            name = f"A copy of part {delivery.step.position}"
     name = name or "A mail"
     zone_name = subscriber.time_zone
     when = local_time(delivery.due_at, zone_name)
@@ -145,6 +153,8 @@ def _delivery_sentence(
         )
     if delivery.state is DeliveryState.CLAIMED:
         return f"{name} is being sent now."
+    if delivery.state is DeliveryState.HELD:
+        return f"{name} is held while they or the sequence are paused (due {when} in their zone)."
     if delivery.state is DeliveryState.FAILED:
         return f"{name} failed: {_short(delivery.last_error)}"
     if delivery.state is DeliveryState.SKIPPED:
@@ -203,10 +213,7 @@ def explain(
                 sentences.append(sentence)
     for enrollment in enrollments:
         open_rows = [
-            d
-            for d in deliveries
-            if d.enrollment_id == enrollment.id
-            and d.state in (DeliveryState.SCHEDULED, DeliveryState.RETRY, DeliveryState.CLAIMED)
+            d for d in deliveries if d.enrollment_id == enrollment.id and d.state in OPEN_STATES
         ]
         title = enrollment.sequence.title
         if enrollment.status is EnrollmentStatus.COMPLETED:
@@ -218,6 +225,10 @@ def explain(
             last = max((d.sent_at for d in sent if d.sent_at), default=None)
             on = f", the last on {_day(last)}" if last else ""
             sentences.append(f"Finished “{title}”: {len(sent)} part(s) sent{on}.")
+        if enrollment.status is EnrollmentStatus.PAUSED:
+            sentences.append(f"Paused in “{title}”: nothing more is sent until they are resumed.")
+        elif enrollment.sequence.status is SequenceStatus.PAUSED:
+            sentences.append(f"The sequence “{title}” is paused: nothing of it is sent for now.")
         for delivery in open_rows:
             sentence = _delivery_sentence(delivery, subscriber, now, enrollment.sequence.window)
             if sentence:
@@ -225,11 +236,7 @@ def explain(
         if enrollment.status is EnrollmentStatus.ACTIVE and not open_rows:
             sentences.append(f"No part of “{title}” is planned right now.")
     for delivery in deliveries:
-        if delivery.kind is DeliveryKind.CONFIRM and delivery.state in (
-            DeliveryState.SCHEDULED,
-            DeliveryState.RETRY,
-            DeliveryState.CLAIMED,
-        ):
+        if delivery.enrollment_id is None and delivery.state in OPEN_STATES:
             sentence = _delivery_sentence(delivery, subscriber, now, None)
             if sentence:
                 sentences.append(sentence)
@@ -241,6 +248,7 @@ def _delivery_line(delivery: Delivery) -> DeliveryLine:
     return DeliveryLine(
         id=delivery.id,
         kind=delivery.kind,
+        step_id=delivery.step_id,
         sequence=step.sequence.title if step is not None else None,
         position=step.position if step is not None and step.removed_at is None else None,
         subject=step.subject if step is not None else None,
@@ -299,6 +307,8 @@ def story(session: Session, subscriber_id: int, now: datetime) -> Story | None:
         suppression=suppression,
         enrollments=[
             EnrollmentLine(
+                id=e.id,
+                sequence_id=e.sequence_id,
                 sequence=e.sequence.title,
                 status=e.status,
                 started_at=e.started_at,

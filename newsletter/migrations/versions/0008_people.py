@@ -1,7 +1,7 @@
 """people: imports table, suppression hashes, erasure time, subscribers-table indexes
 
 Revision ID: 0008
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-29 23:50:00
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 import newsletter.models
 
 revision = "0008"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -62,3 +62,10 @@ class MappingForm(FlaskForm):  # type: ignore[misc]
         self.email.choices = [("", "Choose a column")] + columns
         self.first_name.choices = [("", "None")] + columns
         self.time_zone.choices = [("", "None (UTC)")] + columns
+
+
+class StepForm(FlaskForm):  # type: ignore[misc]
+    """A step of the person's sequence, for "move to a step" and "resend a step"."""
+
+    # The domain refuses a step that does not fit (audience/moves.py), with its reason.
+    step = SelectField("Step", validate_choice=False, validators=[InputRequired()])

@@ -8,7 +8,7 @@ in the same transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flask import (
     Response,
@@ -25,13 +25,22 @@ from sqlalchemy.orm import Session
 
 from newsletter import clock
 from newsletter.admins import audit
-from newsletter.audience import directory, erasure, subscriptions, timeline
+from newsletter.audience import directory, erasure, moves, subscriptions, timeline
 from newsletter.db import db
-from newsletter.models import Admin, SubscriberStatus
+from newsletter.models import (
+    Admin,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    Step,
+    Subscriber,
+    SubscriberStatus,
+)
+from newsletter.runtime import runtime
 from newsletter.web.admin import bp
 from newsletter.web.admin.access import current_admin, editor_required
 from newsletter.web.admin.forms import ButtonForm
-from newsletter.web.admin.people_forms import EraseForm
+from newsletter.web.admin.people_forms import EraseForm, StepForm
 
 
 def _me(session: Session) -> Admin:
@@ -110,21 +119,166 @@ def subscribers_export() -> ResponseReturnValue:
     )
 
 
-@bp.get("/subscribers/<int:subscriber_id>")
-@editor_required
-def subscriber(subscriber_id: int) -> ResponseReturnValue:
-    """A person's timeline, the sentences that explain it, and the actions."""
+def _detail(
+    subscriber_id: int, errors: dict[str, str] | None = None, status: int = 200
+) -> ResponseReturnValue:
     with db.session() as session:
         story = timeline.story(session, subscriber_id, clock.now())
+        steps = directory.options(session).steps
     if story is None:
         abort(404)
+    had = {
+        e.delivery.step_id
+        for e in story.entries
+        if e.delivery is not None
+        and e.delivery.kind is DeliveryKind.STEP
+        and e.delivery.state is DeliveryState.SENT
+    }
     return render_template(
         "admin/subscriber.html",
         story=story,
         person=story.subscriber,
         form=ButtonForm(),
+        step_form=StepForm(),
+        steps=steps,
+        resendable=[s for s in steps if s.id in had],
+        errors=errors or {},
         local_time=timeline.local_time,
-    )
+    ), status
+
+
+@bp.get("/subscribers/<int:subscriber_id>")
+@editor_required
+def subscriber(subscriber_id: int) -> ResponseReturnValue:
+    """A person's timeline, the sentences that explain it, and the actions."""
+    return _detail(subscriber_id)
+
+
+def _enrollment_move(
+    subscriber_id: int,
+    enrollment_id: int,
+    action: str,
+    move: Callable[[Session, Enrollment], str],
+    form: ButtonForm | StepForm,
+) -> ResponseReturnValue:
+    """Make one of the engine's moves on a person's enrollment, audited; its refusal shown
+    beside the action's button, with nothing changed."""
+    if not form.validate_on_submit():
+        return _detail(subscriber_id, {f"{action}-{enrollment_id}": "Choose a step."}, status=400)
+    try:
+        with db.transaction() as session:
+            enrollment = session.get(Enrollment, enrollment_id)
+            if enrollment is None or enrollment.subscriber_id != subscriber_id:
+                abort(404)
+            before = enrollment.status.value
+            said = move(session, enrollment)
+            audit.record(
+                session,
+                actor=_me(session),
+                action=f"subscriber.{action}",
+                target=_target(subscriber_id),
+                before={"enrollment": enrollment_id, "status": before},
+                after={"enrollment": enrollment_id, "done": said},
+            )
+    except moves.ActionRefused as exc:
+        return _detail(subscriber_id, {f"{action}-{enrollment_id}": str(exc)}, status=400)
+    flash(said, "info")
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), code=303)
+
+
+def _by() -> str:
+    return f"admin {current_admin().email}"
+
+
+@bp.post("/subscribers/<int:subscriber_id>/enrollments/<int:enrollment_id>/pause")
+@editor_required
+def subscriber_pause(subscriber_id: int, enrollment_id: int) -> ResponseReturnValue:
+    """Pause a person's way through a sequence (audience/moves.pause_enrollment)."""
+
+    def move(session: Session, enrollment: Enrollment) -> str:
+        moves.pause_enrollment(session, enrollment, clock.now(), by=_by())
+        return "Paused: their next part waits until you resume them."
+
+    return _enrollment_move(subscriber_id, enrollment_id, "pause", move, ButtonForm())
+
+
+@bp.post("/subscribers/<int:subscriber_id>/enrollments/<int:enrollment_id>/resume")
+@editor_required
+def subscriber_resume(subscriber_id: int, enrollment_id: int) -> ResponseReturnValue:
+    """Resume a paused person where they were (audience/moves.resume_enrollment)."""
+
+    def move(session: Session, enrollment: Enrollment) -> str:
+        moves.resume_enrollment(session, enrollment, clock.now(), by=_by())
+        return "Resumed: their next part is due again."
+
+    return _enrollment_move(subscriber_id, enrollment_id, "resume", move, ButtonForm())
+
+
+@bp.post("/subscribers/<int:subscriber_id>/enrollments/<int:enrollment_id>/restart")
+@editor_required
+def subscriber_restart(subscriber_id: int, enrollment_id: int) -> ResponseReturnValue:
+    """Start a person's sequence over from part 1 (audience/moves.restart_enrollment)."""
+
+    def move(session: Session, enrollment: Enrollment) -> str:
+        moves.restart_enrollment(
+            session,
+            enrollment,
+            clock.now(),
+            by=_by(),
+            day_seconds=runtime().settings.drip_day_seconds,
+        )
+        return "Restarted: part 1 is due now."
+
+    return _enrollment_move(subscriber_id, enrollment_id, "restart", move, ButtonForm())
+
+
+def _step(session: Session, raw: str | None) -> Step:
+    step = session.get(Step, int(raw)) if raw and raw.isdigit() and len(raw) < 12 else None
+    if step is None:
+        raise moves.ActionRefused("Choose a step from the list.")
+    return step
+
+
+@bp.post("/subscribers/<int:subscriber_id>/enrollments/<int:enrollment_id>/move")
+@editor_required
+def subscriber_move(subscriber_id: int, enrollment_id: int) -> ResponseReturnValue:
+    """Move a person forward to a step (audience/moves.move_to_step)."""
+    form = StepForm()
+
+    def move(session: Session, enrollment: Enrollment) -> str:
+        step = _step(session, form.step.data)
+        moves.move_to_step(session, enrollment, step, clock.now(), by=_by())
+        return f"Moved: part {step.position} is their next part, due now."
+
+    return _enrollment_move(subscriber_id, enrollment_id, "move", move, form)
+
+
+@bp.post("/subscribers/<int:subscriber_id>/resend")
+@editor_required
+def subscriber_resend(subscriber_id: int) -> ResponseReturnValue:
+    """Send a person one more copy of a part they had (audience/moves.resend_step)."""
+    form = StepForm()
+    if not form.validate_on_submit():
+        return _detail(subscriber_id, {"resend": "Choose a step."}, status=400)
+    try:
+        with db.transaction() as session:
+            person = session.get(Subscriber, subscriber_id)
+            if person is None:
+                abort(404)
+            step = _step(session, form.step.data)
+            moves.resend_step(session, person, step, clock.now(), by=_by())
+            audit.record(
+                session,
+                actor=_me(session),
+                action="subscriber.resend",
+                target=_target(subscriber_id),
+                after={"step": step.id, "position": step.position},
+            )
+            position = step.position
+    except moves.ActionRefused as exc:
+        return _detail(subscriber_id, {"resend": str(exc)}, status=400)
+    flash(f"A copy of part {position} is due now.", "info")
+    return redirect(url_for("admin.subscriber", subscriber_id=subscriber_id), code=303)
 
 
 @bp.post("/subscribers/<int:subscriber_id>/unsubscribe")
