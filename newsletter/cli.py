@@ -208,7 +208,8 @@ def suppressions_list_command(since: str | None, reason: str | None) -> None:
         found = suppressions.listed(session, since=_moment(since), reason=reason)
     for entry in found:
         detail = " ".join((entry.detail or "").split())[:160]
-        click.echo(f"{entry.created_at.isoformat()}  {entry.reason:<9} {entry.email}  {detail}")
+        email = entry.email or "(erased)"
+        click.echo(f"{entry.created_at.isoformat()}  {entry.reason:<9} {email}  {detail}")
     click.echo(f"{len(found)} suppressed")
 
 
@@ -225,8 +226,11 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
         raise click.UsageError("name the addresses, or give --since (not both)")
     with db.transaction() as session:
         if since:
+            # An erased person's entry has no address to name, and is never lifted.
             emails = tuple(
-                s.email for s in suppressions.listed(session, since=_moment(since), reason="bounce")
+                s.email
+                for s in suppressions.listed(session, since=_moment(since), reason="bounce")
+                if s.email is not None
             )
         try:
             for email in emails:

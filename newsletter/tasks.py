@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from celery import shared_task
 
 from newsletter import clock
-from newsletter.audience import figures
+from newsletter.audience import csv_import, figures
 from newsletter.db import db
 from newsletter.delivery import dispatch, heartbeat, sending
 from newsletter.runtime import runtime
@@ -71,6 +71,20 @@ def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
         breaker=rt.breaker(),
     )
     return {outcome.value: count for outcome, count in outcomes.items()}
+
+
+@shared_task(name="newsletter.import_subscribers")
+def import_subscribers(import_id: int) -> str | None:
+    """Run a queued CSV import (audience/csv_import.run) from the shared imports folder."""
+    rt = runtime()
+    status = csv_import.run(
+        db.session,
+        import_id,
+        csv_import.folder(rt.settings.instance_dir),
+        clock.now,
+        rt.settings.drip_day_seconds,
+    )
+    return status.value if status else None
 
 
 def kick() -> None:

@@ -57,5 +57,7 @@ from newsletter.web.admin import (  # noqa: E402,F401
     audit,
     auth,
     figures,
+    imports,
     second_factor,
+    subscribers,
 )
