@@ -9,6 +9,8 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
+from newsletter import clock
+from newsletter.content import send_test
 from newsletter.content.preview import (
     Resource,
     StepFields,
@@ -21,6 +23,8 @@ from newsletter.db import db
 from newsletter.mail.compose import Addressee
 from newsletter.models import Sequence
 from tests.helpers.apps import runtime_of
+from tests.helpers.mailparse import html_of, text_of
+from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.any_database
 
@@ -173,3 +177,43 @@ def test_a_snapshot_entry_round_trips() -> None:
     }
     fields = StepFields.of(entry)
     assert fields.as_dict() == {k: v for k, v in entry.items() if k != "key"}
+
+
+def test_a_draft_step_test_send_arrives_as_built(app: Flask, smtp_sink: SmtpSink) -> None:
+    rt = runtime_of(app)
+    sequence = _seed(app)
+    fields = StepFields("Draft {{ first_name }}", "The *unpublished* text.", preheader="Soon")
+    mail = send_test.build_step_test_mail(
+        rt.composer,
+        "Editor@Example.org",
+        sequence,
+        fields,
+        clock.now(),
+        position=2,
+        total=4,
+        first_name="Ann",
+    )
+    send_test.send_test_mails(rt.settings, [mail])
+    (msg,) = smtp_sink.to("editor@example.org")
+    assert msg["Subject"] == "[Test] Draft Ann"
+    assert "The *unpublished* text." in text_of(msg) and "Part 2 of 4" in text_of(msg)
+    assert "<em>unpublished</em>" in html_of(msg)
+
+
+@pytest.mark.parametrize(
+    ("address", "fields", "words"),
+    [
+        ("not an address", StepFields("S", "B"), "email"),
+        ("a@example.org", StepFields("S\r\nBcc: x@e.org", "B"), "subject"),
+        ("a@example.org", StepFields("S", "{{ 7*7 }}"), "body_md"),
+    ],
+)
+def test_a_test_send_of_a_bad_step_or_address_is_refused(
+    app: Flask, smtp_sink: SmtpSink, address: str, fields: StepFields, words: str
+) -> None:
+    rt = runtime_of(app)
+    with pytest.raises(send_test.TestSendError, match=words):
+        send_test.build_step_test_mail(
+            rt.composer, address, _seed(app), fields, clock.now(), position=1, total=1
+        )
+    assert smtp_sink.messages == []
