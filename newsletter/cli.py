@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app web init | import-article | send-test | dev | status | …`."""
+"""Operator commands: `flask --app web init | import-article | create-admin | status | …`."""
 
 from __future__ import annotations
 
@@ -65,6 +65,44 @@ def import_article_command(path: Path, slug: str | None, parts: int | None, repl
             _print_report(report)
     except ArticleError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["owner", "editor"]),
+    default="owner",
+    show_default=True,
+    help="owner: everything, accounts included; editor: content and subscribers.",
+)
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Print a generated one-time password (changed at the first sign-in) instead of asking.",
+)
+def create_admin_command(email: str, role: str, generate: bool) -> None:
+    """Add an admin account who signs in at /admin/ with EMAIL."""
+    from newsletter import clock
+    from newsletter.admins import accounts
+
+    if generate:
+        password = accounts.generate_password()
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with db.transaction() as session:
+            admin = accounts.create(session, email, password, role, clock.now(), one_time=generate)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{admin.role.value} {admin.email} can sign in at {_admin_url()}")
+    if generate:
+        click.echo(f"one-time password (changed at the first sign-in): {password}")
+
+
+def _admin_url() -> str:
+    return f"{runtime().settings.site_url}/admin/"
 
 
 @click.command("dispatch")
@@ -341,6 +379,7 @@ def register(app: Flask) -> None:
         results_command,
         init_command,
         import_article_command,
+        create_admin_command,
         dispatch_command,
         mailcatcher_command,
         dev_command,

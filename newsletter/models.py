@@ -377,6 +377,97 @@ class BreakerTrip(Base):
     resumed_at: Mapped[datetime | None]
 
 
+# -- admins: the people who run the product, and the audit log of what they did (issue 11) ----
+
+
+class AdminRole(enum.StrEnum):
+    """What an admin may do: an owner everything, an editor content and subscribers."""
+
+    OWNER = "owner"
+    EDITOR = "editor"
+
+
+class Admin(Base):
+    """A person who signs in to the admin; never mailed, so the address is only a name.
+
+    The Flask-Login attributes (`is_authenticated`, `get_id`, ...) are plain properties here so
+    that the data model needs no web import. `session_epoch` is part of the session's user id:
+    raising it (new password, deactivation, role change) signs out every open session.
+    """
+
+    __tablename__ = "admins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[AdminRole] = mapped_column(_enum(AdminRole, "admin_role"))
+    # The confirmed second factor (base32); NULL when the account signs in with a password only.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # A secret shown during enrolment, kept until a code from it confirms it.
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    # The last TOTP time step accepted, so a code cannot be used twice within its window.
+    totp_last_step: Mapped[int | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A one-time password (create-admin --generate, the embedded run's first owner) must be
+    # replaced at the first sign-in.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    session_epoch: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None]
+
+    @property
+    def is_owner(self) -> bool:
+        """True for an owner."""
+        return self.role == AdminRole.OWNER
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Flask-Login: a loaded admin is signed in."""
+        return True
+
+    @property
+    def is_active(self) -> bool:
+        """Flask-Login: a deactivated account cannot sign in."""
+        return self.active
+
+    @property
+    def is_anonymous(self) -> bool:
+        """Flask-Login: never anonymous."""
+        return False
+
+    def get_id(self) -> str:
+        """Flask-Login's session id: the row id and the session epoch."""
+        return f"{self.id}.{self.session_epoch}"
+
+
+class AuditEntry(Base):
+    """One admin action that changed something: who, what, on what, before and after.
+
+    The actor's address is kept beside the link, so an entry still names its author after the
+    account is gone; `actor_id` is NULL for the system (commands, the embedded run) and for
+    sign-in attempts on unknown accounts.
+    """
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        # Serve the audit page: newest first, keyset over (created_at, id), optionally
+        # filtered by action or by actor.
+        Index("ix_audit_entries_created", "created_at", "id"),
+        Index("ix_audit_entries_action_created", "action", "created_at", "id"),
+        Index("ix_audit_entries_actor_created", "actor_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("admins.id", ondelete="SET NULL"))
+    actor_email: Mapped[str | None] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(400))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 def table_of(model: type[Base]) -> Table:
     """The Core table of a model, for statements the hot paths build once and reuse."""
     return cast(Table, model.__table__)
