@@ -39,6 +39,11 @@ class SequenceRow:
     in_progress: int
     is_default: bool
 
+    @property
+    def status(self) -> str:
+        """What the list shows: a sequence without parts sends nothing."""
+        return "active" if self.steps else "empty"
+
 
 def sequence_rows(session: Session) -> list[SequenceRow]:
     """Every sequence with its number of parts and of people in progress, by title.

@@ -18,9 +18,9 @@ from newsletter.content.article import WORDS_PER_MINUTE, ArticleError, Sidecar
 from newsletter.content.sequences import ImportReport, import_text, is_slug, split_text
 from newsletter.models import Sequence
 
-# An article is read whole into memory and kept in the preview form between its steps; a
-# long-form article is 10 to 50 KB, so this leaves a wide margin and still bounds a request.
-MAX_ARTICLE_CHARS = 300_000
+# An article is read whole into memory and kept in the preview form between its steps, and a
+# request may carry 64 KB (MAX_CONTENT_LENGTH); a long-form article is 10 to 50 KB.
+MAX_ARTICLE_CHARS = 60_000
 # One part a day for two months is already more than any reader follows.
 MAX_PARTS = 60
 # The sequences table's title column.
