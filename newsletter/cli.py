@@ -55,15 +55,31 @@ def init_command() -> None:
 @click.option(
     "--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet."
 )
-def import_article_command(path: Path, slug: str | None, parts: int | None, replace: bool) -> None:
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="With --replace, on a sequence that has sent mail: publish the article as its next "
+    "version (part N over step N; people in progress move forward).",
+)
+def import_article_command(
+    path: Path, slug: str | None, parts: int | None, replace: bool, publish: bool
+) -> None:
     """Turn a plain-text or Markdown article into a sequence."""
+    from newsletter.content.versions import PublishBusy
+
     try:
         with db.transaction() as session:
             report = sequences.import_article(
-                session, path, slug=slug, parts=parts, replace=replace
+                session,
+                path,
+                slug=slug,
+                parts=parts,
+                replace=replace or publish,
+                publish=publish,
+                day_seconds=runtime().settings.drip_day_seconds,
             )
             _print_report(report)
-    except ArticleError as exc:
+    except (ArticleError, PublishBusy) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -7,6 +7,7 @@ CHECK constraint so that the same schema works on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.hybrid import hybrid_property
@@ -221,8 +223,13 @@ class Sequence(Base):
     send_days: Mapped[str] = mapped_column(String(7), default="1234567", server_default="1234567")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # The live steps only: a step removed by a published version keeps its row (deliveries
+    # and results point at it) but leaves every walk through the sequence.
     steps: Mapped[list[Step]] = relationship(
-        back_populates="sequence", order_by="Step.position", cascade="all, delete-orphan"
+        back_populates="sequence",
+        primaryjoin="and_(Sequence.id == Step.sequence_id, Step.removed_at.is_(None))",
+        order_by="Step.position",
+        cascade="all, delete-orphan",
     )
 
     @property
@@ -231,14 +238,27 @@ class Sequence(Base):
         return SendWindow(self.send_hour, self.send_end_hour, SendWindow.parse_days(self.send_days))
 
 
+def new_step_key() -> str:
+    """A stable key for a new step: it names the step across versions of its sequence."""
+    return uuid.uuid4().hex
+
+
 class Step(Base):
-    """One mail of a sequence; the body is Markdown rendered into the shared layout."""
+    """One mail of a sequence; the body is Markdown rendered into the shared layout.
+
+    Live steps have positions 1..n. A step removed by a published version keeps its row with
+    `removed_at` set and the position minus its id, out of the way of the live numbering.
+    """
 
     __tablename__ = "steps"
-    __table_args__ = (UniqueConstraint("sequence_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "position"),
+        UniqueConstraint("sequence_id", "key", name="uq_steps_sequence_id_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(32), default=new_step_key)
     position: Mapped[int]
     day_offset: Mapped[int]
     subject: Mapped[str] = mapped_column(String(200))
@@ -249,6 +269,7 @@ class Step(Base):
     resources: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     resources_intro: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    removed_at: Mapped[datetime | None]
 
     sequence: Mapped[Sequence] = relationship(back_populates="steps")
 
@@ -271,6 +292,8 @@ class Enrollment(Base):
     # Why a stopped enrollment stopped ("unsubscribed", "bounced", ...), so that lifting a
     # suppression made by mistake can restart exactly the enrollments the bounce stopped.
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # The number of the published version of the sequence this enrollment follows.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
     sequence: Mapped[Sequence] = relationship()
@@ -466,6 +489,53 @@ class AuditEntry(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     ip: Mapped[str | None] = mapped_column(String(45))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- versions (issue 11, live edits) -------------------------------------------------------------
+
+
+class VersionState(enum.StrEnum):
+    """draft (being edited, at most one per sequence) → published (kept for good)."""
+
+    DRAFT = "draft"
+    PUBLISHED = "published"
+
+
+class SequenceVersion(Base):
+    """One version of a sequence: a snapshot of its steps in order and its send settings.
+
+    The newest published version is what the live steps are; a draft is edited freely and
+    changes nothing until `content/versions.publish` applies it.
+    """
+
+    __tablename__ = "sequence_versions"
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "number"),
+        Index(
+            "ix_sequence_versions_one_draft",
+            "sequence_id",
+            unique=True,
+            sqlite_where=text("state = 'draft'"),
+            postgresql_where=text("state = 'draft'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    state: Mapped[VersionState] = mapped_column(
+        _enum(VersionState, "version_state"), default=VersionState.DRAFT
+    )
+    # {"steps": [{key, subject, preheader, day_offset, body_md, teaser, resources,
+    #   resources_intro}, ...] in order, "settings": {send_hour, send_end_hour, send_days}}
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    published_by: Mapped[str | None] = mapped_column(String(320))
+    # The dry run's numbers at publish (content/versions.PublishPlan.summary).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    sequence: Mapped[Sequence] = relationship()
 
 
 def table_of(model: type[Base]) -> Table:

@@ -146,6 +146,21 @@ def _steps(session: Session, step_ids: set[int]) -> dict[int, Step]:
     return {step.id: step for step in steps}
 
 
+def _had(session: Session, enrollment_ids: set[int]) -> dict[int, set[int]]:
+    """The steps each of the batch's enrollments has a delivery of (one query per batch)."""
+    had: dict[int, set[int]] = {}
+    if not enrollment_ids:
+        return had
+    rows = session.execute(
+        select(_D.c.enrollment_id, _D.c.step_id).where(
+            _D.c.enrollment_id.in_(enrollment_ids), _D.c.step_id.is_not(None)
+        )
+    )
+    for enrollment_id, step_id in rows:
+        had.setdefault(enrollment_id, set()).add(step_id)
+    return had
+
+
 def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
     """The sequence a pending subscriber signed up for (named in the confirmation mail)."""
     return session.scalars(
@@ -163,6 +178,7 @@ def _job(
     composer: Composer,
     session: Session,
     steps: dict[int, Step],
+    had: dict[int, set[int]],
     now: datetime,
     policy: Policy,
 ) -> Job | datetime:
@@ -192,6 +208,7 @@ def _job(
         window=step.sequence.window,
         step=step,
         steps=step.sequence.steps,
+        had=had.get(row.enrollment_id, set()),
     )
     return job
 
@@ -239,6 +256,7 @@ def prepare(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
         )
         steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
+        had = _had(session, {r.enrollment_id for r in mine if r.enrollment_id is not None})
         skips: list[dict[str, object]] = []
         moves: list[dict[str, object]] = []
         fails: list[dict[str, object]] = []
@@ -248,7 +266,7 @@ def prepare(
                 skips.append({"d_id": row.id, "reason": reason})
                 continue
             try:
-                checked = _job(row, composer, session, steps, now, policy)
+                checked = _job(row, composer, session, steps, had, now, policy)
             except Exception as exc:  # noqa: BLE001 - one unusable row fails alone
                 log.error("delivery %d cannot be prepared: %s", row.id, exc)
                 fails.append({"d_id": row.id, "reason": f"cannot be prepared: {exc}"[:2000]})

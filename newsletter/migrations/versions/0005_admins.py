@@ -1,7 +1,7 @@
 """admins and the audit log of their actions
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29 23:40:00
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import newsletter.models
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
