@@ -11,9 +11,8 @@ from newsletter.content.catalogue import (
     CatalogueError,
     create_sequence,
     make_default,
+    retitle,
     sequence_rows,
-    settings_of,
-    update_settings,
 )
 from newsletter.db import db
 from newsletter.models import Enrollment, EnrollmentStatus, Sequence, Subscriber
@@ -65,51 +64,19 @@ def test_bad_new_sequences_are_refused_and_change_nothing(
         assert len(session.scalars(select(Sequence)).all()) == 1
 
 
-def test_settings_change_and_say_what_they_were(app: Flask) -> None:
+def test_a_title_changes_and_says_what_it_was(app: Flask) -> None:
     with db.transaction() as session:
-        seed = _seed(session)
-        before, after = update_settings(
-            session, seed, title="  New   title ", send_hour=8, send_end_hour=20, send_days={1, 5}
+        assert retitle(session, _seed(session), "  New   title ") == (
+            "Emotional Distance: Why It Happens and What Brings Closeness Back",
+            "New title",
         )
-    assert before["send_hour"] == 9 and before["send_days"] == "1234567"
-    assert after == {
-        "title": "New title",
-        "send_hour": 8,
-        "send_end_hour": 20,
-        "send_days": "15",
-        "is_default": True,
-    }
+    with db.transaction() as session:
+        for bad in ("", "   ", "x" * 201):
+            with pytest.raises(CatalogueError) as caught:
+                retitle(session, _seed(session), bad)
+            assert caught.value.field == "title"
     with db.session() as session:
-        assert settings_of(_seed(session)) == after
-
-
-@pytest.mark.parametrize(
-    ("hours", "days", "field"),
-    [
-        ((24, 24), {1}, "send_hour"),
-        ((9, 9), {1}, "send_end_hour"),
-        ((9, 25), {1}, "send_end_hour"),
-        ((9, 17), set(), "send_days"),
-        ((9, 17), {0, 8}, "send_days"),
-    ],
-)
-def test_bad_settings_are_refused_and_change_nothing(
-    app: Flask, hours: tuple[int, int], days: set[int], field: str
-) -> None:
-    with db.session() as session:
-        before = settings_of(_seed(session))
-    with pytest.raises(CatalogueError) as caught, db.transaction() as session:
-        update_settings(
-            session,
-            _seed(session),
-            title="Changed",
-            send_hour=hours[0],
-            send_end_hour=hours[1],
-            send_days=days,
-        )
-    assert caught.value.field == field
-    with db.session() as session:
-        assert settings_of(_seed(session)) == before
+        assert _seed(session).title == "New title"
 
 
 def test_exactly_one_default(app: Flask) -> None:

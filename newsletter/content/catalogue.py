@@ -1,4 +1,4 @@
-"""The sequences an editor manages: the list, a new empty one, send windows, the default.
+"""The sequences an editor manages: the list, a new empty one, the title, the default.
 
 Each change raises `CatalogueError(field, message)` for bad input before it writes anything,
 and returns what an audit entry needs (the values before and after).
@@ -7,7 +7,6 @@ and returns what an audit entry needs (the values before and after).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -103,47 +102,14 @@ def create_sequence(session: Session, *, title: str, slug: str) -> Sequence:
     return sequence
 
 
-def settings_of(sequence: Sequence) -> dict[str, Any]:
-    """The send settings as an audit entry shows them."""
-    return {
-        "title": sequence.title,
-        "send_hour": sequence.send_hour,
-        "send_end_hour": sequence.send_end_hour,
-        "send_days": sequence.send_days,
-        "is_default": sequence.is_default,
-    }
+def retitle(session: Session, sequence: Sequence, title: str) -> tuple[str, str]:
+    """Change the title (mail headers and pages show it at once); returns (before, after).
 
-
-def update_settings(
-    session: Session,
-    sequence: Sequence,
-    *,
-    title: str,
-    send_hour: int,
-    send_end_hour: int,
-    send_days: set[int],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Change the title and the send window (local hours [start, end) on ISO weekdays).
-
-    Returns the settings before and after. A change of window applies to parts planned from
-    now on: a part already due keeps its time (the engine moves it into the window when sent).
+    The send window is part of a version (content/versions.update_settings), not changed here.
     """
-    title = _title(title)
-    if not 0 <= send_hour <= 23:
-        raise CatalogueError("send_hour", "An hour from 0 to 23.")
-    if not 1 <= send_end_hour <= 24:
-        raise CatalogueError("send_end_hour", "An hour from 1 to 24.")
-    if send_end_hour <= send_hour:
-        raise CatalogueError("send_end_hour", "The window must end after it starts.")
-    if not send_days or not send_days <= set(range(1, 8)):
-        raise CatalogueError("send_days", "Choose at least one day.")
-    before = settings_of(sequence)
-    sequence.title = title
-    sequence.send_hour = send_hour
-    sequence.send_end_hour = send_end_hour
-    sequence.send_days = "".join(str(day) for day in sorted(send_days))
+    before, sequence.title = sequence.title, _title(title)
     session.flush()
-    return before, settings_of(sequence)
+    return before, sequence.title
 
 
 def make_default(session: Session, sequence: Sequence) -> str | None:

@@ -18,11 +18,13 @@ from wtforms.fields.choices import SelectChoice
 
 from newsletter import clock
 from newsletter.admins import audit
-from newsletter.content import catalogue, proposal, send_test
+from newsletter.content import catalogue, proposal, send_test, versions
 from newsletter.content.article import ArticleError
 from newsletter.content.catalogue import CatalogueError
+from newsletter.content.editor import editor_view
 from newsletter.content.preview import StepFields
 from newsletter.content.sequences import slugify
+from newsletter.content.versions import DraftError
 from newsletter.db import db
 from newsletter.mail.transport import SendError
 from newsletter.models import Sequence
@@ -38,14 +40,16 @@ from newsletter.web.admin.sequence_forms import (
 )
 
 
-def _sequence(session: Session, sequence_id: int) -> Sequence:
+def sequence_or_404(session: Session, sequence_id: int) -> Sequence:
+    """The sequence with this id, or a 404 answer."""
     sequence = session.get(Sequence, sequence_id)
     if sequence is None:
         abort(404)
     return sequence
 
 
-def _target(sequence: Sequence) -> str:
+def target_of(sequence: Sequence) -> str:
+    """How audit entries name a sequence."""
     return f"sequence:{sequence.slug}"
 
 
@@ -87,7 +91,7 @@ def sequence_new() -> ResponseReturnValue:
                     session,
                     actor=current_admin(),
                     action="sequence.create",
-                    target=_target(sequence),
+                    target=target_of(sequence),
                     after={"title": sequence.title, "slug": sequence.slug},
                 )
                 sequence_id = sequence.id
@@ -166,7 +170,7 @@ def sequence_import() -> ResponseReturnValue:
                 session,
                 actor=current_admin(),
                 action="sequence.import",
-                target=_target(report.sequence),
+                target=target_of(report.sequence),
                 after={
                     "title": report.sequence.title,
                     "slug": report.sequence.slug,
@@ -195,59 +199,78 @@ def sequence_import() -> ResponseReturnValue:
 def sequence(sequence_id: int) -> ResponseReturnValue:
     """A sequence's parts in order, with their days, and what can be done with them."""
     with db.session() as session:
-        seq = _sequence(session, sequence_id)
-        steps = editor_steps(session, seq)
+        seq = sequence_or_404(session, sequence_id)
         return render_template(
             "admin/sequences/sequence.html",
             sequence=seq,
-            steps=steps,
+            view=editor_view(session, seq),
             button=ButtonForm(),
         )
+
+
+def _window(form: SettingsForm) -> dict[str, Any]:
+    days = sorted(set(form.send_days.data or ()))
+    return {
+        "send_hour": form.send_hour.data,
+        "send_end_hour": form.send_end_hour.data,
+        "send_days": "".join(str(day) for day in days),
+    }
 
 
 @bp.route("/sequences/<int:sequence_id>/settings", methods=["GET", "POST"])
 @editor_required
 def sequence_settings(sequence_id: int) -> ResponseReturnValue:
-    """The title and the send window (hours and weekdays, in each subscriber's zone)."""
+    """The title, and the send window (hours and weekdays, in each subscriber's zone).
+
+    The title changes at once; the window is part of the draft, published with it.
+    """
     with db.session() as session:
-        seq = _sequence(session, sequence_id)
-        form = SettingsForm(
-            data=None
-            if request.method == "POST"
-            else {
-                "title": seq.title,
-                "send_hour": seq.send_hour,
-                "send_end_hour": seq.send_end_hour,
-                "send_days": [int(d) for d in seq.send_days],
-            }
-        )
-        context = {"sequence": seq, "button": ButtonForm()}
+        seq = sequence_or_404(session, sequence_id)
+        view = editor_view(session, seq)
+        shown = {
+            "title": seq.title,
+            "send_hour": view.settings.get("send_hour", seq.send_hour),
+            "send_end_hour": view.settings.get("send_end_hour", seq.send_end_hour),
+            "send_days": [int(d) for d in view.settings.get("send_days", seq.send_days)],
+        }
+        form = SettingsForm(data=None if request.method == "POST" else shown)
+        context = {"sequence": seq, "button": ButtonForm(), "draft": view.draft}
         if not form.validate_on_submit():
             return _answer("admin/sequences/settings.html", form, **context)
+    window = _window(form)
+    before_window = {name: view.settings.get(name) for name in window}
     try:
         with db.transaction() as session:
-            seq = _sequence(session, sequence_id)
-            before, after = catalogue.update_settings(
-                session,
-                seq,
-                title=form.title.data or "",
-                send_hour=form.send_hour.data,
-                send_end_hour=form.send_end_hour.data,
-                send_days=set(form.send_days.data or ()),
-            )
+            seq = sequence_or_404(session, sequence_id)
+            if not window["send_days"]:
+                raise CatalogueError("send_days", "Choose at least one day.")
+            before, after = catalogue.retitle(session, seq, form.title.data or "")
             if before != after:
                 audit.record(
                     session,
                     actor=current_admin(),
-                    action="sequence.settings",
-                    target=_target(seq),
-                    before=before,
-                    after=after,
+                    action="sequence.retitle",
+                    target=target_of(seq),
+                    before={"title": before},
+                    after={"title": after},
                 )
-    except CatalogueError as exc:
+            if window != before_window:
+                versions.update_settings(session, versions.draft_of(session, seq), **window)
+                audit.record(
+                    session,
+                    actor=current_admin(),
+                    action="sequence.settings",
+                    target=target_of(seq),
+                    before=before_window,
+                    after=window,
+                )
+    except (CatalogueError, DraftError) as exc:
         getattr(form, exc.field).errors.append(exc.message)
         return _answer("admin/sequences/settings.html", form, **context)
-    flash("Settings saved.", "info")
+    if window != before_window:
+        flash("The send window is saved in the draft: it applies once published.", "info")
+    else:
+        flash("Settings saved.", "info")
     return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
 
 
@@ -259,13 +282,13 @@ def sequence_default(sequence_id: int) -> ResponseReturnValue:
         abort(400)
     try:
         with db.transaction() as session:
-            seq = _sequence(session, sequence_id)
+            seq = sequence_or_404(session, sequence_id)
             previous = catalogue.make_default(session, seq)
             audit.record(
                 session,
                 actor=current_admin(),
                 action="sequence.default",
-                target=_target(seq),
+                target=target_of(seq),
                 before={"default": previous},
                 after={"default": seq.slug},
             )
@@ -282,8 +305,8 @@ def sequence_test_send(sequence_id: int) -> ResponseReturnValue:
     """Send one part, as it stands in the editor, to any address, marked [Test]."""
     rt = runtime()
     with db.session() as session:
-        seq = _sequence(session, sequence_id)
-        steps = editor_steps(session, seq)
+        seq = sequence_or_404(session, sequence_id)
+        steps = editor_view(session, seq).steps
         form = TestSendForm()
         form.step.choices = [
             SelectChoice(step["key"], f"Part {n}: {step['subject']}")
@@ -328,7 +351,7 @@ def sequence_test_send(sequence_id: int) -> ResponseReturnValue:
             session,
             actor=current_admin(),
             action="sequence.test_send",
-            target=_target(seq),
+            target=target_of(seq),
             after={"part": position, "to": mail.mail.recipients[0], "subject": mail.subject},
         )
     flash(f"Part {position} was sent to {mail.mail.recipients[0]} as “{mail.subject}”.", "info")
