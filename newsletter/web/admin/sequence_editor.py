@@ -266,7 +266,14 @@ def step_move(sequence_id: int, key: str) -> ResponseReturnValue:
         if not 0 <= new_index < len(view.steps):
             flash("That part cannot move further.", "error")
             return _back(sequence_id, key)
-        versions.move_step(session, versions.draft_of(session, seq), key, new_index)
+        draft = versions.draft_of(session, seq)
+        versions.move_step(session, draft, key, new_index)
+        # The days belong to the places, not to the texts: the part that moves takes the day
+        # of its new place, so the series keeps its rhythm and its days stay in order.
+        for place, moved in enumerate(versions.draft_steps(draft)):
+            if moved["day_offset"] != view.steps[place]["day_offset"]:
+                day = view.steps[place]["day_offset"]
+                versions.update_step(session, draft, moved["key"], day_offset=day)
         audit.record(
             session,
             actor=current_admin(),
