@@ -143,6 +143,8 @@ def status_command() -> None:
         click.echo(f"{state.value:>10}: {count}")
     oldest = report.oldest_due.isoformat() if report.oldest_due else "-"
     click.echo(f"due now: {report.due_now} (oldest due {oldest})")
+    paused = ", ".join(report.paused_sequences) or "none"
+    click.echo(f"held (paused): {report.held}; paused sequences: {paused}")
     click.echo(f"sending: {_sending_state()}")
     click.echo(f"uncertain sends (may have been delivered twice): {report.uncertain}")
     for failure in report.recent_failures:

@@ -118,12 +118,37 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class EnrollmentStatus(enum.StrEnum):
-    """pending (until confirmed) → active → completed (the last part sent) | stopped (left)."""
+    """pending (until confirmed) → active ⇄ paused → completed (the last part sent) | stopped.
+
+    An admin pauses and resumes one person (`audience/moves.py`); a paused enrollment keeps
+    its place, its next part held. It stops when its subscriber leaves, or when an admin
+    restarts it (a new enrollment begins at part 1).
+    """
 
     PENDING = "pending"
     ACTIVE = "active"
     COMPLETED = "completed"
     STOPPED = "stopped"
+    PAUSED = "paused"
+
+
+# The enrollments that still have a way to go: at most one per (subscriber, sequence), which
+# a partial unique index holds (its condition is written out once, here).
+OPEN_ENROLLMENT_STATUSES = (
+    EnrollmentStatus.PENDING,
+    EnrollmentStatus.ACTIVE,
+    EnrollmentStatus.PAUSED,
+)
+_OPEN_VALUES = ", ".join(f"'{status.value}'" for status in OPEN_ENROLLMENT_STATUSES)
+OPEN_ENROLLMENTS_SQL = f"status IN ({_OPEN_VALUES})"
+
+
+class SequenceStatus(enum.StrEnum):
+    """draft (not offered to signups) → active ⇄ paused (keeps its people, sends nothing)."""
+
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 class DeliveryState(enum.StrEnum):
@@ -145,11 +170,17 @@ class DeliveryState(enum.StrEnum):
     claimed ───reaped─────────► retry            its claim expired (claims.give_back)
     claimed ───catch-up───────► scheduled        too late or outside the send window: due at
                                                  the next opening (loading)
-    scheduled, retry, claimed ─unsubscribe/bounce─► skipped      (planning.skip_open)
+    scheduled, retry, claimed, held ─unsubscribe/bounce/restart─► skipped  (planning.skip_open)
     failed ────suppression lifted─► scheduled    the part that bounced (audience.suppressions)
+    scheduled, retry ─pause───► held             its sequence or enrollment paused (holds.hold)
+    held ──────resume─────────► scheduled        due no sooner than now (holds.release)
+    claimed ───paused─────────► held             loaded after a pause: it waits (loading)
     ```
 
-    A row is *waiting* while it can be claimed, *open* until it is settled, *final* after.
+    A part planned while its sequence or enrollment is paused is created held
+    (`planning.schedule_next`, `planning.move_on`, `planning.start_enrollment`).
+    A row is *waiting* while it can be claimed, *open* until it is settled, *final* after; a
+    held row is open but not waiting, so the claim passes it by.
     Its sending *has begun* when a worker marked its attempt within the current claim
     (`Delivery.sending_begun`): from then on the mail may be on the wire.
     """
@@ -160,11 +191,12 @@ class DeliveryState(enum.StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"
+    HELD = "held"
 
 
 # The state sets the engine, its status report and the results speak of.
 WAITING_STATES = frozenset({DeliveryState.SCHEDULED, DeliveryState.RETRY})
-OPEN_STATES = WAITING_STATES | {DeliveryState.CLAIMED}
+OPEN_STATES = WAITING_STATES | {DeliveryState.CLAIMED, DeliveryState.HELD}
 FINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SKIPPED})
 
 
@@ -173,13 +205,19 @@ class StopReason(enum.StrEnum):
 
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    RESTARTED = "restarted"
 
 
 class DeliveryKind(enum.StrEnum):
-    """What a delivery carries: a step of a sequence, or a system mail."""
+    """What a delivery carries: a step of a sequence, a system mail, or an admin's resend.
+
+    A resend carries a step the person already had (`step_id` set, `enrollment_id` NULL): it
+    is built like that step's mail, and it never moves an enrollment on.
+    """
 
     STEP = "step"
     CONFIRM = "confirm"
+    RESEND = "resend"
 
 
 class Subscriber(Base):
@@ -221,6 +259,11 @@ class Sequence(Base):
     send_hour: Mapped[int] = mapped_column(Integer, default=9)
     send_end_hour: Mapped[int] = mapped_column(Integer, default=21, server_default="21")
     send_days: Mapped[str] = mapped_column(String(7), default="1234567", server_default="1234567")
+    status: Mapped[SequenceStatus] = mapped_column(
+        _enum(SequenceStatus, "sequence_status"),
+        default=SequenceStatus.ACTIVE,
+        server_default=SequenceStatus.ACTIVE.value,
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # The live steps only: a step removed by a published version keeps its row (deliveries
@@ -278,7 +321,18 @@ class Enrollment(Base):
     """A subscriber's way through one sequence."""
 
     __tablename__ = "enrollments"
-    __table_args__ = (UniqueConstraint("subscriber_id", "sequence_id"),)
+    __table_args__ = (
+        # One open enrollment per (subscriber, sequence); a restart stops the old one (its
+        # history stays) and opens another.
+        Index(
+            "uq_enrollments_open",
+            "subscriber_id",
+            "sequence_id",
+            unique=True,
+            sqlite_where=text(OPEN_ENROLLMENTS_SQL),
+            postgresql_where=text(OPEN_ENROLLMENTS_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))

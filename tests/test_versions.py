@@ -41,6 +41,8 @@ from tests.helpers.sending import active_subscriber, claim_all, deliver, deliver
 from tests.helpers.smtp import SmtpSink
 
 S = DeliveryState
+# Not sent yet: a publish may point these at another step.
+UNSENT = (S.SCHEDULED, S.RETRY, S.HELD)
 
 # Who is where: (name, enrollment status, {old step number: delivery state}).
 CROWD: list[tuple[str, EnrollmentStatus, dict[int, DeliveryState]]] = [
@@ -150,7 +152,7 @@ def waiting_key(session: Session, enrollment_id: int) -> str | None:
         .join(Delivery, Delivery.step_id == Step.id)
         .where(
             Delivery.enrollment_id == enrollment_id,
-            Delivery.state.in_([S.SCHEDULED, S.RETRY]),
+            Delivery.state.in_(UNSENT),
         )
     )
 
@@ -181,7 +183,7 @@ def publish_edit(edit: Edit, world: World) -> tuple[PublishPlan, PublishPlan | N
             now_had = steps_had(session, eid)
             # Nothing a person had changes; at most one row per step (the unique pair).
             for key, state in was[name].items():
-                if state not in (S.SCHEDULED, S.RETRY):
+                if state not in UNSENT:
                     assert now_had[key] == state, (name, key)
             placement = by_id.get(eid)
             if placement is None:
@@ -191,7 +193,7 @@ def publish_edit(edit: Edit, world: World) -> tuple[PublishPlan, PublishPlan | N
             assert waiting_key(session, eid) == placement.target_key, name
             if placement.target_key is not None:
                 assert placement.target_key not in {
-                    k for k, s in was[name].items() if s not in (S.SCHEDULED, S.RETRY)
+                    k for k, s in was[name].items() if s not in UNSENT
                 }, name
             if placement.changes and waits[name] is not None:
                 event = session.scalars(
@@ -468,6 +470,12 @@ def test_publish_waits_while_a_mail_of_the_sequence_is_being_sent(app: Flask) ->
     with db.session() as session:
         the_plan = versions.plan(session, the_sequence(session))
         assert the_plan.busy == 1
+        assert (
+            "1 mail of this sequence is being sent right now; publish again in a minute"
+            in sentence_list(the_plan)
+        )
+        # The one being sent is not planned: the worker schedules what follows it.
+        assert world.crowd["wait2"] not in {p.enrollment_id for p in the_plan.placements}
     with db.transaction() as session:
         before = counts(session)
         with pytest.raises(PublishBusy) as caught:
@@ -566,3 +574,31 @@ def test_after_a_reorder_the_series_follows_the_new_order(
         assert enrollment.status is EnrollmentStatus.COMPLETED
     got = [str(m["Subject"]) for m in smtp_sink.to("order@example.org")]
     assert got == [subjects[k] for k in (keys[0], keys[3], keys[1], keys[2])]
+
+
+def test_a_paused_person_waiting_on_a_removed_step_stays_held_on_the_next(app: Flask) -> None:
+    """A paused person's held part is re-pointed like a waiting one, and stays held."""
+    from newsletter.audience.moves import pause_enrollment, resume_enrollment
+
+    world = make_world()
+    with db.transaction() as session:
+        enrollment = session.get(Enrollment, world.crowd["wait3"])
+        assert enrollment is not None
+        assert pause_enrollment(session, enrollment, clock.now()) == 1
+    the_plan, _, _ = publish_edit(
+        lambda session, draft, world: versions.remove_step(session, draft, world.keys[3]), world
+    )
+    assert target_of(the_plan, world, "wait3") == world.keys[4]
+    with db.transaction() as session:
+        held = session.execute(
+            select(Step.key, Delivery.state)
+            .join(Delivery, Delivery.step_id == Step.id)
+            .where(Delivery.enrollment_id == world.crowd["wait3"], Delivery.state == S.HELD)
+        ).all()
+        assert [tuple(row) for row in held] == [(world.keys[4], S.HELD)]
+        enrollment = session.get(Enrollment, world.crowd["wait3"])
+        assert enrollment is not None and enrollment.status is EnrollmentStatus.PAUSED
+        assert enrollment.version == the_plan.version
+        resume_enrollment(session, enrollment, clock.now())
+    with db.session() as session:
+        assert waiting_key(session, world.crowd["wait3"]) == world.keys[4]

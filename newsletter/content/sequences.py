@@ -22,7 +22,7 @@ from newsletter.content.article import (
 from newsletter.content.rules import body_problems, html_problems
 from newsletter.mail.compose import EMAILS_DIR, sample_bodies
 from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
-from newsletter.models import Delivery, Sequence, Step, new_step_key
+from newsletter.models import Delivery, Sequence, SequenceStatus, Step, new_step_key
 from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,11 @@ def _publish_parts(
 
 
 def sequence_for(session: Session, slug: str | None) -> Sequence | None:
-    """The sequence named `slug`, or without one the default (else the oldest) sequence."""
-    query = select(Sequence)
+    """The sequence named `slug`, or without one the default (else the oldest) sequence.
+
+    A draft is not offered to signups; a paused sequence is (its first part waits).
+    """
+    query = select(Sequence).where(Sequence.status != SequenceStatus.DRAFT)
     if slug:
         query = query.where(Sequence.slug == slug)
     else:

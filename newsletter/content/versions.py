@@ -36,6 +36,7 @@ from newsletter.delivery import planning
 from newsletter.mail.compose import sample_bodies
 from newsletter.mail.sandbox import MAX_SOURCE_CHARS, AdminTemplateError, AdminTemplates
 from newsletter.models import (
+    OPEN_ENROLLMENT_STATUSES,
     WAITING_STATES,
     Delivery,
     DeliveryKind,
@@ -70,6 +71,12 @@ PREHEADER_MAX = 300
 TEASER_MAX = 300
 DAY_OFFSET_MAX = 365
 RESOURCES_MAX = 20
+
+# A delivery not yet sent, that a publish may point at another step: waiting, or held while
+# its sequence or its person is paused (it stays held).
+UNSENT_STATES = WAITING_STATES | {DeliveryState.HELD}
+# The enrollments a publish moves: on their way, paused ones included.
+IN_PROGRESS = (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
 
 # Delivery states that mean the enrollment has had the step (Kit's rule counts them).
 HAD_STATES = frozenset(
@@ -556,10 +563,7 @@ class PublishPlan:
         if self.stuck:
             yield f"{_count(self.stuck)} who had no next part will get one"
         if self.busy:
-            yield (
-                f"{self.busy} {'mail is' if self.busy == 1 else 'mails are'} being sent right "
-                "now: publishing waits until they are sent"
-            )
+            yield str(PublishBusy(self.busy))
         if self.finished:
             gets = "gets" if self.finished == 1 else "get"
             have = _have(self.finished)
@@ -719,13 +723,15 @@ def _placements(
         .tuples()
         .all()
     )
-    result.in_progress = int(counts.get(EnrollmentStatus.ACTIVE, 0))
+    result.in_progress = int(counts.get(EnrollmentStatus.ACTIVE, 0)) + int(
+        counts.get(EnrollmentStatus.PAUSED, 0)
+    )
     result.not_started = int(counts.get(EnrollmentStatus.PENDING, 0))
     result.finished = int(counts.get(EnrollmentStatus.COMPLETED, 0))
     enrollments = session.execute(
         select(Enrollment.id, Enrollment.subscriber_id, Enrollment.started_at, Subscriber.time_zone)
         .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
-        .where(Enrollment.sequence_id == sequence.id, Enrollment.status == EnrollmentStatus.ACTIVE)
+        .where(Enrollment.sequence_id == sequence.id, Enrollment.status.in_(IN_PROGRESS))
         .order_by(Enrollment.id)
     ).all()
     rows: dict[int, list[Any]] = {}
@@ -741,7 +747,7 @@ def _placements(
         .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
         .where(
             Enrollment.sequence_id == sequence.id,
-            Enrollment.status == EnrollmentStatus.ACTIVE,
+            Enrollment.status.in_(IN_PROGRESS),
             Delivery.kind == DeliveryKind.STEP,
         )
         .order_by(Delivery.id)
@@ -751,10 +757,15 @@ def _placements(
     gap = timedelta(seconds=MIN_GAP_DAYS * day_seconds)
     for enrollment in enrollments:
         mine = rows.get(enrollment.id, [])
-        result.busy += sum(1 for r in mine if r.state == DeliveryState.CLAIMED)
+        claimed = sum(1 for r in mine if r.state == DeliveryState.CLAIMED)
+        if claimed:
+            # Being sent: the worker schedules what follows. A publish waits for it
+            # (PublishBusy) and is then planned again, with the part recorded as had.
+            result.busy += claimed
+            continue
         had = frozenset(all_steps[r.step_id] for r in mine if r.state in HAD_STATES)
         taken = {all_steps[r.step_id] for r in mine}
-        waiting = next((r for r in mine if r.state in WAITING_STATES), None)
+        waiting = next((r for r in mine if r.state in UNSENT_STATES), None)
         waiting_key = all_steps[waiting.step_id] if waiting is not None else None
         place = max((ranks[key] for key in had), default=0.0)
         target = next(
@@ -823,7 +834,7 @@ def _lock(session: Session, sequence: Sequence) -> None:
     session.execute(
         select(Delivery.id)
         .join(Step, Step.id == Delivery.step_id)
-        .where(Step.sequence_id == sequence.id, Delivery.state.in_(WAITING_STATES))
+        .where(Step.sequence_id == sequence.id, Delivery.state.in_(UNSENT_STATES))
         .with_for_update(of=Delivery)
     )
 
@@ -847,7 +858,7 @@ def _newest_delivery(session: Session, sequence: Sequence) -> int:
             .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
             .where(
                 Enrollment.sequence_id == sequence.id,
-                Enrollment.status == EnrollmentStatus.ACTIVE,
+                Enrollment.status.in_(IN_PROGRESS),
                 Delivery.kind == DeliveryKind.STEP,
             )
         )
@@ -938,7 +949,7 @@ def publish(
         update(Enrollment)
         .where(
             Enrollment.sequence_id == sequence.id,
-            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES),
         )
         .values(version=draft.number)
         .execution_options(synchronize_session=False)
@@ -1005,7 +1016,7 @@ def _move(
             values = {"state": DeliveryState.SKIPPED, "last_error": why}
         moved = session.execute(
             update(Delivery)
-            .where(Delivery.id == placement.waiting_id, Delivery.state.in_(WAITING_STATES))
+            .where(Delivery.id == placement.waiting_id, Delivery.state.in_(UNSENT_STATES))
             .values(**values)
             .execution_options(synchronize_session=False)
         )
@@ -1022,6 +1033,7 @@ def _move(
             now,
             enrollment_id=enrollment.id,
             step_id=target.id,
+            held=planning.paused(enrollment),
         )
         session.flush()
         delivery_id = made = row.id

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
+    OPEN_ENROLLMENT_STATUSES,
     OPEN_STATES,
     Delivery,
     DeliveryKind,
@@ -22,6 +23,7 @@ from newsletter.models import (
     Enrollment,
     EnrollmentStatus,
     Sequence,
+    SequenceStatus,
     SequenceVersion,
     Step,
     StopReason,
@@ -45,8 +47,10 @@ def add_delivery(
     *,
     enrollment_id: int | None = None,
     step_id: int | None = None,
+    held: bool = False,
 ) -> Delivery:
-    """Add a scheduled delivery row: the mail exists before any task is queued for it."""
+    """Add a scheduled (or, while paused, held) delivery row: the mail exists before any task
+    is queued for it."""
     delivery = Delivery(
         kind=kind,
         subscriber_id=subscriber_id,
@@ -54,11 +58,19 @@ def add_delivery(
         step_id=step_id,
         due_at=due,
         first_due_at=due,
-        state=DeliveryState.SCHEDULED,
+        state=DeliveryState.HELD if held else DeliveryState.SCHEDULED,
         created_at=now,
     )
     session.add(delivery)
     return delivery
+
+
+def paused(enrollment: Enrollment) -> bool:
+    """Whether the enrollment's parts wait: it, or its sequence, is paused."""
+    return (
+        enrollment.status is EnrollmentStatus.PAUSED
+        or enrollment.sequence.status is SequenceStatus.PAUSED
+    )
 
 
 def _schedule_step(
@@ -86,13 +98,15 @@ def _schedule_step(
         now,
         enrollment_id=enrollment.id,
         step_id=step.id,
+        held=paused(enrollment),
     )
 
 
 def start_enrollment(
     session: Session, enrollment: Enrollment, now: datetime, day_seconds: float
 ) -> Delivery | None:
-    """Activate an enrollment on its sequence's published version; schedule part 1, due now."""
+    """Activate an enrollment on its sequence's published version; schedule part 1, due now
+    (held, while its sequence is paused)."""
     sequence_id = enrollment.sequence_id
     if session.get_bind().dialect.name == "postgresql":
         # A publish holds the sequence FOR UPDATE while it rewrites the steps: wait for it, so
@@ -172,30 +186,37 @@ def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step |
 
 _DELIVERIES = table_of(Delivery)
 _ENROLLMENTS = table_of(Enrollment)
+# A paused enrollment whose last part was already on its way when the pause came completes.
 _STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
-    _ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE
+    _ENROLLMENTS.c.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED])
 )
 _COMPLETE = (
     update(_ENROLLMENTS)
     .where(_STILL_ACTIVE)
     .values(status=EnrollmentStatus.COMPLETED, ended_at=bindparam("now"))
 )
-# The next part, inserted only while the enrollment is active (an unsubscribe that landed
-# meanwhile wins) and only once (the unique (enrollment, step) pair): one statement, no read.
-# Written as text because SQLAlchemy does not cache the compiled form of dialect INSERTs with
-# ON CONFLICT, and this runs once per mail; PostgreSQL and SQLite share the syntax.
+# The next part, inserted only while the enrollment is active or paused (an unsubscribe that
+# landed meanwhile wins) and only once (the unique (enrollment, step) pair): one statement, no
+# read. It is born held while the enrollment or its sequence is paused (a part that was on its
+# way when the pause came is followed by a part that waits). Written as text because
+# SQLAlchemy does not cache the compiled form of dialect INSERTs with ON CONFLICT, and this
+# runs once per mail; PostgreSQL and SQLite share the syntax.
 _INSERT_NEXT = text(
     "INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,"
     " state, attempts, created_at)"
-    " SELECT :kind, :subscriber_id, id, :step_id, :due, :due, :state, 0, :now"
-    " FROM enrollments WHERE id = :enrollment_id AND status = :active"
+    " SELECT :kind, :subscriber_id, e.id, :step_id, :due, :due,"
+    " CASE WHEN e.status = :paused OR s.status = :paused THEN :held ELSE :scheduled END, 0, :now"
+    " FROM enrollments e JOIN sequences s ON s.id = e.sequence_id"
+    " WHERE e.id = :enrollment_id AND e.status IN (:active, :paused)"
     " ON CONFLICT (enrollment_id, step_id) DO NOTHING"
 ).bindparams(
     bindparam("due", type_=_DELIVERIES.c.due_at.type),
     bindparam("now", type_=_DELIVERIES.c.created_at.type),
     kind=DeliveryKind.STEP.value,
-    state=DeliveryState.SCHEDULED.value,
+    scheduled=DeliveryState.SCHEDULED.value,
+    held=DeliveryState.HELD.value,
     active=EnrollmentStatus.ACTIVE.value,
+    paused=EnrollmentStatus.PAUSED.value,
 )
 
 
@@ -240,12 +261,12 @@ def schedule_next(
 def stop_enrollments(
     session: Session, subscriber_id: int, now: datetime, reason: StopReason
 ) -> None:
-    """End every running or pending enrollment of a subscriber who left or bounced, and why."""
+    """End every open enrollment of a subscriber who left or bounced, and why."""
     session.execute(
         update(Enrollment)
         .where(
             Enrollment.subscriber_id == subscriber_id,
-            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES),
         )
         .values(status=EnrollmentStatus.STOPPED, ended_at=now, stop_reason=reason)
         .execution_options(synchronize_session=False)
@@ -256,11 +277,16 @@ def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: fl
     """After a part failed for good (not a bounce): schedule the part after it, or complete.
 
     One part that cannot be delivered (refused for its content, unbuildable, given up) must
-    not end the course: the reader misses that part and the series goes on, as it would have.
+    not end the course: the reader misses that part and the series goes on, as it would have
+    (held, while the enrollment or its sequence is paused).
     """
     enrollment = delivery.enrollment
     step = delivery.step
-    if enrollment is None or step is None or enrollment.status is not EnrollmentStatus.ACTIVE:
+    if (
+        enrollment is None
+        or step is None
+        or enrollment.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+    ):
         return
     had = set(
         session.scalars(select(Delivery.step_id).where(Delivery.enrollment_id == enrollment.id))

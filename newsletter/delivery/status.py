@@ -1,4 +1,5 @@
-"""What the delivery engine is doing: counts by state, backlog, failures, uncertain sends."""
+"""What the delivery engine is doing: counts by state, backlog, held parts, failures, uncertain
+sends."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter.models import WAITING_STATES, Delivery, DeliveryState, Event, Subscriber
+from newsletter.models import (
+    WAITING_STATES,
+    Delivery,
+    DeliveryState,
+    Event,
+    Sequence,
+    SequenceStatus,
+    Subscriber,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,9 @@ class EngineStatus:
 
     by_state: dict[DeliveryState, int]
     due_now: int
+    # Parts waiting on a paused sequence or person: unsent, and not claimed until resumed.
+    held: int
+    paused_sequences: list[str]
     oldest_due: datetime | None
     uncertain: int
     recent_failures: list[Failure]
@@ -48,6 +60,11 @@ def engine_status(session: Session, now: datetime, failures: int = 10) -> Engine
             Delivery.state.in_(WAITING_STATES), Delivery.due_at <= now
         )
     )
+    paused = session.scalars(
+        select(Sequence.slug)
+        .where(Sequence.status == SequenceStatus.PAUSED)
+        .order_by(Sequence.slug)
+    ).all()
     uncertain = session.scalar(select(func.count(Event.id)).where(Event.kind == "uncertain")) or 0
     rows = session.execute(
         select(Delivery, Subscriber.email)
@@ -59,6 +76,8 @@ def engine_status(session: Session, now: datetime, failures: int = 10) -> Engine
     return EngineStatus(
         by_state=by_state,
         due_now=due_now,
+        held=by_state.get(DeliveryState.HELD, 0),
+        paused_sequences=list(paused),
         oldest_due=oldest,
         uncertain=uncertain,
         recent_failures=[
