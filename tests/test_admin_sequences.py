@@ -31,7 +31,8 @@ def editor(app: Flask) -> FlaskClient:
 
 def seed_id() -> int:
     with db.session() as session:
-        return int(session.scalars(select(Sequence.id)).one())
+        query = select(Sequence.id).where(Sequence.slug == "emotional-distance")
+        return int(session.scalars(query).one())
 
 
 def audit_entries() -> list[tuple[str, str, Any, Any]]:
@@ -291,3 +292,33 @@ def test_a_bad_test_send_sends_nothing(
 def test_unknown_sequences_are_404(app: Flask, editor: FlaskClient) -> None:
     for path in ("/admin/sequences/9999", "/admin/sequences/9999/settings"):
         assert editor.get(path).status_code == 404
+
+
+def test_a_sequence_is_activated_paused_and_resumed(app: Flask, editor: FlaskClient) -> None:
+    post(editor, "/admin/sequences/new", {"title": "Later", "slug": "later"})
+    with db.session() as session:
+        later = session.scalars(select(Sequence).where(Sequence.slug == "later")).one().id
+    settings = f"/admin/sequences/{later}/settings"
+    refused = post(editor, f"/admin/sequences/{later}/status", {"action": "activate"}, settings)
+    assert refused.status_code == 303
+    assert "Publish its parts first" in editor.get(settings).get_data(as_text=True)
+    seed = f"/admin/sequences/{seed_id()}"
+    for action, status in [("pause", "paused"), ("resume", "active")]:
+        answer = post(editor, f"{seed}/status", {"action": action}, f"{seed}/settings")
+        assert answer.status_code == 303
+        with db.session() as session:
+            assert (
+                session.scalars(
+                    select(Sequence.status).where(Sequence.slug == "emotional-distance")
+                )
+                .one()
+                .value
+                == status
+            )
+    assert [a[0] for a in audit_entries()] == [
+        "sequence.create",
+        "sequence.pause",
+        "sequence.resume",
+    ]
+    bad = post(editor, f"{seed}/status", {"action": "delete"}, f"{seed}/settings")
+    assert bad.status_code == 400

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from newsletter.content.catalogue import (
     CatalogueError,
+    activate,
     create_sequence,
     make_default,
     retitle,
@@ -93,3 +94,13 @@ def test_exactly_one_default(app: Flask) -> None:
     with db.session() as session:
         defaults = session.scalars(select(Sequence.slug).where(Sequence.is_default)).all()
     assert defaults == ["other"]
+
+
+def test_a_new_sequence_is_a_draft_until_activated_with_parts(app: Flask) -> None:
+    with db.transaction() as session:
+        empty = create_sequence(session, title="Empty", slug="empty")
+        assert empty.status.value == "draft"
+        with pytest.raises(CatalogueError, match="Publish its parts first"):
+            activate(session, empty)
+        with pytest.raises(CatalogueError, match="already"):
+            activate(session, _seed(session))

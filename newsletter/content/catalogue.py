@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from newsletter.content.sequences import is_slug
-from newsletter.models import Enrollment, EnrollmentStatus, Sequence, Step
+from newsletter.models import Enrollment, EnrollmentStatus, Sequence, SequenceStatus, Step
 
 TITLE_MAX = 200
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -37,11 +37,7 @@ class SequenceRow:
     steps: int
     in_progress: int
     is_default: bool
-
-    @property
-    def status(self) -> str:
-        """What the list shows: a sequence without parts sends nothing."""
-        return "active" if self.steps else "empty"
+    status: str
 
 
 def sequence_rows(session: Session) -> list[SequenceRow]:
@@ -72,6 +68,7 @@ def sequence_rows(session: Session) -> list[SequenceRow]:
             steps=int(steps.get(sequence.id, 0)),
             in_progress=int(people.get(sequence.id, 0)),
             is_default=sequence.is_default,
+            status=sequence.status.value,
         )
         for sequence in session.scalars(select(Sequence).order_by(Sequence.title, Sequence.id))
     ]
@@ -87,7 +84,11 @@ def _title(title: str) -> str:
 
 
 def create_sequence(session: Session, *, title: str, slug: str) -> Sequence:
-    """A new sequence without parts (the editor adds them); the default only if it is the first."""
+    """A new sequence without parts (the editor adds them), a draft until it is activated.
+
+    It is offered to signups only once active, so it becomes the default only if it is the
+    first sequence of all.
+    """
     title = _title(title)
     if not is_slug(slug):
         raise CatalogueError(
@@ -96,7 +97,9 @@ def create_sequence(session: Session, *, title: str, slug: str) -> Sequence:
     if session.scalar(select(Sequence.id).where(Sequence.slug == slug)) is not None:
         raise CatalogueError("slug", f"A sequence named {slug} exists already.")
     first = not session.scalar(select(func.count(Sequence.id)))
-    sequence = Sequence(slug=slug, title=title, description="", is_default=first)
+    sequence = Sequence(
+        slug=slug, title=title, description="", is_default=first, status=SequenceStatus.DRAFT
+    )
     session.add(sequence)
     session.flush()
     return sequence
@@ -117,8 +120,10 @@ def make_default(session: Session, sequence: Sequence) -> str | None:
 
     A sequence without parts cannot be the default: a signup would enroll people in nothing.
     """
-    if not session.scalar(select(func.count(Step.id)).where(Step.sequence_id == sequence.id)):
+    if not _has_parts(session, sequence):
         raise CatalogueError("default", "A sequence without parts cannot be the default.")
+    if sequence.status is SequenceStatus.DRAFT:
+        raise CatalogueError("default", "Activate the sequence before it becomes the default.")
     previous = session.scalar(
         select(Sequence.slug).where(Sequence.is_default.is_(True), Sequence.id != sequence.id)
     )
@@ -130,3 +135,18 @@ def make_default(session: Session, sequence: Sequence) -> str | None:
     sequence.is_default = True
     session.flush()
     return previous
+
+
+def _has_parts(session: Session, sequence: Sequence) -> bool:
+    # Live (published) parts: a draft's parts reach nobody.
+    return bool(sequence.steps)
+
+
+def activate(session: Session, sequence: Sequence) -> None:
+    """Offer a draft sequence to signups; it needs published parts first."""
+    if sequence.status is not SequenceStatus.DRAFT:
+        raise CatalogueError("status", f"The sequence is {sequence.status.value} already.")
+    if not _has_parts(session, sequence):
+        raise CatalogueError("status", "Publish its parts first: a signup would get nothing.")
+    sequence.status = SequenceStatus.ACTIVE
+    session.flush()

@@ -18,7 +18,7 @@ from wtforms.fields.choices import SelectChoice
 
 from newsletter import clock
 from newsletter.admins import audit
-from newsletter.content import catalogue, proposal, send_test, versions
+from newsletter.content import catalogue, pausing, proposal, send_test, versions
 from newsletter.content.article import ArticleError
 from newsletter.content.catalogue import CatalogueError
 from newsletter.content.editor import editor_view
@@ -26,6 +26,7 @@ from newsletter.content.preview import StepFields
 from newsletter.content.sequences import slugify
 from newsletter.content.versions import DraftError
 from newsletter.db import db
+from newsletter.delivery.holds import ActionRefused
 from newsletter.mail.transport import SendError
 from newsletter.models import Sequence
 from newsletter.runtime import runtime
@@ -272,6 +273,42 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
     else:
         flash("Settings saved.", "info")
     return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
+
+
+STATUS_ACTIONS = ("activate", "pause", "resume")
+
+
+@bp.post("/sequences/<int:sequence_id>/status")
+@editor_required
+def sequence_status(sequence_id: int) -> ResponseReturnValue:
+    """Activate a draft sequence, pause an active one, resume a paused one."""
+    action = request.form.get("action", "")
+    if not ButtonForm().validate_on_submit() or action not in STATUS_ACTIONS:
+        abort(400)
+    try:
+        with db.transaction() as session:
+            seq = sequence_or_404(session, sequence_id)
+            before = seq.status.value
+            if action == "activate":
+                catalogue.activate(session, seq)
+            elif action == "pause":
+                pausing.pause_sequence(session, seq, clock.now(), by=current_admin().email)
+            else:
+                pausing.resume_sequence(session, seq, clock.now(), by=current_admin().email)
+            audit.record(
+                session,
+                actor=current_admin(),
+                action=f"sequence.{action}",
+                target=target_of(seq),
+                before={"status": before},
+                after={"status": seq.status.value},
+            )
+            now = seq.status.value
+    except (CatalogueError, ActionRefused) as exc:
+        flash(exc.message if isinstance(exc, CatalogueError) else str(exc), "error")
+    else:
+        flash(f"The sequence is {now}.", "info")
+    return redirect(url_for("admin.sequence_settings", sequence_id=sequence_id), code=303)
 
 
 @bp.post("/sequences/<int:sequence_id>/default")
