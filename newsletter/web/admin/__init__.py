@@ -51,4 +51,13 @@ def navigation(is_owner: bool) -> list[tuple[str, str]]:
     ]
 
 
-from newsletter.web.admin import access, auth, sequence_editor, sequences  # noqa: E402,F401
+from newsletter.web.admin import (  # noqa: E402,F401
+    access,
+    accounts,
+    audit,
+    auth,
+    figures,
+    second_factor,
+    sequence_editor,
+    sequences,
+)
