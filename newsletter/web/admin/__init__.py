@@ -59,5 +59,7 @@ from newsletter.web.admin import (  # noqa: E402,F401
     figures,
     imports,
     second_factor,
+    sequence_editor,
+    sequences,
     subscribers,
 )
