@@ -7,6 +7,7 @@ CHECK constraint so that the same schema works on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -240,6 +241,8 @@ class Subscriber(Base):
     consent_ip: Mapped[str | None] = mapped_column(String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(String(512))
     consent_form: Mapped[str | None] = mapped_column(String(100))
+    # When an admin erased the person: the personal fields above are gone, the rows stay.
+    erased_at: Mapped[datetime | None]
 
     enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
 
@@ -431,13 +434,31 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def address_hash(stored: str) -> str:
+    """SHA-256 (hex) of an address in its stored form: what the suppression list matches on.
+
+    An erased person's address is kept only as this digest, so that they are refused forever
+    without the address itself being held.
+    """
+    return hashlib.sha256(stored.encode("utf-8")).hexdigest()
+
+
+def _hash_of_email(context: Any) -> str | None:
+    email = context.get_current_parameters().get("email")
+    return None if email is None else address_hash(email)
+
+
 class Suppression(Base):
     """An address that must never be mailed again (hard bounce, complaint, operator's choice)."""
 
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # None once the person was erased: then only the hash of the address remains.
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    # SHA-256 of the normalised address (`mail.addresses.address_hash`): signup, import and
+    # every send match by it, so an erased address stays refused without being kept.
+    email_hash: Mapped[str | None] = mapped_column(String(64), index=True, default=_hash_of_email)
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -590,6 +611,109 @@ class SequenceVersion(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     sequence: Mapped[Sequence] = relationship()
+
+
+# -- The dashboard: the dispatcher's heartbeat and cached figures ---------------------------------
+
+
+class Heartbeat(Base):
+    """The last time a periodic job ran (one row per job, e.g. "dispatch"), overwritten."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]
+
+
+class CachedFigures(Base):
+    """Figures that are too costly to count on every page view, and when they were counted.
+
+    `key` names what was counted ("dashboard", "funnel:3:30"); `data` is its JSON form.
+    """
+
+    __tablename__ = "cached_figures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    computed_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The per-day counts of the dashboard read a month of rows through these, never the whole table.
+Index("ix_subscribers_created_at", Subscriber.created_at)
+Index("ix_subscribers_confirmed_at", Subscriber.confirmed_at)
+Index("ix_deliveries_sent_at", Delivery.sent_at)
+# The funnel's cohort: a sequence's enrollments begun in the chosen period, and their
+# deliveries' states and steps read from the index alone.
+Index("ix_enrollments_sequence_created", Enrollment.sequence_id, Enrollment.created_at)
+Index("ix_deliveries_enrollment_state", Delivery.enrollment_id, Delivery.state, Delivery.step_id)
+# The uncertain sends of the engine's health: a few rows among millions of events.
+Index("ix_events_kind", Event.kind)
+# -- People: the subscribers table, erasure and CSV imports (the admin's subscribers area) -------
+
+
+class ImportStatus(enum.StrEnum):
+    """A CSV import's way: uploaded → queued (mapped, consent chosen) → running → done | failed."""
+
+    UPLOADED = "uploaded"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImportConsent(enum.StrEnum):
+    """How imported people come in: a confirmation mail each, or consent the admin attests."""
+
+    CONFIRM = "confirm"
+    ATTEST = "attest"
+
+
+class SubscriberImport(Base):
+    """A CSV file of people being added: its mapping, consent choice, progress and report."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[ImportStatus] = mapped_column(
+        _enum(ImportStatus, "import_status"), default=ImportStatus.UPLOADED
+    )
+    # The name the admin's file had (outsider text, shown escaped) and the stored file's name
+    # under the instance's imports folder; the file goes once the import ends.
+    filename: Mapped[str] = mapped_column(String(255))
+    stored_name: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(default=0)
+    header: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # {"email": column index, "first_name": index or None, "time_zone": index or None}
+    mapping: Mapped[dict[str, int | None]] = mapped_column(JSON, default=dict)
+    consent: Mapped[ImportConsent | None] = mapped_column(_enum(ImportConsent, "import_consent"))
+    sequence_id: Mapped[int | None] = mapped_column(ForeignKey("sequences.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(320))
+    rows_read: Mapped[int] = mapped_column(default=0)
+    added: Mapped[int] = mapped_column(default=0)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    suppressed: Mapped[int] = mapped_column(default=0)
+    invalid: Mapped[int] = mapped_column(default=0)
+    # The first problems, [{"line", "kind", "reason"}]; the counts above hold them all.
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+# The subscribers table's keyset orders and filters (audience/directory.py), each served by an
+# index: newest first overall or within a state, the address order, and "who is waiting on step
+# N" / "who is in sequence S".
+Index("ix_subscribers_created", Subscriber.created_at, Subscriber.id)
+Index("ix_subscribers_status_created", Subscriber.status, Subscriber.created_at, Subscriber.id)
+Index("ix_subscribers_status_email", Subscriber.status, Subscriber.email)
+Index(
+    "ix_subscribers_email_prefix",
+    Subscriber.email,
+    postgresql_ops={"email": "varchar_pattern_ops"},
+)
+Index("ix_deliveries_step_state", Delivery.step_id, Delivery.state, Delivery.subscriber_id)
+Index("ix_enrollments_sequence_subscriber", Enrollment.sequence_id, Enrollment.subscriber_id)
 
 
 def table_of(model: type[Base]) -> Table:

@@ -35,6 +35,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    address_hash,
     begun,
     table_of,
 )
@@ -270,10 +271,15 @@ def prepare(
             )
             settled[Outcome.HELD] += len(begun_ids)
             mine = [r for r in mine if r.id not in begun_ids]
-        emails = {r.email for r in mine}
-        suppressed = set(
-            session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
-        )
+        # Matched by hash: an erased person's entry keeps no address, only its digest.
+        hashes = {address_hash(r.email): r.email for r in mine}
+        suppressed = {
+            hashes[digest]
+            for digest in session.scalars(
+                select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes))
+            )
+            if digest is not None
+        }
         steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
         had = _had(session, {r.enrollment_id for r in mine if r.enrollment_id is not None})
         skips: list[dict[str, object]] = []

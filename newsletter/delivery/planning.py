@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, or_, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -187,11 +187,10 @@ def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step |
 _DELIVERIES = table_of(Delivery)
 _ENROLLMENTS = table_of(Enrollment)
 # A paused enrollment whose last part was already on its way when the pause came completes.
-# Two comparisons rather than IN: an IN list is an "expanding" parameter, which SQLAlchemy
-# refuses in the executemany that completes several enrollments of one recorded group.
-_STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & or_(
-    _ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE,
-    _ENROLLMENTS.c.status == EnrollmentStatus.PAUSED,
+# (Two comparisons, not IN: an IN list is an expanding parameter, which executemany refuses.)
+_STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
+    (_ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE)
+    | (_ENROLLMENTS.c.status == EnrollmentStatus.PAUSED)
 )
 _COMPLETE = (
     update(_ENROLLMENTS)
