@@ -67,13 +67,14 @@ def _limiter_storage(settings: Settings) -> str:
 def _register_extensions(app: Flask, settings: Settings) -> None:
     from newsletter.celery_app import celery_init_app
     from newsletter.db import db
-    from newsletter.extensions import csrf, limiter
+    from newsletter.extensions import csrf, limiter, login_manager
     from newsletter.runtime import Runtime
 
     db.init_app(app, settings.database_url)
     app.extensions["newsletter"] = Runtime.build(settings)
     csrf.init_app(app)
     limiter.init_app(app)
+    login_manager.init_app(app)
     celery_init_app(app, settings)
 
 
@@ -84,10 +85,11 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import public, reader, security
+    from newsletter.web import admin, public, reader, security
 
     security.register(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(reader.bp)
     if settings.dev_mail_dir is not None:
         from newsletter.web import devmail

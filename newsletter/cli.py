@@ -1,4 +1,4 @@
-"""Operator commands: `flask --app web init | import-article | send-test | dev | status | …`."""
+"""Operator commands: `flask --app web init | import-article | create-admin | status | …`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 
 from newsletter.content import sequences
 from newsletter.content.article import ArticleError
+from newsletter.content.results import PERIODS
 from newsletter.db import db
 from newsletter.runtime import runtime
 
@@ -55,16 +56,70 @@ def init_command() -> None:
 @click.option(
     "--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet."
 )
-def import_article_command(path: Path, slug: str | None, parts: int | None, replace: bool) -> None:
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="With --replace, on a sequence that has sent mail: publish the article as its next "
+    "version (part N over step N; people in progress move forward).",
+)
+def import_article_command(
+    path: Path, slug: str | None, parts: int | None, replace: bool, publish: bool
+) -> None:
     """Turn a plain-text or Markdown article into a sequence."""
+    from newsletter.content.versions import PublishBusy
+
     try:
         with db.transaction() as session:
             report = sequences.import_article(
-                session, path, slug=slug, parts=parts, replace=replace
+                session,
+                path,
+                slug=slug,
+                parts=parts,
+                replace=replace or publish,
+                publish=publish,
+                day_seconds=runtime().settings.drip_day_seconds,
             )
             _print_report(report)
-    except ArticleError as exc:
+    except (ArticleError, PublishBusy) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option(
+    "--role",
+    type=click.Choice(["owner", "editor"]),
+    default="owner",
+    show_default=True,
+    help="owner: everything, accounts included; editor: content and subscribers.",
+)
+@click.option(
+    "--generate",
+    is_flag=True,
+    help="Print a generated one-time password (changed at the first sign-in) instead of asking.",
+)
+def create_admin_command(email: str, role: str, generate: bool) -> None:
+    """Add an admin account who signs in at /admin/ with EMAIL."""
+    from newsletter import clock
+    from newsletter.admins import accounts
+
+    if generate:
+        password = accounts.generate_password()
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        with db.transaction() as session:
+            admin = accounts.create(session, email, password, role, clock.now(), one_time=generate)
+    except accounts.AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{admin.role.value} {admin.email} can sign in at {_admin_url()}")
+    if generate:
+        click.echo(f"one-time password (changed at the first sign-in): {password}")
+
+
+def _admin_url() -> str:
+    return f"{runtime().settings.site_url}/admin/"
 
 
 @click.command("dispatch")
@@ -103,21 +158,11 @@ def status_command() -> None:
 def _sending_state() -> str:
     """Whether mail is going out, and if not, why and until when."""
     from newsletter import clock
-    from newsletter.delivery import breaker
+    from newsletter.delivery.status import brake
 
     with db.session() as session:
-        trip = breaker.active_trip(session)
-    if trip is not None:
-        return (
-            f"HELD by the bounce breaker since {trip.tripped_at.isoformat()}: {trip.reason}. "
-            "Check the relay and the list; lift suppressions made by mistake "
-            "(flask --app web suppressions list --since ...), then: flask --app web resume"
-        )
-    pause = runtime().flow().pause()
-    if pause is None:
-        return "running"
-    left = pause.until - clock.now().timestamp()
-    return f"PAUSED for {max(0.0, left):.0f} s more (resumes by itself): {pause.reason}"
+        current = brake(session, runtime().flow().pause())
+        return current.describe(clock.now())
 
 
 @click.command("resume")
@@ -163,7 +208,8 @@ def suppressions_list_command(since: str | None, reason: str | None) -> None:
         found = suppressions.listed(session, since=_moment(since), reason=reason)
     for entry in found:
         detail = " ".join((entry.detail or "").split())[:160]
-        click.echo(f"{entry.created_at.isoformat()}  {entry.reason:<9} {entry.email}  {detail}")
+        email = entry.email or "(erased)"
+        click.echo(f"{entry.created_at.isoformat()}  {entry.reason:<9} {email}  {detail}")
     click.echo(f"{len(found)} suppressed")
 
 
@@ -180,8 +226,11 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
         raise click.UsageError("name the addresses, or give --since (not both)")
     with db.transaction() as session:
         if since:
+            # An erased person's entry has no address to name, and is never lifted.
             emails = tuple(
-                s.email for s in suppressions.listed(session, since=_moment(since), reason="bounce")
+                s.email
+                for s in suppressions.listed(session, since=_moment(since), reason="bounce")
+                if s.email is not None
             )
         try:
             for email in emails:
@@ -196,11 +245,19 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
 @click.command("results")
 @with_appcontext
 @click.option("--sequence", "slug", help="Only this sequence (default: every sequence).")
-def results_command(slug: str | None) -> None:
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    default="all",
+    show_default=True,
+    help="Only the readers who enrolled in the last 7, 30 or 90 days (a cohort).",
+)
+def results_command(slug: str | None, period: str) -> None:
     """Show each sequence's readers and every part's results (sent, to go, left after it)."""
     from sqlalchemy import select
 
-    from newsletter.content.results import sequence_results
+    from newsletter import clock
+    from newsletter.content.results import sequence_results, since_of
     from newsletter.models import EnrollmentStatus, Sequence
 
     with db.session() as session:
@@ -211,7 +268,8 @@ def results_command(slug: str | None) -> None:
             chosen = [found]
         else:
             chosen = list(session.scalars(select(Sequence).order_by(Sequence.id)))
-        results = [sequence_results(session, sequence) for sequence in chosen]
+        since = since_of(period, clock.now())
+        results = [sequence_results(session, sequence, since) for sequence in chosen]
     for result in results:
         click.echo(f"{result.slug}: {result.title}")
         readers = ", ".join(
@@ -343,6 +401,7 @@ def register(app: Flask) -> None:
         results_command,
         init_command,
         import_article_command,
+        create_admin_command,
         dispatch_command,
         mailcatcher_command,
         dev_command,

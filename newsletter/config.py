@@ -75,6 +75,7 @@ class Settings:
     dkim_private_key_file: Path | None = None
     dkim_domain: str | None = None
     signup_answer_seconds: float = 0.25
+    admin_idle_minutes: float = 30.0
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -349,5 +350,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         reply_to=_optional_address(env, "REPLY_TO"),
         unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),
         signup_answer_seconds=_signup_answer_seconds(env),
+        admin_idle_minutes=_number(env, "ADMIN_IDLE_MINUTES", 30.0, minimum=1.0),
         **_dkim(env),
     )

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from newsletter import embedded, mailcatcher
+from newsletter import clock, embedded, mailcatcher
+from newsletter.admins import accounts
 from newsletter.config import Settings
 from newsletter.content import sequences
 from newsletter.db import db
@@ -31,6 +32,19 @@ def _children(port: int) -> dict[str, list[str]]:
     worker = "-m celery -A worker worker -B --loglevel INFO --concurrency 2".split()
     web = f"-m gunicorn web:app --bind 127.0.0.1:{port} --workers 2 --access-logfile -".split()
     return {"worker": [python, *worker], "web": [python, *web]}
+
+
+FIRST_OWNER = "owner@example.com"
+
+
+def ensure_first_owner() -> tuple[str, str] | None:
+    """Create the first owner when no admin exists: (address, one-time password), else None."""
+    with db.transaction() as session:
+        if accounts.any_admin(session):
+            return None
+        password = accounts.generate_password()
+        accounts.create(session, FIRST_OWNER, password, "owner", clock.now(), one_time=True)
+    return FIRST_OWNER, password
 
 
 def run(settings: Settings, *, port: int = 5000) -> int:
@@ -53,6 +67,7 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     upgrade(settings.database_url)
     with db.transaction() as session:
         sequences.ensure_seed(session)
+    first_owner = ensure_first_owner()
 
     commands = _children(port)
     procs = {
@@ -61,6 +76,13 @@ def run(settings: Settings, *, port: int = 5000) -> int:
     print(f"\n  signup page:   http://127.0.0.1:{port}/")
     if catcher is not None:
         print(f"  caught mail:   http://127.0.0.1:{port}/_dev/mail/")
+    print(f"  admin:         http://127.0.0.1:{port}/admin/")
+    if first_owner is not None:
+        email, password = first_owner
+        print(f"                 sign in as {email} with the one-time password {password}")
+        print("                 (you choose your own password at the first sign-in)")
+    else:
+        print("                 (more accounts: .venv/bin/flask --app web create-admin EMAIL)")
     print("  Ctrl-C stops everything.\n", flush=True)
 
     stopping = False

@@ -7,6 +7,8 @@ CHECK constraint so that the same schema works on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import hashlib
+import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -239,6 +241,8 @@ class Subscriber(Base):
     consent_ip: Mapped[str | None] = mapped_column(String(45))
     consent_user_agent: Mapped[str | None] = mapped_column(String(512))
     consent_form: Mapped[str | None] = mapped_column(String(100))
+    # When an admin erased the person: the personal fields above are gone, the rows stay.
+    erased_at: Mapped[datetime | None]
 
     enrollments: Mapped[list[Enrollment]] = relationship(back_populates="subscriber")
 
@@ -265,8 +269,13 @@ class Sequence(Base):
     )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # The live steps only: a step removed by a published version keeps its row (deliveries
+    # and results point at it) but leaves every walk through the sequence.
     steps: Mapped[list[Step]] = relationship(
-        back_populates="sequence", order_by="Step.position", cascade="all, delete-orphan"
+        back_populates="sequence",
+        primaryjoin="and_(Sequence.id == Step.sequence_id, Step.removed_at.is_(None))",
+        order_by="Step.position",
+        cascade="all, delete-orphan",
     )
 
     @property
@@ -275,14 +284,27 @@ class Sequence(Base):
         return SendWindow(self.send_hour, self.send_end_hour, SendWindow.parse_days(self.send_days))
 
 
+def new_step_key() -> str:
+    """A stable key for a new step: it names the step across versions of its sequence."""
+    return uuid.uuid4().hex
+
+
 class Step(Base):
-    """One mail of a sequence; the body is Markdown rendered into the shared layout."""
+    """One mail of a sequence; the body is Markdown rendered into the shared layout.
+
+    Live steps have positions 1..n. A step removed by a published version keeps its row with
+    `removed_at` set and the position minus its id, out of the way of the live numbering.
+    """
 
     __tablename__ = "steps"
-    __table_args__ = (UniqueConstraint("sequence_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "position"),
+        UniqueConstraint("sequence_id", "key", name="uq_steps_sequence_id_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(32), default=new_step_key)
     position: Mapped[int]
     day_offset: Mapped[int]
     subject: Mapped[str] = mapped_column(String(200))
@@ -293,6 +315,7 @@ class Step(Base):
     resources: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     resources_intro: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    removed_at: Mapped[datetime | None]
 
     sequence: Mapped[Sequence] = relationship(back_populates="steps")
 
@@ -326,6 +349,8 @@ class Enrollment(Base):
     # Why a stopped enrollment stopped ("unsubscribed", "bounced", ...), so that lifting a
     # suppression made by mistake can restart exactly the enrollments the bounce stopped.
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # The number of the published version of the sequence this enrollment follows.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
     sequence: Mapped[Sequence] = relationship()
@@ -409,13 +434,31 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+def address_hash(stored: str) -> str:
+    """SHA-256 (hex) of an address in its stored form: what the suppression list matches on.
+
+    An erased person's address is kept only as this digest, so that they are refused forever
+    without the address itself being held.
+    """
+    return hashlib.sha256(stored.encode("utf-8")).hexdigest()
+
+
+def _hash_of_email(context: Any) -> str | None:
+    email = context.get_current_parameters().get("email")
+    return None if email is None else address_hash(email)
+
+
 class Suppression(Base):
     """An address that must never be mailed again (hard bounce, complaint, operator's choice)."""
 
     __tablename__ = "suppressions"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320), unique=True)
+    # None once the person was erased: then only the hash of the address remains.
+    email: Mapped[str | None] = mapped_column(String(320), unique=True)
+    # SHA-256 of the normalised address (`mail.addresses.address_hash`): signup, import and
+    # every send match by it, so an erased address stays refused without being kept.
+    email_hash: Mapped[str | None] = mapped_column(String(64), index=True, default=_hash_of_email)
     reason: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -430,6 +473,247 @@ class BreakerTrip(Base):
     reason: Mapped[str] = mapped_column(Text)
     tripped_at: Mapped[datetime] = mapped_column(default=utcnow)
     resumed_at: Mapped[datetime | None]
+
+
+# -- admins: the people who run the product, and the audit log of what they did (issue 11) ----
+
+
+class AdminRole(enum.StrEnum):
+    """What an admin may do: an owner everything, an editor content and subscribers."""
+
+    OWNER = "owner"
+    EDITOR = "editor"
+
+
+class Admin(Base):
+    """A person who signs in to the admin; never mailed, so the address is only a name.
+
+    The Flask-Login attributes (`is_authenticated`, `get_id`, ...) are plain properties here so
+    that the data model needs no web import. `session_epoch` is part of the session's user id:
+    raising it (new password, deactivation, role change) signs out every open session.
+    """
+
+    __tablename__ = "admins"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[AdminRole] = mapped_column(_enum(AdminRole, "admin_role"))
+    # The confirmed second factor (base32); NULL when the account signs in with a password only.
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # A secret shown during enrolment, kept until a code from it confirms it.
+    totp_pending_secret: Mapped[str | None] = mapped_column(String(64))
+    # The last TOTP time step accepted, so a code cannot be used twice within its window.
+    totp_last_step: Mapped[int | None]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # A one-time password (create-admin --generate, the embedded run's first owner) must be
+    # replaced at the first sign-in.
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    session_epoch: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None]
+
+    @property
+    def is_owner(self) -> bool:
+        """True for an owner."""
+        return self.role == AdminRole.OWNER
+
+    @property
+    def is_authenticated(self) -> bool:
+        """Flask-Login: a loaded admin is signed in."""
+        return True
+
+    @property
+    def is_active(self) -> bool:
+        """Flask-Login: a deactivated account cannot sign in."""
+        return self.active
+
+    @property
+    def is_anonymous(self) -> bool:
+        """Flask-Login: never anonymous."""
+        return False
+
+    def get_id(self) -> str:
+        """Flask-Login's session id: the row id and the session epoch."""
+        return f"{self.id}.{self.session_epoch}"
+
+
+class AuditEntry(Base):
+    """One admin action that changed something: who, what, on what, before and after.
+
+    The actor's address is kept beside the link, so an entry still names its author after the
+    account is gone; `actor_id` is NULL for the system (commands, the embedded run) and for
+    sign-in attempts on unknown accounts.
+    """
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        # Serve the audit page: newest first, keyset over (created_at, id), optionally
+        # filtered by action or by actor.
+        Index("ix_audit_entries_created", "created_at", "id"),
+        Index("ix_audit_entries_action_created", "action", "created_at", "id"),
+        Index("ix_audit_entries_actor_created", "actor_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("admins.id", ondelete="SET NULL"))
+    actor_email: Mapped[str | None] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(400))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    ip: Mapped[str | None] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- versions (issue 11, live edits) -------------------------------------------------------------
+
+
+class VersionState(enum.StrEnum):
+    """draft (being edited, at most one per sequence) → published (kept for good)."""
+
+    DRAFT = "draft"
+    PUBLISHED = "published"
+
+
+class SequenceVersion(Base):
+    """One version of a sequence: a snapshot of its steps in order and its send settings.
+
+    The newest published version is what the live steps are; a draft is edited freely and
+    changes nothing until `content/versions.publish` applies it.
+    """
+
+    __tablename__ = "sequence_versions"
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "number"),
+        Index(
+            "ix_sequence_versions_one_draft",
+            "sequence_id",
+            unique=True,
+            sqlite_where=text("state = 'draft'"),
+            postgresql_where=text("state = 'draft'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    state: Mapped[VersionState] = mapped_column(
+        _enum(VersionState, "version_state"), default=VersionState.DRAFT
+    )
+    # {"steps": [{key, subject, preheader, day_offset, body_md, teaser, resources,
+    #   resources_intro}, ...] in order, "settings": {send_hour, send_end_hour, send_days}}
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    published_by: Mapped[str | None] = mapped_column(String(320))
+    # The dry run's numbers at publish (content/versions.PublishPlan.summary).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    sequence: Mapped[Sequence] = relationship()
+
+
+# -- The dashboard: the dispatcher's heartbeat and cached figures ---------------------------------
+
+
+class Heartbeat(Base):
+    """The last time a periodic job ran (one row per job, e.g. "dispatch"), overwritten."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]
+
+
+class CachedFigures(Base):
+    """Figures that are too costly to count on every page view, and when they were counted.
+
+    `key` names what was counted ("dashboard", "funnel:3:30"); `data` is its JSON form.
+    """
+
+    __tablename__ = "cached_figures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    computed_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The per-day counts of the dashboard read a month of rows through these, never the whole table.
+Index("ix_subscribers_created_at", Subscriber.created_at)
+Index("ix_subscribers_confirmed_at", Subscriber.confirmed_at)
+Index("ix_deliveries_sent_at", Delivery.sent_at)
+# The funnel's cohort: a sequence's enrollments begun in the chosen period, and their
+# deliveries' states and steps read from the index alone.
+Index("ix_enrollments_sequence_created", Enrollment.sequence_id, Enrollment.created_at)
+Index("ix_deliveries_enrollment_state", Delivery.enrollment_id, Delivery.state, Delivery.step_id)
+# The uncertain sends of the engine's health: a few rows among millions of events.
+Index("ix_events_kind", Event.kind)
+# -- People: the subscribers table, erasure and CSV imports (the admin's subscribers area) -------
+
+
+class ImportStatus(enum.StrEnum):
+    """A CSV import's way: uploaded → queued (mapped, consent chosen) → running → done | failed."""
+
+    UPLOADED = "uploaded"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class ImportConsent(enum.StrEnum):
+    """How imported people come in: a confirmation mail each, or consent the admin attests."""
+
+    CONFIRM = "confirm"
+    ATTEST = "attest"
+
+
+class SubscriberImport(Base):
+    """A CSV file of people being added: its mapping, consent choice, progress and report."""
+
+    __tablename__ = "imports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[ImportStatus] = mapped_column(
+        _enum(ImportStatus, "import_status"), default=ImportStatus.UPLOADED
+    )
+    # The name the admin's file had (outsider text, shown escaped) and the stored file's name
+    # under the instance's imports folder; the file goes once the import ends.
+    filename: Mapped[str] = mapped_column(String(255))
+    stored_name: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(default=0)
+    header: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # {"email": column index, "first_name": index or None, "time_zone": index or None}
+    mapping: Mapped[dict[str, int | None]] = mapped_column(JSON, default=dict)
+    consent: Mapped[ImportConsent | None] = mapped_column(_enum(ImportConsent, "import_consent"))
+    sequence_id: Mapped[int | None] = mapped_column(ForeignKey("sequences.id", ondelete="SET NULL"))
+    created_by: Mapped[str] = mapped_column(String(320))
+    rows_read: Mapped[int] = mapped_column(default=0)
+    added: Mapped[int] = mapped_column(default=0)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    suppressed: Mapped[int] = mapped_column(default=0)
+    invalid: Mapped[int] = mapped_column(default=0)
+    # The first problems, [{"line", "kind", "reason"}]; the counts above hold them all.
+    problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+# The subscribers table's keyset orders and filters (audience/directory.py), each served by an
+# index: newest first overall or within a state, the address order, and "who is waiting on step
+# N" / "who is in sequence S".
+Index("ix_subscribers_created", Subscriber.created_at, Subscriber.id)
+Index("ix_subscribers_status_created", Subscriber.status, Subscriber.created_at, Subscriber.id)
+Index("ix_subscribers_status_email", Subscriber.status, Subscriber.email)
+Index(
+    "ix_subscribers_email_prefix",
+    Subscriber.email,
+    postgresql_ops={"email": "varchar_pattern_ops"},
+)
+Index("ix_deliveries_step_state", Delivery.step_id, Delivery.state, Delivery.subscriber_id)
+Index("ix_enrollments_sequence_subscriber", Enrollment.sequence_id, Enrollment.subscriber_id)
 
 
 def table_of(model: type[Base]) -> Table:

@@ -235,6 +235,15 @@ def test_app_services_read_private_keys_from_a_read_only_mount(config: dict[str,
         assert "secrets/" in (ROOT / ignore).read_text().splitlines(), ignore
 
 
+def test_web_and_workers_share_the_instance_folder(config: dict[str, Any]) -> None:
+    """A CSV import is streamed to INSTANCE_DIR by the web and read there by a worker."""
+    for name in ("web", "worker"):
+        shared = [m for m in mounts(config["services"][name]) if m[1] == "/app/instance"]
+        assert len(shared) == 1 and not shared[0][2], (name, mounts(config["services"][name]))
+        assert shared[0][0].endswith("instance-data"), shared
+    assert "instance-data" in config["volumes"]
+
+
 def test_compose_without_secret_key_fails_naming_it(tmp_path: Path) -> None:
     done = run_compose(tmp_path, "config")
     assert done.returncode != 0

@@ -33,6 +33,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    address_hash,
 )
 from newsletter.schedule import valid_time_zone
 from newsletter.tokens import TokenError, Tokens
@@ -131,7 +132,7 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
     if sequence is None:
         raise SignupError("sequence", "There is no series to sign up for yet.")
 
-    if session.scalar(select(Suppression.id).where(Suppression.email == email)) is not None:
+    if session.scalar(select(Suppression.id).where(Suppression.email_hash == address_hash(email))):
         log.info("signup for suppressed address ignored")
         return SignupOutcome.IGNORED
 

@@ -24,6 +24,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    address_hash,
 )
 
 
@@ -32,15 +33,49 @@ class LiftError(ValueError):
 
 
 def listed(
-    session: Session, *, since: datetime | None = None, reason: str | None = None
+    session: Session,
+    *,
+    since: datetime | None = None,
+    reason: str | None = None,
+    email: str | None = None,
 ) -> list[Suppression]:
-    """Suppressed addresses, oldest first, optionally only those since a time or of a reason."""
+    """Suppressed addresses, oldest first, optionally only those since a time, of a reason,
+    or of one address (matched by its hash, so an erased person's entry is found too).
+
+    An erased person's entry has no address (`email` is None), only its hash.
+    """
     query = select(Suppression).order_by(Suppression.created_at, Suppression.id)
+    if email is not None:
+        query = query.where(Suppression.email_hash == address_hash(email))
     if since is not None:
         query = query.where(Suppression.created_at >= since)
     if reason is not None:
         query = query.where(Suppression.reason == reason)
     return list(session.scalars(query))
+
+
+def is_suppressed(session: Session, email: str) -> bool:
+    """Whether an address (in its stored form) is on the list, by its hash: an erased
+    person's entry keeps only the hash, and still refuses them."""
+    found = session.scalar(
+        select(Suppression.id).where(Suppression.email_hash == address_hash(email)).limit(1)
+    )
+    return found is not None
+
+
+def suppress(
+    session: Session, email: str, reason: str, now: datetime, detail: str | None = None
+) -> Suppression:
+    """Put an address on the list (once), with its hash; the existing entry if it is there."""
+    digest = address_hash(email)
+    found = session.scalar(select(Suppression).where(Suppression.email_hash == digest).limit(1))
+    if found is not None:
+        return found
+    entry = Suppression(
+        email=email, email_hash=digest, reason=reason, detail=detail, created_at=now
+    )
+    session.add(entry)
+    return entry
 
 
 def lift(session: Session, email: str, now: datetime) -> Subscriber | None:
@@ -51,7 +86,9 @@ def lift(session: Session, email: str, now: datetime) -> Subscriber | None:
     unsubscribed or complained stays as they are.
     """
     email = email.strip().lower()
-    suppression = session.scalar(select(Suppression).where(Suppression.email == email))
+    suppression = session.scalar(
+        select(Suppression).where(Suppression.email_hash == address_hash(email))
+    )
     if suppression is None:
         raise LiftError(f"{email} is not on the suppression list")
     session.delete(suppression)

@@ -11,11 +11,19 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter.content.article import ArticleError, load_sidecar, split_article
+from newsletter.content import versions
+from newsletter.content.article import (
+    ArticleError,
+    Sidecar,
+    SplitResult,
+    load_sidecar,
+    split_article,
+)
 from newsletter.content.rules import body_problems, html_problems
 from newsletter.mail.compose import EMAILS_DIR, sample_bodies
 from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
-from newsletter.models import Delivery, Sequence, SequenceStatus, Step
+from newsletter.models import Delivery, Sequence, SequenceStatus, Step, new_step_key
+from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +41,20 @@ class ImportReport:
     dropped: list[str] = field(default_factory=list)
 
 
+def slugify(text: str, limit: int = 60) -> str:
+    """A URL-safe slug from a name or a title ("article" when nothing of it is left)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-")
+    return slug or "article"
+
+
 def slug_for(path: Path) -> str:
     """A URL-safe slug from a file name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")
-    return slug or "article"
+    return slugify(path.stem, limit=100)
+
+
+def is_slug(text: str) -> bool:
+    """True for lower-case letters, digits and single dashes, at most 100 characters."""
+    return len(text) <= 100 and bool(_SLUG.match(text))
 
 
 def _check_parts(parts: list[Any]) -> None:
@@ -77,33 +95,88 @@ def import_article(
     slug: str | None = None,
     parts: int | None = None,
     replace: bool = False,
+    publish: bool = False,
+    actor_email: str | None = None,
+    day_seconds: float = REAL_DAY,
 ) -> ImportReport:
     """Split the article at `path` into a new sequence (or replace an existing one's steps).
 
     The sidecar `<stem>.toml` beside it gives the title, description, link targets and
     optionally the number of parts. Raises ArticleError with a clear message on bad input,
-    before anything is written.
+    before anything is written. A sequence that has sent mail is changed only with `publish`:
+    the article becomes a draft (part N over step N) and is published as a new version, which
+    moves the people in progress forward (content/versions.py); PublishBusy may be raised.
     """
     if not path.is_file():
         raise ArticleError(f"no article file at {path}")
-    slug = slug or slug_for(path)
-    if not _SLUG.match(slug):
-        raise ArticleError(f"slug {slug!r} must be lower-case letters, digits and dashes")
     sidecar = load_sidecar(path.with_suffix(".toml"))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ArticleError(f"{path} is not UTF-8 text") from None
+    return import_text(
+        session,
+        text,
+        slug=slug or slug_for(path),
+        markdown=path.suffix.lower() in (".md", ".markdown"),
+        sidecar=sidecar,
+        parts=parts,
+        replace=replace,
+        publish=publish,
+        actor_email=actor_email,
+        day_seconds=day_seconds,
+        sidecar_name=path.with_suffix(".toml").name,
+    )
+
+
+def split_text(
+    text: str,
+    *,
+    markdown: bool,
+    sidecar: Sidecar | None = None,
+    parts: int | None = None,
+    sidecar_name: str = "the article's .toml sidecar",
+) -> SplitResult:
+    """An article's text split into checked parts; ArticleError names what is wrong."""
+    sidecar = sidecar or Sidecar()
     result = split_article(
         text,
-        markdown=path.suffix.lower() in (".md", ".markdown"),
+        markdown=markdown,
         title=sidecar.title,
         parts=parts or sidecar.parts,
         minutes_per_part=sidecar.minutes_per_part or 2.5,
         links=sidecar.links,
-        sidecar_name=path.with_suffix(".toml").name,
+        sidecar_name=sidecar_name,
     )
     _check_parts(result.parts)
+    return result
+
+
+def import_text(
+    session: Session,
+    text: str,
+    *,
+    slug: str,
+    markdown: bool = False,
+    sidecar: Sidecar | None = None,
+    parts: int | None = None,
+    replace: bool = False,
+    publish: bool = False,
+    actor_email: str | None = None,
+    day_seconds: float = REAL_DAY,
+    sidecar_name: str = "the article's .toml sidecar",
+) -> ImportReport:
+    """An article's text as a new sequence named `slug` (or, with `replace`, its new steps).
+
+    Raises ArticleError with a clear message on bad input, before anything is written; see
+    `import_article` for `publish`.
+    """
+    if not _SLUG.match(slug):
+        raise ArticleError(f"slug {slug!r} must be lower-case letters, digits and dashes")
+    sidecar = sidecar or Sidecar()
+    result = split_text(
+        text, markdown=markdown, sidecar=sidecar, parts=parts, sidecar_name=sidecar_name
+    )
     sequence = session.scalar(select(Sequence).where(Sequence.slug == slug))
     if sequence is not None and not replace:
         raise ArticleError(f"a sequence with slug {slug!r} exists; pass --replace to rebuild it")
@@ -117,11 +190,22 @@ def import_article(
             .join(Step, Step.id == Delivery.step_id)
             .where(Step.sequence_id == sequence.id)
         )
-        if in_use:
+        if in_use and not publish:
             # Rebuilding would orphan the history of mail already sent from these steps.
             raise ArticleError(
-                f"sequence {slug!r} already has deliveries; import under a new --slug instead"
+                f"sequence {slug!r} already has deliveries; pass --publish to publish the "
+                "article as its next version (people in progress move forward), or import "
+                "under a new --slug"
             )
+        if in_use:
+            _publish_parts(session, sequence, result.parts, actor_email, day_seconds)
+            return ImportReport(
+                sequence=sequence,
+                parts=len(result.parts),
+                warnings=list(result.warnings),
+                dropped=list(result.dropped_boilerplate),
+            )
+        versions.discard_draft(session, sequence)
         sequence.steps.clear()
         session.flush()
     sequence.title = result.title
@@ -142,6 +226,7 @@ def import_article(
             )
         )
     session.flush()
+    versions.record_published(session, sequence, actor_email)
     for warning in result.warnings:
         log.warning("import %s: %s", slug, warning)
     return ImportReport(
@@ -150,6 +235,38 @@ def import_article(
         warnings=list(result.warnings),
         dropped=list(result.dropped_boilerplate),
     )
+
+
+def _publish_parts(
+    session: Session,
+    sequence: Sequence,
+    parts: list[Any],
+    actor_email: str | None,
+    day_seconds: float,
+) -> None:
+    """Publish the article's parts over a sequence in use: part N replaces step N."""
+    draft = versions.draft_of(session, sequence)
+    keys = [step["key"] for step in versions.draft_steps(draft)]
+    steps = [
+        {
+            "key": keys[index] if index < len(keys) else new_step_key(),
+            "subject": part.subject,
+            "preheader": part.preheader,
+            "day_offset": index,
+            "body_md": part.body_md,
+            "teaser": part.teaser,
+            "resources": [
+                {"title": r.title, "blurb": r.blurb, "url": r.url} for r in part.resources
+            ],
+            "resources_intro": part.resources_intro,
+        }
+        for index, part in enumerate(parts)
+    ]
+    draft.snapshot = {**draft.snapshot, "steps": steps}
+    try:
+        versions.publish(session, sequence, actor_email, day_seconds=day_seconds)
+    except versions.DraftError as exc:
+        raise ArticleError(str(exc)) from None
 
 
 def sequence_for(session: Session, slug: str | None) -> Sequence | None:

@@ -35,6 +35,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    address_hash,
     begun,
     table_of,
 )
@@ -161,6 +162,21 @@ def _steps(session: Session, step_ids: set[int]) -> dict[int, Step]:
     return {step.id: step for step in steps}
 
 
+def _had(session: Session, enrollment_ids: set[int]) -> dict[int, set[int]]:
+    """The steps each of the batch's enrollments has a delivery of (one query per batch)."""
+    had: dict[int, set[int]] = {}
+    if not enrollment_ids:
+        return had
+    rows = session.execute(
+        select(_D.c.enrollment_id, _D.c.step_id).where(
+            _D.c.enrollment_id.in_(enrollment_ids), _D.c.step_id.is_not(None)
+        )
+    )
+    for enrollment_id, step_id in rows:
+        had.setdefault(enrollment_id, set()).add(step_id)
+    return had
+
+
 def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
     """The sequence a pending subscriber signed up for (named in the confirmation mail)."""
     return session.scalars(
@@ -178,6 +194,7 @@ def _job(
     composer: Composer,
     session: Session,
     steps: dict[int, Step],
+    had: dict[int, set[int]],
     now: datetime,
     policy: Policy,
 ) -> Job | datetime:
@@ -211,6 +228,7 @@ def _job(
         window=step.sequence.window,
         step=step,
         steps=step.sequence.steps,
+        had=had.get(row.enrollment_id, set()),
     )
     return job
 
@@ -253,11 +271,17 @@ def prepare(
             )
             settled[Outcome.HELD] += len(begun_ids)
             mine = [r for r in mine if r.id not in begun_ids]
-        emails = {r.email for r in mine}
-        suppressed = set(
-            session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
-        )
+        # Matched by hash: an erased person's entry keeps no address, only its digest.
+        hashes = {address_hash(r.email): r.email for r in mine}
+        suppressed = {
+            hashes[digest]
+            for digest in session.scalars(
+                select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes))
+            )
+            if digest is not None
+        }
         steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
+        had = _had(session, {r.enrollment_id for r in mine if r.enrollment_id is not None})
         skips: list[dict[str, object]] = []
         holds: list[dict[str, object]] = []
         moves: list[dict[str, object]] = []
@@ -271,7 +295,7 @@ def prepare(
                 holds.append({"d_id": row.id})
                 continue
             try:
-                checked = _job(row, composer, session, steps, now, policy)
+                checked = _job(row, composer, session, steps, had, now, policy)
             except Exception as exc:  # noqa: BLE001 - one unusable row fails alone
                 log.error("delivery %d cannot be prepared: %s", row.id, exc)
                 fails.append({"d_id": row.id, "reason": f"cannot be prepared: {exc}"[:2000]})

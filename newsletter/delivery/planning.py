@@ -7,10 +7,11 @@ only carries ids. The claim below is the one place that moves rows from schedule
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -23,8 +24,10 @@ from newsletter.models import (
     EnrollmentStatus,
     Sequence,
     SequenceStatus,
+    SequenceVersion,
     Step,
     StopReason,
+    VersionState,
     table_of,
 )
 from newsletter.schedule import SendWindow, step_due_at
@@ -117,12 +120,30 @@ def _schedule_step(
 def start_enrollment(
     session: Session, enrollment: Enrollment, now: datetime, day_seconds: float
 ) -> Delivery | None:
-    """Activate an enrollment and schedule its first step, due at once (held, while its
-    sequence is paused)."""
+    """Activate an enrollment on its sequence's published version; schedule part 1, due now
+    (held, while its sequence is paused)."""
+    sequence_id = enrollment.sequence_id
+    if session.get_bind().dialect.name == "postgresql":
+        # A publish holds the sequence FOR UPDATE while it rewrites the steps: wait for it, so
+        # that part 1 is the first step of the version this enrollment records.
+        session.execute(
+            select(Sequence.id).where(Sequence.id == sequence_id).with_for_update(read=True)
+        )
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.started_at = now
+    enrollment.version = (
+        session.scalar(
+            select(func.max(SequenceVersion.number)).where(
+                SequenceVersion.sequence_id == sequence_id,
+                SequenceVersion.state == VersionState.PUBLISHED,
+            )
+        )
+        or 1
+    )
     first = session.scalars(
-        select(Step).where(Step.sequence_id == enrollment.sequence_id).order_by(Step.position)
+        select(Step)
+        .where(Step.sequence_id == sequence_id, Step.removed_at.is_(None))
+        .order_by(Step.position)
     ).first()
     if first is None:
         enrollment.status = EnrollmentStatus.COMPLETED
@@ -153,9 +174,15 @@ def follow_up(
     window: SendWindow,
     step: Step,
     steps: list[Step],
+    had: Collection[int] = (),
 ) -> FollowUp:
-    """The FollowUp of a step delivery, given its sequence's steps in order."""
-    following = next((s for s in steps if s.position > step.position), None)
+    """The FollowUp of a step delivery, given its sequence's live steps in order.
+
+    The next part is the first step after this one that the enrollment has no delivery of
+    (`had`, step ids): after a reorder the step next by position may be one it already had,
+    and the series must go on past it instead of stalling on the unique (enrollment, step).
+    """
+    following = next_step(steps, step, had)
     return FollowUp(
         enrollment_id=enrollment_id,
         subscriber_id=subscriber_id,
@@ -165,6 +192,11 @@ def follow_up(
         next_step_id=following.id if following else None,
         next_day_offset=following.day_offset if following else 0,
     )
+
+
+def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step | None:
+    """The first live step after `step` (live steps in order) whose id is not in `had`."""
+    return next((s for s in steps if s.position > step.position and s.id not in had), None)
 
 
 _DELIVERIES = table_of(Delivery)
@@ -279,23 +311,24 @@ def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: fl
         or enrollment.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
     ):
         return
-    following = session.scalars(
+    had = set(
+        session.scalars(select(Delivery.step_id).where(Delivery.enrollment_id == enrollment.id))
+    )
+    later = session.scalars(
         select(Step)
-        .where(Step.sequence_id == step.sequence_id, Step.position > step.position)
+        .where(
+            Step.sequence_id == step.sequence_id,
+            Step.removed_at.is_(None),
+            Step.position > step.position,
+        )
         .order_by(Step.position)
-        .limit(1)
-    ).first()
+    )
+    following = next_step(later, step, {i for i in had if i is not None})
     if following is None:
         enrollment.status = EnrollmentStatus.COMPLETED
         enrollment.ended_at = now
         return
-    exists = session.scalar(
-        select(Delivery.id).where(
-            Delivery.enrollment_id == enrollment.id, Delivery.step_id == following.id
-        )
-    )
-    if exists is None:
-        _schedule_step(session, enrollment, following, now, now, day_seconds)
+    _schedule_step(session, enrollment, following, now, now, day_seconds)
 
 
 def skip_open(

@@ -25,6 +25,7 @@ from newsletter.models import (
     StopReason,
     SubscriberStatus,
     Suppression,
+    address_hash,
     table_of,
 )
 
@@ -169,9 +170,16 @@ def _note(
 
 def _hard_bounce(session: Session, delivery: Delivery, detail: str, now: datetime) -> None:
     subscriber = delivery.subscriber
-    if session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email)) is None:
+    digest = address_hash(subscriber.email)
+    if session.scalar(select(Suppression.id).where(Suppression.email_hash == digest)) is None:
         session.add(
-            Suppression(email=subscriber.email, reason="bounce", detail=detail, created_at=now)
+            Suppression(
+                email=subscriber.email,
+                email_hash=digest,
+                reason="bounce",
+                detail=detail,
+                created_at=now,
+            )
         )
     subscriber.status = SubscriberStatus.BOUNCED
     planning.stop_enrollments(session, subscriber.id, now, StopReason.BOUNCED)

@@ -1,0 +1,1 @@
+"""The admins room: accounts, passwords, second factors, roles, and the audit log."""
