@@ -1082,7 +1082,7 @@ def _move(
             now,
             enrollment_id=enrollment.id,
             step_id=target.id,
-            held=planning.paused(enrollment),
+            held=planning.paused(session, enrollment),
         )
         session.flush()
         delivery_id = made = row.id
