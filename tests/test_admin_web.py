@@ -205,6 +205,8 @@ def test_the_session_ends_after_the_idle_minutes(
     assert last is not None and (last.action, last.after) == ("admin.sign_out", {"idle": True})
 
 
+# Each of these checks a password hash (argon2, tens of milliseconds) a dozen times or more.
+@pytest.mark.slow
 def test_failed_sign_ins_are_limited_per_account_then_per_address(app: Flask) -> None:
     create_admin(app, "ann@example.org")
     create_admin(app, "bob@example.org")
@@ -222,3 +224,26 @@ def test_failed_sign_ins_are_limited_per_account_then_per_address(app: Flask) ->
     # Another account from the same address still signs in; successes do not count.
     assert post_sign_in(client, "bob@example.org", PASSWORD).status_code == 303
     assert actions().count("admin.sign_in_failed") == 10
+
+
+@pytest.mark.slow
+def test_failed_sign_ins_from_one_client_address_are_limited(app: Flask) -> None:
+    create_admin(app, "ann@example.org")
+    client = app.test_client()
+    here = {"REMOTE_ADDR": "192.0.2.1"}
+    for n in range(20):
+        token = csrf_token(client, "/admin/sign-in")
+        data = {
+            "csrf_token": token,
+            "email": f"guess{n}@example.org",
+            "password": "wrong password!!",
+        }
+        assert client.post("/admin/sign-in", data=data, environ_base=here).status_code == 401
+    token = csrf_token(client, "/admin/sign-in")
+    right = {"csrf_token": token, "email": "ann@example.org", "password": PASSWORD}
+    refused = client.post("/admin/sign-in", data=right, environ_base=here)
+    assert refused.status_code == 429
+    assert "Too many failed attempts" in refused.get_data(as_text=True)
+    # The same account from another address is not held up.
+    elsewhere = client.post("/admin/sign-in", data=right, environ_base={"REMOTE_ADDR": "192.0.2.2"})
+    assert elsewhere.status_code == 303

@@ -228,3 +228,26 @@ def test_a_draft_sequence_is_not_offered_to_signups(app: Flask) -> None:
         )
     with db.transaction() as session, pytest.raises(ActionRefused, match="draft"):
         pause_sequence(session, session.scalars(select(Sequence)).one(), clock.now())
+
+
+def test_a_group_of_last_parts_completes_active_and_paused_enrollments(
+    app: Flask, at_time: Any
+) -> None:
+    at_time(NOON)
+    people = [active_subscriber(f"p{i}@example.org") for i in range(3)]
+    with db.transaction() as session:
+        paused_one = session.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == people[0])
+        ).one()
+        moves.pause_enrollment(session, paused_one, NOON)
+    with db.session() as session:
+        follows = [
+            planning.FollowUp(e.id, e.subscriber_id, NOON, "UTC", e.sequence.window, None, 0)
+            for e in session.scalars(select(Enrollment))
+        ]
+    # One recorded group, one executemany for every completion in it.
+    with db.engine.connect() as conn, conn.begin():
+        planning.schedule_next(conn, [(f, NOON) for f in follows], NOON, 86400)
+    with db.session() as session:
+        statuses = list(session.scalars(select(Enrollment.status)))
+    assert statuses == [EnrollmentStatus.COMPLETED] * 3

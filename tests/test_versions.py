@@ -34,9 +34,9 @@ from newsletter.models import (
     SequenceVersion,
     Step,
     Subscriber,
-    SubscriberStatus,
     VersionState,
 )
+from tests.helpers.crowd import seat
 from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
 from tests.helpers.smtp import SmtpSink
 
@@ -65,48 +65,19 @@ def the_sequence(session: Session) -> Sequence:
 def seat_crowd(session: Session, sequence: Sequence) -> dict[str, int]:
     """Subscribers at every place of the 4-step seed sequence; their enrollment ids by name."""
     now = clock.now()
-    steps = list(sequence.steps)
-    assert len(steps) == 4
-    ids: dict[str, int] = {}
-    for name, status, rows in CROWD:
-        subscriber = Subscriber(
-            email=f"{name}@example.org",
-            first_name=name,
-            time_zone="UTC",
-            status=SubscriberStatus.PENDING
-            if status is EnrollmentStatus.PENDING
-            else SubscriberStatus.ACTIVE,
+    assert len(sequence.steps) == 4
+    return {
+        name: seat(
+            session,
+            sequence,
+            f"{name}@example.org",
+            status,
+            rows,
+            now=now,
+            due=now + timedelta(hours=20),
         )
-        session.add(subscriber)
-        session.flush()
-        started = now - timedelta(days=len(rows))
-        enrollment = Enrollment(
-            subscriber_id=subscriber.id,
-            sequence_id=sequence.id,
-            status=status,
-            started_at=None if status is EnrollmentStatus.PENDING else started,
-        )
-        session.add(enrollment)
-        session.flush()
-        for number, state in rows.items():
-            sent = state in (S.SENT, S.FAILED, S.SKIPPED)
-            due = started + timedelta(days=number - 1) if sent else now + timedelta(hours=20)
-            session.add(
-                Delivery(
-                    kind=DeliveryKind.STEP,
-                    subscriber_id=subscriber.id,
-                    enrollment_id=enrollment.id,
-                    step_id=steps[number - 1].id,
-                    due_at=due,
-                    first_due_at=due,
-                    state=state,
-                    sent_at=due if state is S.SENT else None,
-                    created_at=due,
-                )
-            )
-        ids[name] = enrollment.id
-    session.flush()
-    return ids
+        for name, status, rows in CROWD
+    }
 
 
 @dataclass

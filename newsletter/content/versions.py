@@ -822,7 +822,7 @@ def _placements(
 
 
 def _lock(session: Session, sequence: Sequence) -> None:
-    """Hold the sequence and its waiting deliveries until the publish commits (PostgreSQL).
+    """Hold the sequence, its open enrollments and waiting deliveries till commit (PostgreSQL).
 
     Claims take waiting rows with FOR UPDATE SKIP LOCKED, so they pass these by meanwhile; a
     confirmation waits on the sequence row (planning.start_enrollment). On SQLite the write
@@ -831,6 +831,17 @@ def _lock(session: Session, sequence: Sequence) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     session.execute(select(Sequence.id).where(Sequence.id == sequence.id).with_for_update())
+    # Enrollments before deliveries, the order an unsubscribe takes them in (stop the
+    # enrollments, then skip the rows): the other order could deadlock with it.
+    session.execute(
+        select(Enrollment.id)
+        .where(
+            Enrollment.sequence_id == sequence.id,
+            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+        )
+        .order_by(Enrollment.id)
+        .with_for_update()
+    )
     session.execute(
         select(Delivery.id)
         .join(Step, Step.id == Delivery.step_id)

@@ -187,8 +187,10 @@ def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step |
 _DELIVERIES = table_of(Delivery)
 _ENROLLMENTS = table_of(Enrollment)
 # A paused enrollment whose last part was already on its way when the pause came completes.
+# (Two comparisons, not IN: an IN list is an expanding parameter, which executemany refuses.)
 _STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
-    _ENROLLMENTS.c.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED])
+    (_ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE)
+    | (_ENROLLMENTS.c.status == EnrollmentStatus.PAUSED)
 )
 _COMPLETE = (
     update(_ENROLLMENTS)
