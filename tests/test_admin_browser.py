@@ -203,5 +203,6 @@ def test_sign_in_with_a_second_factor(
     at_time(START + timedelta(seconds=30))
     page.get_by_label("Code from your authenticator app").fill(totp.at(clock.now()))
     page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{url}/admin/")
-    expect(page.get_by_text("You are signed in as ann@example.org, editor.")).to_be_visible()
+    # The admin's home is the dashboard.
+    expect(page).to_have_url(f"{url}/admin/dashboard")
+    expect(page.get_by_text("ann@example.org (editor)")).to_be_visible()

@@ -71,7 +71,7 @@ def test_every_admin_view_has_a_role(app: Flask) -> None:
 
 def test_an_editor_is_refused_every_owner_url(app: Flask) -> None:
     owner, editor = owner_and_editor(app)
-    token = csrf_token(editor, "/admin/")
+    token = csrf_token(editor, "/admin/password")
     owner_rules = [
         (endpoint, method, url)
         for endpoint, method, url in admin_rules(app)
@@ -116,8 +116,8 @@ def test_every_admin_post_without_a_valid_csrf_token_changes_nothing(app: Flask)
 
 def test_the_navigation_shows_owners_the_accounts_page_only(app: Flask) -> None:
     owner, editor = owner_and_editor(app)
-    owner_page = owner.get("/admin/").get_data(as_text=True)
-    editor_page = editor.get("/admin/").get_data(as_text=True)
+    owner_page = owner.get("/admin/password").get_data(as_text=True)
+    editor_page = editor.get("/admin/password").get_data(as_text=True)
     assert 'href="/admin/accounts"' in owner_page and 'href="/admin/audit"' in owner_page
     assert 'href="/admin/accounts"' not in editor_page and 'href="/admin/audit"' in editor_page
     # Pages that do not exist yet are not listed.
@@ -216,7 +216,7 @@ def test_deactivating_an_account_ends_its_session(app: Flask) -> None:
         ed = accounts.find(session, "ed@example.org")
     assert ed is not None
     token = csrf_token(owner, "/admin/accounts")
-    assert editor.get("/admin/").status_code == 200
+    assert editor.get("/admin/password").status_code == 200
     assert (
         owner.post(f"/admin/accounts/{ed.id}/deactivate", data={"csrf_token": token}).status_code
         == 303

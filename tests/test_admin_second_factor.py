@@ -107,9 +107,9 @@ def test_sign_in_asks_for_the_code_after_the_password_and_a_code_works_once(
     spaced = f"{fresh[:3]} {fresh[3:]}"
     done = post(client, "/admin/sign-in/code", "/admin/sign-in/code", code=spaced)
     assert done.status_code == 303 and done.headers["Location"] == "/admin/"
-    assert client.get("/admin/").status_code == 200
+    assert client.get("/admin/password").status_code == 200
     # Signed out, the same code fails a second time.
-    post(client, "/admin/sign-out", "/admin/")
+    post(client, "/admin/sign-out", "/admin/password")
     assert password_step(client, "ann@example.org").status_code == 303
     again = post(client, "/admin/sign-in/code", "/admin/sign-in/code", code=fresh)
     assert again.status_code == 401
