@@ -32,9 +32,7 @@ pytestmark = pytest.mark.browser
 
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 WIDTH = 1280
-# axe-core is injected as an inline script, which the admin's CSP refuses; the pages' own
-# script-free markup is checked separately (`no_script`).
-BROWSING = {"viewport": {"width": WIDTH, "height": 900}, "bypass_csp": True}
+BROWSING = {"viewport": {"width": WIDTH, "height": 900}}
 
 
 @pytest.fixture

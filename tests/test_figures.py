@@ -6,14 +6,17 @@ times straight into the database, so every expected count is written down beside
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from newsletter import clock
 from newsletter.audience import figures
 from newsletter.content.results import PERIODS, sequence_results, since_of
 from newsletter.db import db
@@ -26,7 +29,9 @@ from newsletter.models import (
     Heartbeat,
     Sequence,
 )
+from tests.helpers.apps import base_env, make_app
 from tests.helpers.rows import NOW, D, S, add_delivery, add_subscriber, build_cohorts
+from tests.helpers.smtp import SmtpSink
 
 
 @pytest.fixture
@@ -244,3 +249,31 @@ def test_flask_results_counts_the_cohort_of_a_period(
     assert part_one("all")[:6] == ["1", "5", "0", "0", "0", "3"]
     refused = app.test_cli_runner().invoke(args=["results", "--period", "365"])
     assert refused.exit_code != 0 and "'365' is not one of" in refused.output
+
+
+@pytest.mark.slow
+def test_a_real_worker_and_beat_leave_the_heartbeat_and_count_the_figures(
+    tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink, run_worker: Callable[..., object]
+) -> None:
+    env = base_env(tmp_path, sqlite_url, smtp_sink, DISPATCH_INTERVAL_SECONDS="0.5")
+    make_app(env)
+    with db.transaction() as session:
+        add_subscriber(session, "ann@x.test", created=clock.now())
+    run_worker(env)
+
+    def found() -> tuple[datetime | None, CachedFigures | None]:
+        with db.session() as session:
+            return heartbeat.last(session, heartbeat.DISPATCH), session.get(
+                CachedFigures, "dashboard"
+            )
+
+    # The beat ticks every half second, and refreshes the figures every REFRESH_SECONDS (its
+    # first run one interval after it starts); waited for with a generous bound, not timed.
+    deadline = time.monotonic() + figures.REFRESH_SECONDS * 4
+    tick, counted = found()
+    while (tick is None or counted is None) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        tick, counted = found()
+    assert tick is not None, "no dispatch tick left its heartbeat"
+    assert counted is not None, "the beat never counted the dashboard's figures"
+    assert counted.data["by_state"]["active"] == 1
