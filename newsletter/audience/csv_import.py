@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import enum
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -505,11 +504,3 @@ def _commit_batch(
         if last:
             entry.status = ImportStatus.DONE
             entry.finished_at = now
-
-
-def remove_file(imports_folder: Path, entry: SubscriberImport) -> None:
-    """Delete an import's stored file (an upload abandoned before it was started)."""
-    try:
-        os.unlink(imports_folder / entry.stored_name)
-    except FileNotFoundError:
-        pass

@@ -20,7 +20,7 @@ import csv
 import io
 import unicodedata
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -312,10 +312,7 @@ def _where_they_are(session: Session, rows: list[Row]) -> list[Row]:
         .order_by(Delivery.due_at)
     ):
         found.setdefault(subscriber_id, f"Part {position} of {title}")
-    return [
-        Row(**{**row.__dict__, "on_step": found.get(row.id)}) if row.id in found else row
-        for row in rows
-    ]
+    return [replace(row, on_step=found[row.id]) if row.id in found else row for row in rows]
 
 
 def page(
