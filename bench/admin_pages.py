@@ -178,10 +178,10 @@ SELECT g, 'uncertain', '{}', created FROM people WHERE mod(g, 50000) = 0""",
 
 def fill(database_url: str, subscribers: int) -> dict[str, Any]:
     """Migrate, import the seed, add a second sequence and load the rows; counts and time."""
-    from sqlalchemy import select, text
+    from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from newsletter.content.sequences import ensure_seed
+    from newsletter.content.sequences import SEED_ARTICLE, ensure_seed, import_article
     from newsletter.db import make_engine
     from newsletter.migrate import upgrade
     from newsletter.models import Sequence
@@ -193,23 +193,10 @@ def fill(database_url: str, subscribers: int) -> dict[str, Any]:
         with Session(engine) as session, session.begin():
             ensure_seed(session)
             first = session.scalars(select(Sequence).order_by(Sequence.id)).one().id
-            session.execute(
-                text(
-                    "INSERT INTO sequences (slug, title, description, is_default, send_hour, "
-                    "send_end_hour, send_days, created_at) SELECT 'welcome', 'Welcome course', "
-                    "'', false, 9, 21, '1234567', now()"
-                )
-            )
-            second = session.scalar(text("SELECT id FROM sequences WHERE slug = 'welcome'"))
-            session.execute(
-                text(
-                    "INSERT INTO steps (sequence_id, position, day_offset, subject, preheader, "
-                    "body_md, resources, updated_at) SELECT :second, position, day_offset, "
-                    "subject, preheader, body_md, resources, now() FROM steps "
-                    "WHERE sequence_id = :first"
-                ),
-                {"first": first, "second": second},
-            )
+            # The second sequence is the shipped article again, imported as the product
+            # imports any article, so that it has every column the schema asks for.
+            import_article(session, SEED_ARTICLE, slug="welcome")
+            second = session.scalar(select(Sequence.id).where(Sequence.slug == "welcome"))
             params = {"now": datetime.now(UTC), "subs": subscribers, "first": first,
                       "second": second}  # fmt: skip
             conn = session.connection()
