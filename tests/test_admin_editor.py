@@ -15,9 +15,21 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from newsletter import clock
 from newsletter.content import versions
 from newsletter.db import db
-from newsletter.models import Sequence, SequenceVersion, VersionState
+from newsletter.models import (
+    Delivery,
+    DeliveryKind,
+    DeliveryState,
+    Enrollment,
+    EnrollmentStatus,
+    Sequence,
+    SequenceVersion,
+    Subscriber,
+    SubscriberStatus,
+    VersionState,
+)
 from tests.helpers.admin import create_admin, csrf_token, signed_in
 from tests.test_admin_sequences import audit_entries, post, seed_id
 
@@ -274,3 +286,36 @@ def test_every_editor_post_needs_its_csrf_token(app: Flask, editor: FlaskClient)
         editor.post(f"{path}/steps/no-such-key/remove", data={"csrf_token": token}).status_code
         == 404
     )
+
+
+def test_a_publish_while_mail_is_being_sent_is_refused_clearly(
+    app: Flask, editor: FlaskClient
+) -> None:
+    steps = live_steps()
+    with db.transaction() as session:
+        sequence = session.scalars(select(Sequence)).one()
+        person = Subscriber(email="busy@example.org", status=SubscriberStatus.ACTIVE)
+        enrollment = Enrollment(
+            subscriber=person, sequence=sequence, status=EnrollmentStatus.ACTIVE
+        )
+        now = clock.now()
+        session.add(
+            Delivery(
+                kind=DeliveryKind.STEP,
+                subscriber=person,
+                enrollment=enrollment,
+                step_id=sequence.steps[0].id,
+                due_at=now,
+                state=DeliveryState.CLAIMED,
+                claimed_at=now,
+            )
+        )
+    last = steps[-1]
+    links = {f"resources-{n}-url": "https://example.org/x" for n in range(len(last["resources"]))}
+    save(editor, last["key"], **links)
+    path = f"/admin/sequences/{seed_id()}/publish"
+    refused = post(editor, path, {})
+    assert refused.status_code == 409
+    assert "being sent right now" in refused.get_data(as_text=True)
+    assert live_steps() == steps and draft_steps() is not None
+    assert [a[0] for a in audit_entries()] == ["sequence.step_update"]

@@ -322,3 +322,18 @@ def test_a_sequence_is_activated_paused_and_resumed(app: Flask, editor: FlaskCli
     ]
     bad = post(editor, f"{seed}/status", {"action": "delete"}, f"{seed}/settings")
     assert bad.status_code == 400
+
+
+def test_a_hostile_article_is_shown_as_text(app: Flask, editor: FlaskClient) -> None:
+    article = (
+        "# <script>alert(1)</script> \u202eleft\n\nSome words about it, in a paragraph.\n\n"
+        "## A second heading\n\nMore words, enough for a part.\n"
+    )
+    data = {"text": article, "markdown": "y", "action": "preview"}
+    shown = post(editor, "/admin/sequences/import", data)
+    page = shown.get_data(as_text=True)
+    assert shown.status_code == 200, page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    templated = post(editor, "/admin/sequences/import", data | {"text": "# {{ 7*7 }}\n\nWords."})
+    assert templated.status_code == 400
+    assert "arithmetic" in templated.get_data(as_text=True) and counts()[0] == 1

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from newsletter.content.rules import body_problems, html_problems, is_safe_url
+from newsletter.content.versions import (
+    DAY_OFFSET_MAX,
+    PREHEADER_MAX,
+    RESOURCES_MAX,
+    SUBJECT_MAX,
+    TEASER_MAX,
+)
 from newsletter.mail.compose import Addressee, Composer, sample_bodies
 from newsletter.mail.mime import HeaderError, checked_header
 from newsletter.mail.sandbox import (
@@ -26,16 +33,12 @@ from newsletter.mail.sandbox import (
 )
 from newsletter.models import Sequence, Step
 
-# The sizes of the columns the fields are stored in (models.Step).
-SUBJECT_MAX = 200
-PREHEADER_MAX = 300
-TEASER_MAX = 300
-RESOURCE_TITLE_MAX = 300
+# The bounds a draft holds its fields to (content/versions.py), so that what this module
+# accepts a draft accepts too, and each error shows beside its field.
+RESOURCE_TITLE_MAX = 200
 RESOURCE_BLURB_MAX = 1000
 RESOURCE_URL_MAX = 2000
-MAX_RESOURCES = 20
-# A part ten years after the first is a mistake, not a plan.
-DAY_OFFSET_MAX = 3650
+MAX_RESOURCES = RESOURCES_MAX
 _SCRIPT_LINK = re.compile(r"\]\(\s*<?\s*(javascript|vbscript|data|file)\s*:", re.IGNORECASE)
 # A preview's personal links belong to nobody (as a test send's do): they find nothing.
 NOBODY = 0

@@ -179,14 +179,15 @@ def step_save(sequence_id: int, key: str) -> ResponseReturnValue:
     if changed_names:
         try:
             with db.transaction() as session:
-                seq = sequence_or_404(session, sequence_id)
-                draft = versions.draft_of(session, seq)
+                # Its own name: after a rollback the page is drawn from `seq`, loaded above.
+                live = sequence_or_404(session, sequence_id)
+                draft = versions.draft_of(session, live)
                 versions.update_step(session, draft, key, **after)
                 audit.record(
                     session,
                     actor=current_admin(),
                     action="sequence.step_update",
-                    target=f"{target_of(seq)}/step:{key}",
+                    target=f"{target_of(live)}/step:{key}",
                     before={name: before[name] for name in changed_names},
                     after={name: after[name] for name in changed_names},
                 )

@@ -26,17 +26,14 @@ from wtforms.widgets import CheckboxInput, ListWidget
 
 from newsletter.content.catalogue import TITLE_MAX, WEEKDAYS
 from newsletter.content.preview import (
-    DAY_OFFSET_MAX,
     MAX_RESOURCES,
-    PREHEADER_MAX,
     RESOURCE_BLURB_MAX,
     RESOURCE_TITLE_MAX,
     RESOURCE_URL_MAX,
-    SUBJECT_MAX,
-    TEASER_MAX,
     sample_labels,
 )
 from newsletter.content.proposal import MAX_ARTICLE_CHARS, MAX_PARTS
+from newsletter.content.versions import DAY_OFFSET_MAX, PREHEADER_MAX, SUBJECT_MAX, TEASER_MAX
 from newsletter.mail.sandbox import MAX_SOURCE_CHARS
 
 SLUG_HINT = "Lower-case letters, digits and dashes; it names the series in signup links."

@@ -142,14 +142,8 @@ def sequence_import() -> ResponseReturnValue:
                 title=form.title.data,
             )
         except ArticleError as exc:
-            field = (
-                form.parts
-                if "parts" in str(exc)
-                else form.title
-                if "title" in str(exc)
-                else form.text
-            )
-            field.errors.append(str(exc))
+            # The form bounds the parts and the title already: what is left is the article's.
+            form.text.errors.append(str(exc))
     if shown is None:
         return _answer("admin/sequences/import.html", form, proposal=None)
     form.title.data = form.title.data or shown.title
