@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 
 from newsletter.content import sequences
 from newsletter.content.article import ArticleError
+from newsletter.content.results import PERIODS
 from newsletter.db import db
 from newsletter.runtime import runtime
 
@@ -157,21 +158,11 @@ def status_command() -> None:
 def _sending_state() -> str:
     """Whether mail is going out, and if not, why and until when."""
     from newsletter import clock
-    from newsletter.delivery import breaker
+    from newsletter.delivery.status import brake
 
     with db.session() as session:
-        trip = breaker.active_trip(session)
-    if trip is not None:
-        return (
-            f"HELD by the bounce breaker since {trip.tripped_at.isoformat()}: {trip.reason}. "
-            "Check the relay and the list; lift suppressions made by mistake "
-            "(flask --app web suppressions list --since ...), then: flask --app web resume"
-        )
-    pause = runtime().flow().pause()
-    if pause is None:
-        return "running"
-    left = pause.until - clock.now().timestamp()
-    return f"PAUSED for {max(0.0, left):.0f} s more (resumes by itself): {pause.reason}"
+        current = brake(session, runtime().flow().pause())
+        return current.describe(clock.now())
 
 
 @click.command("resume")
@@ -254,11 +245,19 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
 @click.command("results")
 @with_appcontext
 @click.option("--sequence", "slug", help="Only this sequence (default: every sequence).")
-def results_command(slug: str | None) -> None:
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    default="all",
+    show_default=True,
+    help="Only the readers who enrolled in the last 7, 30 or 90 days (a cohort).",
+)
+def results_command(slug: str | None, period: str) -> None:
     """Show each sequence's readers and every part's results (sent, to go, left after it)."""
     from sqlalchemy import select
 
-    from newsletter.content.results import sequence_results
+    from newsletter import clock
+    from newsletter.content.results import sequence_results, since_of
     from newsletter.models import EnrollmentStatus, Sequence
 
     with db.session() as session:
@@ -269,7 +268,8 @@ def results_command(slug: str | None) -> None:
             chosen = [found]
         else:
             chosen = list(session.scalars(select(Sequence).order_by(Sequence.id)))
-        results = [sequence_results(session, sequence) for sequence in chosen]
+        since = since_of(period, clock.now())
+        results = [sequence_results(session, sequence, since) for sequence in chosen]
     for result in results:
         click.echo(f"{result.slug}: {result.title}")
         readers = ", ".join(

@@ -613,6 +613,41 @@ class SequenceVersion(Base):
     sequence: Mapped[Sequence] = relationship()
 
 
+# -- The dashboard: the dispatcher's heartbeat and cached figures ---------------------------------
+
+
+class Heartbeat(Base):
+    """The last time a periodic job ran (one row per job, e.g. "dispatch"), overwritten."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]
+
+
+class CachedFigures(Base):
+    """Figures that are too costly to count on every page view, and when they were counted.
+
+    `key` names what was counted ("dashboard", "funnel:3:30"); `data` is its JSON form.
+    """
+
+    __tablename__ = "cached_figures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    computed_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The per-day counts of the dashboard read a month of rows through these, never the whole table.
+Index("ix_subscribers_created_at", Subscriber.created_at)
+Index("ix_subscribers_confirmed_at", Subscriber.confirmed_at)
+Index("ix_deliveries_sent_at", Delivery.sent_at)
+# The funnel's cohort: a sequence's enrollments begun in the chosen period, and their
+# deliveries' states and steps read from the index alone.
+Index("ix_enrollments_sequence_created", Enrollment.sequence_id, Enrollment.created_at)
+Index("ix_deliveries_enrollment_state", Delivery.enrollment_id, Delivery.state, Delivery.step_id)
+# The uncertain sends of the engine's health: a few rows among millions of events.
+Index("ix_events_kind", Event.kind)
 # -- People: the subscribers table, erasure and CSV imports (the admin's subscribers area) -------
 
 

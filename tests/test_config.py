@@ -53,6 +53,8 @@ def test_embedded_defaults(tmp_path: Path) -> None:
         ("BREAKER_SHARE", "1.5"),
         ("BREAKER_SHARE", "0"),
         ("BREAKER_WINDOW", "3"),
+        ("ADMIN_IDLE_MINUTES", "0"),
+        ("ADMIN_IDLE_MINUTES", "soon"),
     ],
 )
 def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from flask import Flask
 from sqlalchemy import select
@@ -13,7 +17,7 @@ from sqlalchemy import select
 from newsletter import clock
 from newsletter.audience import moves, subscriptions
 from newsletter.content.pausing import pause_sequence, resume_sequence
-from newsletter.content.sequences import sequence_for
+from newsletter.content.sequences import ensure_seed, sequence_for
 from newsletter.db import db
 from newsletter.delivery import planning
 from newsletter.delivery.holds import ActionRefused
@@ -29,6 +33,7 @@ from newsletter.models import (
     Sequence,
     SequenceStatus,
 )
+from tests.helpers.apps import base_env, make_app
 from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
 from tests.helpers.smtp import SmtpSink
 
@@ -228,3 +233,70 @@ def test_a_draft_sequence_is_not_offered_to_signups(app: Flask) -> None:
         )
     with db.transaction() as session, pytest.raises(ActionRefused, match="draft"):
         pause_sequence(session, session.scalars(select(Sequence)).one(), clock.now())
+
+
+def test_a_group_of_last_parts_completes_active_and_paused_enrollments(
+    app: Flask, at_time: Any
+) -> None:
+    at_time(NOON)
+    people = [active_subscriber(f"p{i}@example.org") for i in range(3)]
+    with db.transaction() as session:
+        paused_one = session.scalars(
+            select(Enrollment).where(Enrollment.subscriber_id == people[0])
+        ).one()
+        moves.pause_enrollment(session, paused_one, NOON)
+    with db.session() as session:
+        follows = [
+            planning.FollowUp(e.id, e.subscriber_id, NOON, "UTC", e.sequence.window, None, 0)
+            for e in session.scalars(select(Enrollment))
+        ]
+    # One recorded group, one executemany for every completion in it.
+    with db.engine.connect() as conn, conn.begin():
+        planning.schedule_next(conn, [(f, NOON) for f in follows], NOON, 86400)
+    with db.session() as session:
+        statuses = list(session.scalars(select(Enrollment.status)))
+    assert statuses == [EnrollmentStatus.COMPLETED] * 3
+
+
+@pytest.mark.postgres
+def test_a_part_planned_while_a_resume_commits_is_not_left_held(
+    tmp_path: Path, postgres_url: str, smtp_sink: SmtpSink
+) -> None:
+    """The planner reads the statuses under a share lock, so a resume waits for a part being
+    planned as held and then lets it go too (without the lock it would wait for ever)."""
+    make_app(base_env(tmp_path, postgres_url, smtp_sink))
+    with db.transaction() as session:
+        ensure_seed(session)
+    subscriber_id = active_subscriber("ivy@example.org")
+    claim_all()  # part 1 is on its way
+    pause()
+    with db.session() as session:
+        enrollment = session.scalars(select(Enrollment)).one()
+        follow = planning.FollowUp(
+            enrollment.id,
+            subscriber_id,
+            NOON,
+            "UTC",
+            enrollment.sequence.window,
+            enrollment.sequence.steps[1].id,
+            1,
+        )
+    with db.engine.connect() as planner:
+        planner.begin()
+        planning.schedule_next(planner, [(follow, clock.now())], clock.now(), 86400)
+        resumer = threading.Thread(target=resume)
+        resumer.start()
+        # Commit the planned part only once the resume waits for it (or has finished).
+        with psycopg.connect(postgres_url, autocommit=True) as watcher:
+            while (
+                resumer.is_alive()
+                and not watcher.execute("SELECT 1 FROM pg_locks WHERE NOT granted").fetchall()
+            ):
+                time.sleep(0.05)
+        planner.commit()
+    resumer.join(timeout=30)
+    assert not resumer.is_alive()
+    assert [d.state for d in step_rows(subscriber_id)] == [
+        DeliveryState.CLAIMED,
+        DeliveryState.SCHEDULED,
+    ]

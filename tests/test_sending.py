@@ -29,6 +29,7 @@ from newsletter.models import (
     Suppression,
 )
 from tests.helpers.apps import runtime_of
+from tests.helpers.crowd import seat
 from tests.helpers.mailparse import html_of, part_number, text_of
 from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
 from tests.helpers.smtp import SmtpSink
@@ -275,3 +276,45 @@ def test_an_attempt_older_than_the_bound_is_a_dead_worker(app: Flask) -> None:
         db.session, subscriber_id, clock.now, 5, sleep=polls.append
     )
     assert polls == []
+
+
+def test_one_recorded_group_completes_several_enrollments(app: Flask) -> None:
+    """Two last parts recorded in one group: both enrollments complete in one executemany (an
+    IN list there once made it fail, and with it the recording of the whole group)."""
+    from newsletter.delivery import planning
+
+    now = clock.now()
+    every_part = {n: DeliveryState.SENT for n in (1, 2, 3, 4)}
+    with db.transaction() as session:
+        sequence = session.scalars(select(Sequence)).one()
+        window = sequence.window
+        enrollments = [
+            seat(
+                session,
+                sequence,
+                f"last{i}@example.org",
+                EnrollmentStatus.ACTIVE,
+                every_part,
+                now=now,
+                due=now,
+            )
+            for i in range(2)
+        ]
+        follows = [
+            planning.FollowUp(
+                enrollment_id=enrollment_id,
+                subscriber_id=session.get(Enrollment, enrollment_id).subscriber_id,  # type: ignore[union-attr]
+                started_at=now,
+                time_zone="UTC",
+                window=window,
+                next_step_id=None,
+                next_day_offset=0,
+            )
+            for enrollment_id in enrollments
+        ]
+    with db.engine.begin() as conn:
+        planning.schedule_next(conn, [(follow, now) for follow in follows], now, 86400)
+    with db.session() as session:
+        for enrollment_id in enrollments:
+            enrollment = session.get(Enrollment, enrollment_id)
+            assert enrollment is not None and enrollment.status is EnrollmentStatus.COMPLETED

@@ -34,9 +34,9 @@ from newsletter.models import (
     SequenceVersion,
     Step,
     Subscriber,
-    SubscriberStatus,
     VersionState,
 )
+from tests.helpers.crowd import seat
 from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
 from tests.helpers.smtp import SmtpSink
 
@@ -65,48 +65,19 @@ def the_sequence(session: Session) -> Sequence:
 def seat_crowd(session: Session, sequence: Sequence) -> dict[str, int]:
     """Subscribers at every place of the 4-step seed sequence; their enrollment ids by name."""
     now = clock.now()
-    steps = list(sequence.steps)
-    assert len(steps) == 4
-    ids: dict[str, int] = {}
-    for name, status, rows in CROWD:
-        subscriber = Subscriber(
-            email=f"{name}@example.org",
-            first_name=name,
-            time_zone="UTC",
-            status=SubscriberStatus.PENDING
-            if status is EnrollmentStatus.PENDING
-            else SubscriberStatus.ACTIVE,
+    assert len(sequence.steps) == 4
+    return {
+        name: seat(
+            session,
+            sequence,
+            f"{name}@example.org",
+            status,
+            rows,
+            now=now,
+            due=now + timedelta(hours=20),
         )
-        session.add(subscriber)
-        session.flush()
-        started = now - timedelta(days=len(rows))
-        enrollment = Enrollment(
-            subscriber_id=subscriber.id,
-            sequence_id=sequence.id,
-            status=status,
-            started_at=None if status is EnrollmentStatus.PENDING else started,
-        )
-        session.add(enrollment)
-        session.flush()
-        for number, state in rows.items():
-            sent = state in (S.SENT, S.FAILED, S.SKIPPED)
-            due = started + timedelta(days=number - 1) if sent else now + timedelta(hours=20)
-            session.add(
-                Delivery(
-                    kind=DeliveryKind.STEP,
-                    subscriber_id=subscriber.id,
-                    enrollment_id=enrollment.id,
-                    step_id=steps[number - 1].id,
-                    due_at=due,
-                    first_due_at=due,
-                    state=state,
-                    sent_at=due if state is S.SENT else None,
-                    created_at=due,
-                )
-            )
-        ids[name] = enrollment.id
-    session.flush()
-    return ids
+        for name, status, rows in CROWD
+    }
 
 
 @dataclass
@@ -602,3 +573,50 @@ def test_a_paused_person_waiting_on_a_removed_step_stays_held_on_the_next(app: F
         resume_enrollment(session, enrollment, clock.now())
     with db.session() as session:
         assert waiting_key(session, world.crowd["wait3"]) == world.keys[4]
+
+
+@pytest.mark.parametrize(
+    ("edit", "waits"),
+    [
+        ("text of a later step", False),
+        ("a step right after the one on its way", True),
+        ("a step after the next one", False),
+    ],
+)
+def test_a_part_on_its_way_holds_up_only_a_publish_that_changes_what_follows_it(
+    app: Flask, edit: str, waits: bool
+) -> None:
+    """wait2's part 2 is being sent; the worker will schedule part 3 as the live version says."""
+    world = make_world()
+    with db.transaction() as session:
+        row = session.scalars(
+            select(Delivery).where(
+                Delivery.enrollment_id == world.crowd["wait2"], Delivery.state == S.SCHEDULED
+            )
+        ).one()
+        row.state, row.claimed_at = S.CLAIMED, clock.now()
+        claimed_id = row.id
+        draft = versions.draft_of(session, the_sequence(session))
+        if edit == "text of a later step":
+            versions.update_step(session, draft, world.keys[3], subject="Part three, retold")
+        elif edit == "a step right after the one on its way":
+            versions.add_step(session, draft, world.keys[2])
+        else:
+            key = versions.add_step(session, draft, world.keys[3])
+            versions.update_step(session, draft, key, day_offset=2)
+    with db.transaction() as session:
+        if waits:
+            with pytest.raises(PublishBusy):
+                versions.publish(session, the_sequence(session), "kit@example.org")
+        else:
+            versions.publish(session, the_sequence(session), "kit@example.org")
+    with db.session() as session:
+        assert versions.open_draft(session, the_sequence(session)) is not None or not waits
+        claimed = session.get(Delivery, claimed_id)
+        assert claimed is not None and claimed.state is S.CLAIMED
+        assert (
+            claimed.step_id
+            == session.scalars(select(Step.id).where(Step.key == world.keys[2])).one()
+        )
+        enrollment = session.get(Enrollment, world.crowd["wait2"])
+        assert enrollment is not None and enrollment.version == (1 if waits else 2)

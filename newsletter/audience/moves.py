@@ -43,6 +43,12 @@ __all__ = [
 ]
 
 
+def _lock(session: Session, enrollment: Enrollment) -> None:
+    """Take the person's row lock (see `holds.lock_person`) and read the enrollment afresh."""
+    holds.lock_person(session, enrollment.subscriber_id)
+    session.refresh(enrollment)
+
+
 def _check_reachable(session: Session, subscriber: Subscriber) -> None:
     """Refuse a move that would mail someone who left or is suppressed."""
     if subscriber.status is not SubscriberStatus.ACTIVE:
@@ -62,6 +68,7 @@ def pause_enrollment(
     A mail already claimed by a worker is not called back once it is being sent; the part
     after it is born held. Raises ActionRefused unless the enrollment is active.
     """
+    _lock(session, enrollment)
     if enrollment.status is not EnrollmentStatus.ACTIVE:
         raise ActionRefused(
             f"This enrollment is {enrollment.status.value}; only an active one pauses."
@@ -87,13 +94,14 @@ def resume_enrollment(
     While the sequence itself is paused the part stays held until the sequence resumes.
     Returns how many rows were let go. Raises ActionRefused unless the enrollment is paused.
     """
+    _lock(session, enrollment)
     if enrollment.status is not EnrollmentStatus.PAUSED:
         raise ActionRefused(f"This enrollment is {enrollment.status.value}, not paused.")
     enrollment.status = EnrollmentStatus.ACTIVE
     session.flush()
     reason = f"resumed by {by}"
     released = 0
-    if enrollment.sequence.status is SequenceStatus.PAUSED:
+    if planning.sequence_paused(session, enrollment.sequence_id):
         reason += " (the sequence is paused: nothing is sent until it resumes)"
     else:
         released = holds.release(session, holds.of_enrollment(enrollment.id), now)
@@ -123,6 +131,7 @@ def restart_enrollment(
     cannot be mailed, or an enrollment that is pending, stopped, or not the person's latest
     in that sequence.
     """
+    _lock(session, enrollment)
     subscriber = enrollment.subscriber
     _check_reachable(session, subscriber)
     if enrollment.sequence.status is SequenceStatus.DRAFT:
@@ -193,6 +202,7 @@ def move_to_step(
     step of another sequence, one they had or passed (restart or resend reach those), a part
     being sent right now, or an enrollment that is not active or paused.
     """
+    _lock(session, enrollment)
     if enrollment.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         raise ActionRefused(
             f"This enrollment is {enrollment.status.value}; only an active or paused one moves."
@@ -206,6 +216,8 @@ def move_to_step(
             select(Delivery, Step.position)
             .join(Step, Step.id == Delivery.step_id)
             .where(Delivery.enrollment_id == enrollment.id)
+            # A claim skips rows locked here, so the part being moved cannot go meanwhile.
+            .with_for_update(of=Delivery)
         )
     ]
     if any(row.state is DeliveryState.CLAIMED for row, _ in rows):
@@ -245,7 +257,7 @@ def move_to_step(
             now,
             enrollment_id=enrollment.id,
             step_id=step.id,
-            held=planning.paused(enrollment),
+            held=planning.paused(session, enrollment),
         )
     session.flush()
     holds.note(
@@ -275,6 +287,8 @@ def resend_step(
     mailed, a step they have not had (move them to it instead), or a resend of it already
     waiting.
     """
+    holds.lock_person(session, subscriber.id)
+    session.refresh(subscriber)
     _check_reachable(session, subscriber)
     sent = session.scalar(
         select(Delivery.id).where(
@@ -305,7 +319,7 @@ def resend_step(
         now,
         now,
         step_id=step.id,
-        held=step.sequence.status is SequenceStatus.PAUSED,
+        held=planning.sequence_paused(session, step.sequence_id),
     )
     session.flush()
     holds.note(

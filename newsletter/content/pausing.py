@@ -5,6 +5,11 @@ planned while it is paused (after a mail that was already on its way, or for som
 confirms meanwhile) is born held. Resuming lets go of what the sequence held, due no sooner
 than now, except what a paused enrollment holds on its own account: that person stays paused.
 Each reader's timeline gets an event saying what happened and why.
+
+The order of the writes matters on PostgreSQL: the events first (they take a key-share lock
+on each reader's row, which signup, confirm and unsubscribe lock first), then the sequence's
+status, which the planner reads under a share lock (`planning.paused`), so a part planned
+while a pause or resume commits waits for it and is born in the right state; then the holds.
 """
 
 from __future__ import annotations
@@ -31,9 +36,6 @@ def pause_sequence(session: Session, sequence: Sequence, now: datetime, by: str 
     """
     if sequence.status is not SequenceStatus.ACTIVE:
         raise ActionRefused(f"The sequence is {sequence.status.value}; only an active one pauses.")
-    sequence.status = SequenceStatus.PAUSED
-    session.flush()
-    held = holds.hold(session, holds.of_sequence(sequence.id))
     holds.note_enrolled(
         session,
         _readers(sequence),
@@ -41,7 +43,9 @@ def pause_sequence(session: Session, sequence: Sequence, now: datetime, by: str 
         {"sequence": sequence.slug, "reason": f"sequence paused by {by}"},
         now,
     )
-    return held
+    sequence.status = SequenceStatus.PAUSED
+    session.flush()
+    return holds.hold(session, holds.of_sequence(sequence.id))
 
 
 def resume_sequence(session: Session, sequence: Sequence, now: datetime, by: str = "admin") -> int:
@@ -52,13 +56,6 @@ def resume_sequence(session: Session, sequence: Sequence, now: datetime, by: str
     """
     if sequence.status is not SequenceStatus.PAUSED:
         raise ActionRefused(f"The sequence is {sequence.status.value}, not paused.")
-    sequence.status = SequenceStatus.ACTIVE
-    session.flush()
-    released = holds.release(
-        session,
-        holds.of_sequence(sequence.id) & holds.not_of_paused_enrollments(sequence.id),
-        now,
-    )
     holds.note_enrolled(
         session,
         _readers(sequence),
@@ -66,4 +63,10 @@ def resume_sequence(session: Session, sequence: Sequence, now: datetime, by: str
         {"sequence": sequence.slug, "reason": f"sequence resumed by {by}"},
         now,
     )
-    return released
+    sequence.status = SequenceStatus.ACTIVE
+    session.flush()
+    return holds.release(
+        session,
+        holds.of_sequence(sequence.id) & holds.not_of_paused_enrollments(sequence.id),
+        now,
+    )

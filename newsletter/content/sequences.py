@@ -12,7 +12,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter.content import versions
-from newsletter.content.article import ArticleError, load_sidecar, split_article
+from newsletter.content.article import (
+    ArticleError,
+    Sidecar,
+    SplitResult,
+    load_sidecar,
+    split_article,
+)
 from newsletter.content.rules import body_problems, html_problems
 from newsletter.mail.compose import EMAILS_DIR, sample_bodies
 from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
@@ -35,10 +41,20 @@ class ImportReport:
     dropped: list[str] = field(default_factory=list)
 
 
+def slugify(text: str, limit: int = 60) -> str:
+    """A URL-safe slug from a name or a title ("article" when nothing of it is left)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower())[:limit].strip("-")
+    return slug or "article"
+
+
 def slug_for(path: Path) -> str:
     """A URL-safe slug from a file name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", path.stem.lower()).strip("-")
-    return slug or "article"
+    return slugify(path.stem, limit=100)
+
+
+def is_slug(text: str) -> bool:
+    """True for lower-case letters, digits and single dashes, at most 100 characters."""
+    return len(text) <= 100 and bool(_SLUG.match(text))
 
 
 def _check_parts(parts: list[Any]) -> None:
@@ -93,24 +109,74 @@ def import_article(
     """
     if not path.is_file():
         raise ArticleError(f"no article file at {path}")
-    slug = slug or slug_for(path)
-    if not _SLUG.match(slug):
-        raise ArticleError(f"slug {slug!r} must be lower-case letters, digits and dashes")
     sidecar = load_sidecar(path.with_suffix(".toml"))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ArticleError(f"{path} is not UTF-8 text") from None
+    return import_text(
+        session,
+        text,
+        slug=slug or slug_for(path),
+        markdown=path.suffix.lower() in (".md", ".markdown"),
+        sidecar=sidecar,
+        parts=parts,
+        replace=replace,
+        publish=publish,
+        actor_email=actor_email,
+        day_seconds=day_seconds,
+        sidecar_name=path.with_suffix(".toml").name,
+    )
+
+
+def split_text(
+    text: str,
+    *,
+    markdown: bool,
+    sidecar: Sidecar | None = None,
+    parts: int | None = None,
+    sidecar_name: str = "the article's .toml sidecar",
+) -> SplitResult:
+    """An article's text split into checked parts; ArticleError names what is wrong."""
+    sidecar = sidecar or Sidecar()
     result = split_article(
         text,
-        markdown=path.suffix.lower() in (".md", ".markdown"),
+        markdown=markdown,
         title=sidecar.title,
         parts=parts or sidecar.parts,
         minutes_per_part=sidecar.minutes_per_part or 2.5,
         links=sidecar.links,
-        sidecar_name=path.with_suffix(".toml").name,
+        sidecar_name=sidecar_name,
     )
     _check_parts(result.parts)
+    return result
+
+
+def import_text(
+    session: Session,
+    text: str,
+    *,
+    slug: str,
+    markdown: bool = False,
+    sidecar: Sidecar | None = None,
+    parts: int | None = None,
+    replace: bool = False,
+    publish: bool = False,
+    actor_email: str | None = None,
+    day_seconds: float = REAL_DAY,
+    sidecar_name: str = "the article's .toml sidecar",
+) -> ImportReport:
+    """An article's text as a new sequence named `slug` (or, with `replace`, its new steps).
+
+    Raises ArticleError with a clear message on bad input, before anything is written; see
+    `import_article` for `publish`.
+    """
+    if not _SLUG.match(slug):
+        raise ArticleError(f"slug {slug!r} must be lower-case letters, digits and dashes")
+    sidecar = sidecar or Sidecar()
+    result = split_text(
+        text, markdown=markdown, sidecar=sidecar, parts=parts, sidecar_name=sidecar_name
+    )
     sequence = session.scalar(select(Sequence).where(Sequence.slug == slug))
     if sequence is not None and not replace:
         raise ArticleError(f"a sequence with slug {slug!r} exists; pass --replace to rebuild it")

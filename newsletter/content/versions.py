@@ -473,8 +473,10 @@ class PublishPlan:
     two_in_a_day: int = 0
     already_had: int = 0
     backwards: int = 0
-    busy: int = 0
+    busy: int = 0  # parts being sent whose next part the publish would change
     max_delivery_id: int = 0
+    # Parts being sent whose next part is the same under both versions: they need not wait.
+    claimed_ids: set[int] = field(default_factory=set)
 
     def number_of(self, key: str | None) -> int | None:
         """The number (1..n) of a step in the new order."""
@@ -755,13 +757,20 @@ def _placements(
         rows.setdefault(row.enrollment_id, []).append(row)
         result.max_delivery_id = max(result.max_delivery_id, row.id)
     gap = timedelta(seconds=MIN_GAP_DAYS * day_seconds)
+    settings_changed = any(settings[name] != getattr(sequence, name) for name in SETTINGS)
     for enrollment in enrollments:
         mine = rows.get(enrollment.id, [])
-        claimed = sum(1 for r in mine if r.state == DeliveryState.CLAIMED)
+        claimed = [r for r in mine if r.state == DeliveryState.CLAIMED]
         if claimed:
-            # Being sent: the worker schedules what follows. A publish waits for it
-            # (PublishBusy) and is then planned again, with the part recorded as had.
-            result.busy += claimed
+            # Being sent: the worker schedules what follows, as the version it loaded says.
+            # When this publish would say otherwise, it waits (PublishBusy) and is planned
+            # again with the part recorded as had.
+            if settings_changed or not _follows_alike(
+                claimed, mine, live, order, days, ranks, all_steps
+            ):
+                result.busy += len(claimed)
+            else:
+                result.claimed_ids.add(claimed[0].id)
             continue
         had = frozenset(all_steps[r.step_id] for r in mine if r.state in HAD_STATES)
         taken = {all_steps[r.step_id] for r in mine}
@@ -818,11 +827,53 @@ def _placements(
     return result
 
 
+def _follows_alike(
+    claimed: list[Any],
+    mine: list[Any],
+    live: list[Step],
+    order: list[str],
+    days: dict[str, int],
+    ranks: dict[str, float],
+    all_steps: dict[int, str],
+) -> bool:
+    """Whether the part after the one being sent is the same step, on the same day, under the
+    live version (what the worker loaded) and under the draft (Kit's rule)."""
+    if len(claimed) != 1 or any(r.state in UNSENT_STATES for r in mine):
+        return False
+    step = next((s for s in live if s.id == claimed[0].step_id), None)
+    if step is None or step.key not in order:
+        return False  # a step the publish removes must not be on its way meanwhile
+    taken = {r.step_id for r in mine}
+    old_next = planning.next_step(live, step, taken)
+    had = [all_steps[r.step_id] for r in mine if r.state in HAD_STATES]
+    place = max(ranks[key] for key in had)
+    taken_keys = {all_steps[i] for i in taken}
+    new_next = next((k for k in order if ranks[k] > place and k not in taken_keys), None)
+    if old_next is None or new_next is None:
+        return old_next is None and new_next is None
+    return old_next.key == new_next and old_next.day_offset == days[new_next]
+
+
+def _claimed_ids(session: Session, sequence: Sequence) -> set[int]:
+    return set(
+        session.scalars(
+            select(Delivery.id)
+            .join(Step, Step.id == Delivery.step_id)
+            .join(Enrollment, Enrollment.id == Delivery.enrollment_id)
+            .where(
+                Step.sequence_id == sequence.id,
+                Delivery.state == DeliveryState.CLAIMED,
+                Enrollment.status.in_(IN_PROGRESS),
+            )
+        )
+    )
+
+
 # -- publishing ----------------------------------------------------------------------------------
 
 
 def _lock(session: Session, sequence: Sequence) -> None:
-    """Hold the sequence and its waiting deliveries until the publish commits (PostgreSQL).
+    """Hold the sequence, its open enrollments and waiting deliveries till commit (PostgreSQL).
 
     Claims take waiting rows with FOR UPDATE SKIP LOCKED, so they pass these by meanwhile; a
     confirmation waits on the sequence row (planning.start_enrollment). On SQLite the write
@@ -831,23 +882,22 @@ def _lock(session: Session, sequence: Sequence) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     session.execute(select(Sequence.id).where(Sequence.id == sequence.id).with_for_update())
+    # Enrollments before deliveries, the order an unsubscribe takes them in (stop the
+    # enrollments, then skip the rows): the other order could deadlock with it.
+    session.execute(
+        select(Enrollment.id)
+        .where(
+            Enrollment.sequence_id == sequence.id,
+            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES),
+        )
+        .order_by(Enrollment.id)
+        .with_for_update()
+    )
     session.execute(
         select(Delivery.id)
         .join(Step, Step.id == Delivery.step_id)
         .where(Step.sequence_id == sequence.id, Delivery.state.in_(UNSENT_STATES))
         .with_for_update(of=Delivery)
-    )
-
-
-def _claimed(session: Session, sequence: Sequence) -> int:
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Delivery)
-            .join(Step, Step.id == Delivery.step_id)
-            .where(Step.sequence_id == sequence.id, Delivery.state == DeliveryState.CLAIMED)
-        )
-        or 0
     )
 
 
@@ -936,10 +986,9 @@ def publish(
                 raise DraftError(name, f"step {number}: {exc.message}") from None
     _check_whole(steps)
     _lock(session, sequence)
-    busy = _claimed(session, sequence)
-    if busy:
-        raise PublishBusy(busy)
     the_plan = _placements(session, sequence, draft, now, day_seconds)
+    if the_plan.busy:
+        raise PublishBusy(the_plan.busy)
     if not the_plan.safe:
         # The rule makes this impossible; a plan that says otherwise is a bug, not a publish.
         raise DraftError("version", "; ".join(the_plan._promises()))
@@ -961,9 +1010,9 @@ def publish(
     # Nothing of this sequence may have been claimed or planned behind the plan's back (on
     # PostgreSQL a claim can only take a row made after the lock): else, all of it waits.
     session.flush()
-    busy = _claimed(session, sequence)
-    if busy:
-        raise PublishBusy(busy)
+    behind_our_back = _claimed_ids(session, sequence) - the_plan.claimed_ids
+    if behind_our_back:
+        raise PublishBusy(len(behind_our_back))
     newest_made = max((i for i in made if i is not None), default=0)
     if _newest_delivery(session, sequence) > max(the_plan.max_delivery_id, newest_made):
         raise PublishBusy(1)
@@ -1033,7 +1082,7 @@ def _move(
             now,
             enrollment_id=enrollment.id,
             step_id=target.id,
-            held=planning.paused(enrollment),
+            held=planning.paused(session, enrollment),
         )
         session.flush()
         delivery_id = made = row.id

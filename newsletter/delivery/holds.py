@@ -28,6 +28,7 @@ from newsletter.models import (
     EnrollmentStatus,
     Event,
     Step,
+    Subscriber,
 )
 
 
@@ -83,6 +84,14 @@ def not_of_paused_enrollments(sequence_id: int) -> ColumnElement[bool]:
         Enrollment.sequence_id == sequence_id, Enrollment.status == EnrollmentStatus.PAUSED
     )
     return Delivery.enrollment_id.is_(None) | Delivery.enrollment_id.not_in(paused)
+
+
+def lock_person(session: Session, subscriber_id: int) -> None:
+    """Take the subscriber's row lock first, as signup, confirm and unsubscribe do, so a move
+    for one person and those take turns instead of deadlocking (PostgreSQL)."""
+    session.execute(
+        select(Subscriber.id).where(Subscriber.id == subscriber_id).with_for_update()
+    ).all()
 
 
 def note(

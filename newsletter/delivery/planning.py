@@ -65,12 +65,27 @@ def add_delivery(
     return delivery
 
 
-def paused(enrollment: Enrollment) -> bool:
-    """Whether the enrollment's parts wait: it, or its sequence, is paused."""
-    return (
-        enrollment.status is EnrollmentStatus.PAUSED
-        or enrollment.sequence.status is SequenceStatus.PAUSED
-    )
+def paused(session: Session, enrollment: Enrollment) -> bool:
+    """Whether the enrollment's parts wait: it, or its sequence, is paused.
+
+    Read under a share lock (PostgreSQL): a pause or resume committing meanwhile is waited
+    for and seen, so no part is born held after a resume let the held ones go.
+    """
+    own, sequence = session.execute(
+        select(Enrollment.status, Sequence.status)
+        .join(Sequence, Sequence.id == Enrollment.sequence_id)
+        .where(Enrollment.id == enrollment.id)
+        .with_for_update(read=True)
+    ).one()
+    return bool(own is EnrollmentStatus.PAUSED or sequence is SequenceStatus.PAUSED)
+
+
+def sequence_paused(session: Session, sequence_id: int) -> bool:
+    """Whether a sequence is paused, read under a share lock like `paused`."""
+    status = session.execute(
+        select(Sequence.status).where(Sequence.id == sequence_id).with_for_update(read=True)
+    ).scalar_one()
+    return bool(status is SequenceStatus.PAUSED)
 
 
 def _schedule_step(
@@ -98,7 +113,7 @@ def _schedule_step(
         now,
         enrollment_id=enrollment.id,
         step_id=step.id,
-        held=paused(enrollment),
+        held=paused(session, enrollment),
     )
 
 
@@ -187,8 +202,10 @@ def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step |
 _DELIVERIES = table_of(Delivery)
 _ENROLLMENTS = table_of(Enrollment)
 # A paused enrollment whose last part was already on its way when the pause came completes.
+# (Two comparisons, not IN: an IN list is an expanding parameter, which executemany refuses.)
 _STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
-    _ENROLLMENTS.c.status.in_([EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED])
+    (_ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE)
+    | (_ENROLLMENTS.c.status == EnrollmentStatus.PAUSED)
 )
 _COMPLETE = (
     update(_ENROLLMENTS)
@@ -201,23 +218,29 @@ _COMPLETE = (
 # way when the pause came is followed by a part that waits). Written as text because
 # SQLAlchemy does not cache the compiled form of dialect INSERTs with ON CONFLICT, and this
 # runs once per mail; PostgreSQL and SQLite share the syntax.
-_INSERT_NEXT = text(
+_INSERT_NEXT_SQL = (
     "INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,"
     " state, attempts, created_at)"
     " SELECT :kind, :subscriber_id, e.id, :step_id, :due, :due,"
     " CASE WHEN e.status = :paused OR s.status = :paused THEN :held ELSE :scheduled END, 0, :now"
     " FROM enrollments e JOIN sequences s ON s.id = e.sequence_id"
     " WHERE e.id = :enrollment_id AND e.status IN (:active, :paused)"
-    " ON CONFLICT (enrollment_id, step_id) DO NOTHING"
-).bindparams(
-    bindparam("due", type_=_DELIVERIES.c.due_at.type),
-    bindparam("now", type_=_DELIVERIES.c.created_at.type),
-    kind=DeliveryKind.STEP.value,
-    scheduled=DeliveryState.SCHEDULED.value,
-    held=DeliveryState.HELD.value,
-    active=EnrollmentStatus.ACTIVE.value,
-    paused=EnrollmentStatus.PAUSED.value,
+    "{lock} ON CONFLICT (enrollment_id, step_id) DO NOTHING"
 )
+_INSERT_NEXT = {
+    # PostgreSQL reads the two statuses under a share lock (see `paused`); SQLite's writers
+    # take turns, and it has no FOR SHARE.
+    dialect: text(_INSERT_NEXT_SQL.format(lock=lock)).bindparams(
+        bindparam("due", type_=_DELIVERIES.c.due_at.type),
+        bindparam("now", type_=_DELIVERIES.c.created_at.type),
+        kind=DeliveryKind.STEP.value,
+        scheduled=DeliveryState.SCHEDULED.value,
+        held=DeliveryState.HELD.value,
+        active=EnrollmentStatus.ACTIVE.value,
+        paused=EnrollmentStatus.PAUSED.value,
+    )
+    for dialect, lock in (("postgresql", " FOR SHARE OF e, s"), ("sqlite", ""))
+}
 
 
 def schedule_next(
@@ -255,7 +278,7 @@ def schedule_next(
     if completed:
         conn.execute(_COMPLETE, completed)
     if following:
-        conn.execute(_INSERT_NEXT, following)
+        conn.execute(_INSERT_NEXT[conn.dialect.name], following)
 
 
 def stop_enrollments(

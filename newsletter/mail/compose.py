@@ -316,6 +316,7 @@ class Composer:
         total: int,
         *,
         unsubscribe_url: str | None = None,
+        cache: bool = True,
     ) -> Rendered:
         """One part of a series, with its Part k of N header, teaser and closing resources.
 
@@ -323,11 +324,13 @@ class Composer:
         and the personal links, and cached; each subscriber's copy only swaps in their own.
         Steps whose text uses template tags are rendered per subscriber, their values as
         tokens that are filled in the same way. Either way the name is text, never markup.
+        `cache=False` is for a step that is not a stored row (a draft being edited): its id
+        and update time say nothing about its text.
         """
         url = unsubscribe_url or self.unsubscribe_url(subscriber.id)
         name = subscriber.first_name or ""
         reader = self.tokens.reader_token(subscriber.id)
-        if _is_templated(step):
+        if _is_templated(step) or not cache:
             draft = self._render_step(step, sequence, total, name)
         else:
             key = (step.id, step.updated_at, total, sequence.title, bool(name))
@@ -405,10 +408,16 @@ class Composer:
         *,
         message_id: str | None = None,
         subject_prefix: str = "",
+        total: int | None = None,
+        cache: bool = True,
     ) -> Outgoing:
-        """One part of a series as wire bytes, with its List-Id and one-click unsubscribe."""
+        """One part of a series as wire bytes, with its List-Id and one-click unsubscribe.
+
+        `total` is the number of parts when it is not the live sequence's (a draft's step).
+        """
         url = self.unsubscribe_url(recipient.id)
-        rendered = self.step(recipient, step, sequence, len(sequence.steps), unsubscribe_url=url)
+        count = len(sequence.steps) if total is None else total
+        rendered = self.step(recipient, step, sequence, count, unsubscribe_url=url, cache=cache)
         if subject_prefix:
             rendered = replace(rendered, subject=subject_prefix + rendered.subject)
         return self.wire(

@@ -40,6 +40,8 @@ FRAMED_MAIL_CSP = _csp(
 _EXCEPTIONS = {
     "reader.part": (MAIL_CSP, "DENY"),
     "devmail.html": (FRAMED_MAIL_CSP, "SAMEORIGIN"),
+    # The sequence editor's preview of a part, framed by the editor page.
+    "admin.step_preview": (FRAMED_MAIL_CSP, "SAMEORIGIN"),
 }
 
 

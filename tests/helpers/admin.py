@@ -51,3 +51,17 @@ def sign_in_page(page: Page, base_url: str, email: str, password: str = PASSWORD
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url(re.compile(re.escape(base_url) + r"/admin/(?!sign-in)"))
+
+
+def is_signed_in(client: FlaskClient) -> bool:
+    """Whether `client`'s session is signed in: its own password page opens, or the answer is
+    the way to the sign-in page (a page every account may open, whatever else exists)."""
+    response = client.get("/admin/password")
+    if response.status_code == 200:
+        return True
+    where = response.headers.get("Location", "")
+    assert response.status_code == 302 and where.startswith("/admin/sign-in"), (
+        response.status_code,
+        where,
+    )
+    return False

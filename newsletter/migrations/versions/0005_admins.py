@@ -1,7 +1,7 @@
 """admins and the audit log of their actions
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-11-29 23:40:00
 """
 

@@ -51,4 +51,15 @@ def navigation(is_owner: bool) -> list[tuple[str, str]]:
     ]
 
 
-from newsletter.web.admin import access, auth, imports, subscribers  # noqa: E402,F401
+from newsletter.web.admin import (  # noqa: E402,F401
+    access,
+    accounts,
+    audit,
+    auth,
+    figures,
+    imports,
+    second_factor,
+    sequence_editor,
+    sequences,
+    subscribers,
+)

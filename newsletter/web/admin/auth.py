@@ -7,13 +7,13 @@ after the same work (accounts.check_credentials).
 
 from __future__ import annotations
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import current_app, flash, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from werkzeug.wrappers import Response
 
 from newsletter import clock
-from newsletter.admins import accounts
+from newsletter.admins import accounts, second_factor
 from newsletter.db import db
 from newsletter.extensions import limiter
 from newsletter.models import Admin
@@ -25,7 +25,7 @@ from newsletter.web.admin.access import (
     end_session,
     safe_next,
 )
-from newsletter.web.admin.forms import ButtonForm, ChangePasswordForm, SignInForm
+from newsletter.web.admin.forms import ButtonForm, ChangePasswordForm, CodeForm, SignInForm
 
 # Failed attempts only (a successful sign-in answers with a redirect).
 SIGN_IN_LIMIT_PER_ADDRESS = "20 per minute; 100 per hour"
@@ -44,11 +44,16 @@ def _account_key() -> str:
     return f"admin-sign-in:{typed}"
 
 
-def _landing(admin: Admin) -> Response:
+# The browser's session key for an account whose password was right and whose code is due:
+# {"id", "epoch", "at" (epoch seconds), "next"}. It signs nobody in.
+PENDING = "admin_pending"
+PENDING_SECONDS = 300
+
+
+def _landing(admin: Admin, next_path: str | None) -> Response:
     if admin.must_change_password:
         return redirect(url_for("admin.change_password"), code=303)
-    target = safe_next(request.args.get("next")) or url_for("admin.index")
-    return redirect(target, code=303)
+    return redirect(safe_next(next_path) or url_for("admin.index"), code=303)
 
 
 @bp.get("/sign-in")
@@ -66,28 +71,96 @@ def sign_in() -> ResponseReturnValue:
     if not form.validate_on_submit():
         return render_template("admin/sign_in.html", form=form), 400
     now = clock.now()
-    with db.transaction() as session:
-        admin = accounts.check_credentials(session, form.email.data or "", form.password.data or "")
-        if admin is not None:
-            accounts.signed_in(session, admin, now, second_factor=False)
+    with db.transaction() as tx:
+        admin = accounts.check_credentials(tx, form.email.data or "", form.password.data or "")
+        if admin is not None and admin.totp_secret is None:
+            accounts.signed_in(tx, admin, now, second_factor=False)
     if admin is None:
         form.form_errors.append(NO_MATCH)
         return render_template("admin/sign_in.html", form=form), 401
+    next_path = request.args.get("next")
+    if admin.totp_secret is not None:
+        session.clear()
+        session[PENDING] = {
+            "id": admin.id,
+            "epoch": admin.session_epoch,
+            "at": now.timestamp(),
+            "next": safe_next(next_path),
+        }
+        return redirect(url_for("admin.sign_in_code_page"), code=303)
     begin_session(admin)
-    return _landing(admin)
+    return _landing(admin, next_path)
+
+
+def _pending() -> dict[str, object] | None:
+    value = session.get(PENDING)
+    if not isinstance(value, dict):
+        return None
+    at = value.get("at")
+    if not isinstance(at, int | float) or clock.now().timestamp() - at > PENDING_SECONDS:
+        return None
+    return value
+
+
+def _pending_key() -> str:
+    value = session.get(PENDING)
+    account = value.get("id") if isinstance(value, dict) else None
+    return f"admin-code:{account}"
+
+
+@bp.get("/sign-in/code")
+def sign_in_code_page() -> ResponseReturnValue:
+    """The second step of signing in, for accounts with a second factor."""
+    if _pending() is None:
+        return redirect(url_for("admin.sign_in_page"))
+    return render_template("admin/sign_in_code.html", form=CodeForm())
+
+
+@bp.post("/sign-in/code")
+@limiter.limit(SIGN_IN_LIMIT_PER_ADDRESS, deduct_when=_failed)
+@limiter.limit(SIGN_IN_LIMIT_PER_ACCOUNT, key_func=_pending_key, deduct_when=_failed)
+def sign_in_code() -> ResponseReturnValue:
+    """Check the code from the authenticator app and finish signing in."""
+    pending = _pending()
+    if pending is None:
+        session.pop(PENDING, None)
+        flash("That took too long: sign in again.", "info")
+        return redirect(url_for("admin.sign_in_page"), code=303)
+    form = CodeForm()
+    if not form.validate_on_submit():
+        return render_template("admin/sign_in_code.html", form=form), 400
+    now = clock.now()
+    with db.transaction() as tx:
+        admin = accounts.by_epoch_id(tx, f"{pending['id']}.{pending['epoch']}")
+        good = admin is not None and second_factor.check_code(tx, admin, form.code.data or "", now)
+        if good and admin is not None:
+            accounts.signed_in(tx, admin, now, second_factor=True)
+    if not good or admin is None:
+        form.code.errors.append(second_factor.WRONG_CODE)
+        return render_template("admin/sign_in_code.html", form=form), 401
+    next_path = pending.get("next")
+    begin_session(admin)
+    return _landing(admin, next_path if isinstance(next_path, str) else None)
 
 
 @bp.errorhandler(RateLimitExceeded)
 def too_many_attempts(error: RateLimitExceeded) -> tuple[str, int]:
-    """Too many failed sign-ins from this address or for this account."""
-    page = render_template(
-        "admin/sign_in.html",
-        form=SignInForm(),
-        refused=(
-            "Too many failed attempts to sign in. Wait a few minutes and try again "
-            f"(limit: {error.description})."
-        ),
+    """Too many failed sign-ins (or codes) from this address or for this account."""
+    refused = (
+        "Too many failed attempts to sign in. Wait a few minutes and try again "
+        f"(limit: {error.description})."
     )
+    if request.endpoint == "admin.sign_in_code":
+        page = render_template("admin/sign_in_code.html", form=CodeForm(), refused=refused)
+    elif request.endpoint == "admin.sign_in":
+        page = render_template("admin/sign_in.html", form=SignInForm(), refused=refused)
+    else:
+        page = render_template(
+            "message.html",
+            title="Too many requests",
+            message="Too many requests. Wait a few minutes and try again.",
+            show_signup=False,
+        )
     return page, 429
 
 
@@ -97,10 +170,10 @@ def sign_out() -> ResponseReturnValue:
     """End this browser's session."""
     admin = current_admin()
     if ButtonForm().validate_on_submit():
-        with db.transaction() as session:
-            attached = session.get(Admin, admin.id)
+        with db.transaction() as tx:
+            attached = tx.get(Admin, admin.id)
             if attached is not None:
-                accounts.signed_out(session, attached)
+                accounts.signed_out(tx, attached)
         end_session()
         flash("You are signed out.", "info")
     return redirect(url_for("admin.sign_in_page"), code=303)
@@ -123,12 +196,12 @@ def change_password() -> ResponseReturnValue:
     form = ChangePasswordForm()
     if form.validate_on_submit():
         try:
-            with db.transaction() as session:
-                attached = session.get(Admin, admin.id)
+            with db.transaction() as tx:
+                attached = tx.get(Admin, admin.id)
                 assert attached is not None
                 one_time = attached.must_change_password
                 accounts.change_password(
-                    session,
+                    tx,
                     attached,
                     None if one_time else (form.current.data or ""),
                     form.new.data or "",

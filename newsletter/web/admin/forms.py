@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField, StringField
+from wtforms import EmailField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from newsletter.admins.accounts import MAX_EMAIL, MAX_PASSWORD
@@ -50,3 +51,27 @@ class ChangePasswordForm(FlaskForm):  # type: ignore[misc]
 
 class ButtonForm(FlaskForm):  # type: ignore[misc]
     """A button whose only field is the CSRF token (sign out, deactivate, ...)."""
+
+
+ROLE_CHOICES = [
+    SelectChoice("editor", "Editor: content and subscribers"),
+    SelectChoice("owner", "Owner: everything"),
+]
+
+
+class AddAccountForm(FlaskForm):  # type: ignore[misc]
+    """A new account: its address and role (the password is a one-time one, shown once)."""
+
+    email = EmailField(
+        "Email address",
+        validators=[DataRequired(message="Enter an email address."), Length(max=MAX_EMAIL)],
+    )
+    role = SelectField("Role", choices=ROLE_CHOICES, default="editor")
+
+
+class RoleForm(FlaskForm):  # type: ignore[misc]
+    """A new role for one account."""
+
+    role = SelectField(
+        "Role", choices=[SelectChoice("editor", "Editor"), SelectChoice("owner", "Owner")]
+    )
