@@ -11,6 +11,7 @@ from flask import Flask
 from kombu.entity import Queue
 
 from newsletter import embedded, kombu_compat
+from newsletter.audience import figures
 from newsletter.config import Settings
 from newsletter.db import db
 from newsletter.memory import cap_memory
@@ -70,7 +71,13 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
                 "schedule": settings.dispatch_interval_seconds,
                 # A tick that waited longer than its interval is superseded by the next one.
                 "options": {"expires": max(settings.dispatch_interval_seconds * 2, 5.0)},
-            }
+            },
+            # The dashboard's figures, counted ahead of the readers (audience/figures.py).
+            "refresh-figures": {
+                "task": "newsletter.refresh_figures",
+                "schedule": figures.REFRESH_SECONDS,
+                "options": {"expires": figures.REFRESH_SECONDS},
+            },
         },
         beat_schedule_filename=str(settings.instance_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,

@@ -13,6 +13,7 @@ from flask.cli import with_appcontext
 
 from newsletter.content import sequences
 from newsletter.content.article import ArticleError
+from newsletter.content.results import PERIODS
 from newsletter.db import db
 from newsletter.runtime import runtime
 
@@ -55,15 +56,31 @@ def init_command() -> None:
 @click.option(
     "--replace", is_flag=True, help="Rebuild an existing sequence that has sent nothing yet."
 )
-def import_article_command(path: Path, slug: str | None, parts: int | None, replace: bool) -> None:
+@click.option(
+    "--publish",
+    is_flag=True,
+    help="With --replace, on a sequence that has sent mail: publish the article as its next "
+    "version (part N over step N; people in progress move forward).",
+)
+def import_article_command(
+    path: Path, slug: str | None, parts: int | None, replace: bool, publish: bool
+) -> None:
     """Turn a plain-text or Markdown article into a sequence."""
+    from newsletter.content.versions import PublishBusy
+
     try:
         with db.transaction() as session:
             report = sequences.import_article(
-                session, path, slug=slug, parts=parts, replace=replace
+                session,
+                path,
+                slug=slug,
+                parts=parts,
+                replace=replace or publish,
+                publish=publish,
+                day_seconds=runtime().settings.drip_day_seconds,
             )
             _print_report(report)
-    except ArticleError as exc:
+    except (ArticleError, PublishBusy) as exc:
         raise click.ClickException(str(exc)) from None
 
 
@@ -127,6 +144,8 @@ def status_command() -> None:
         click.echo(f"{state.value:>10}: {count}")
     oldest = report.oldest_due.isoformat() if report.oldest_due else "-"
     click.echo(f"due now: {report.due_now} (oldest due {oldest})")
+    paused = ", ".join(report.paused_sequences) or "none"
+    click.echo(f"held (paused): {report.held}; paused sequences: {paused}")
     click.echo(f"sending: {_sending_state()}")
     click.echo(f"uncertain sends (may have been delivered twice): {report.uncertain}")
     for failure in report.recent_failures:
@@ -139,21 +158,11 @@ def status_command() -> None:
 def _sending_state() -> str:
     """Whether mail is going out, and if not, why and until when."""
     from newsletter import clock
-    from newsletter.delivery import breaker
+    from newsletter.delivery.status import brake
 
     with db.session() as session:
-        trip = breaker.active_trip(session)
-    if trip is not None:
-        return (
-            f"HELD by the bounce breaker since {trip.tripped_at.isoformat()}: {trip.reason}. "
-            "Check the relay and the list; lift suppressions made by mistake "
-            "(flask --app web suppressions list --since ...), then: flask --app web resume"
-        )
-    pause = runtime().flow().pause()
-    if pause is None:
-        return "running"
-    left = pause.until - clock.now().timestamp()
-    return f"PAUSED for {max(0.0, left):.0f} s more (resumes by itself): {pause.reason}"
+        current = brake(session, runtime().flow().pause())
+        return current.describe(clock.now())
 
 
 @click.command("resume")
@@ -232,11 +241,19 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
 @click.command("results")
 @with_appcontext
 @click.option("--sequence", "slug", help="Only this sequence (default: every sequence).")
-def results_command(slug: str | None) -> None:
+@click.option(
+    "--period",
+    type=click.Choice(list(PERIODS)),
+    default="all",
+    show_default=True,
+    help="Only the readers who enrolled in the last 7, 30 or 90 days (a cohort).",
+)
+def results_command(slug: str | None, period: str) -> None:
     """Show each sequence's readers and every part's results (sent, to go, left after it)."""
     from sqlalchemy import select
 
-    from newsletter.content.results import sequence_results
+    from newsletter import clock
+    from newsletter.content.results import sequence_results, since_of
     from newsletter.models import EnrollmentStatus, Sequence
 
     with db.session() as session:
@@ -247,7 +264,8 @@ def results_command(slug: str | None) -> None:
             chosen = [found]
         else:
             chosen = list(session.scalars(select(Sequence).order_by(Sequence.id)))
-        results = [sequence_results(session, sequence) for sequence in chosen]
+        since = since_of(period, clock.now())
+        results = [sequence_results(session, sequence, since) for sequence in chosen]
     for result in results:
         click.echo(f"{result.slug}: {result.title}")
         readers = ", ".join(

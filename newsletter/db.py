@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -114,3 +115,15 @@ class Database:
 
 
 db = Database()
+
+
+def upsert(session: Session, table: Table, key: str, values: dict[str, Any]) -> None:
+    """Insert a row of `table`, or overwrite the one with the same primary key `key`.
+
+    One statement on both databases (INSERT ... ON CONFLICT DO UPDATE), so two writers at
+    once never fail on the key: the later one's values stay.
+    """
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table).values(**values)
+    changed = {name: statement.excluded[name] for name in values if name != key}
+    session.execute(statement.on_conflict_do_update(index_elements=[key], set_=changed))

@@ -7,6 +7,7 @@ CHECK constraint so that the same schema works on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import enum
+import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     and_,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.hybrid import hybrid_property
@@ -116,12 +118,37 @@ class SubscriberStatus(enum.StrEnum):
 
 
 class EnrollmentStatus(enum.StrEnum):
-    """pending (until confirmed) → active → completed (the last part sent) | stopped (left)."""
+    """pending (until confirmed) → active ⇄ paused → completed (the last part sent) | stopped.
+
+    An admin pauses and resumes one person (`audience/moves.py`); a paused enrollment keeps
+    its place, its next part held. It stops when its subscriber leaves, or when an admin
+    restarts it (a new enrollment begins at part 1).
+    """
 
     PENDING = "pending"
     ACTIVE = "active"
     COMPLETED = "completed"
     STOPPED = "stopped"
+    PAUSED = "paused"
+
+
+# The enrollments that still have a way to go: at most one per (subscriber, sequence), which
+# a partial unique index holds (its condition is written out once, here).
+OPEN_ENROLLMENT_STATUSES = (
+    EnrollmentStatus.PENDING,
+    EnrollmentStatus.ACTIVE,
+    EnrollmentStatus.PAUSED,
+)
+_OPEN_VALUES = ", ".join(f"'{status.value}'" for status in OPEN_ENROLLMENT_STATUSES)
+OPEN_ENROLLMENTS_SQL = f"status IN ({_OPEN_VALUES})"
+
+
+class SequenceStatus(enum.StrEnum):
+    """draft (not offered to signups) → active ⇄ paused (keeps its people, sends nothing)."""
+
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
 
 
 class DeliveryState(enum.StrEnum):
@@ -143,11 +170,17 @@ class DeliveryState(enum.StrEnum):
     claimed ───reaped─────────► retry            its claim expired (claims.give_back)
     claimed ───catch-up───────► scheduled        too late or outside the send window: due at
                                                  the next opening (loading)
-    scheduled, retry, claimed ─unsubscribe/bounce─► skipped      (planning.skip_open)
+    scheduled, retry, claimed, held ─unsubscribe/bounce/restart─► skipped  (planning.skip_open)
     failed ────suppression lifted─► scheduled    the part that bounced (audience.suppressions)
+    scheduled, retry ─pause───► held             its sequence or enrollment paused (holds.hold)
+    held ──────resume─────────► scheduled        due no sooner than now (holds.release)
+    claimed ───paused─────────► held             loaded after a pause: it waits (loading)
     ```
 
-    A row is *waiting* while it can be claimed, *open* until it is settled, *final* after.
+    A part planned while its sequence or enrollment is paused is created held
+    (`planning.schedule_next`, `planning.move_on`, `planning.start_enrollment`).
+    A row is *waiting* while it can be claimed, *open* until it is settled, *final* after; a
+    held row is open but not waiting, so the claim passes it by.
     Its sending *has begun* when a worker marked its attempt within the current claim
     (`Delivery.sending_begun`): from then on the mail may be on the wire.
     """
@@ -158,11 +191,12 @@ class DeliveryState(enum.StrEnum):
     RETRY = "retry"
     FAILED = "failed"
     SKIPPED = "skipped"
+    HELD = "held"
 
 
 # The state sets the engine, its status report and the results speak of.
 WAITING_STATES = frozenset({DeliveryState.SCHEDULED, DeliveryState.RETRY})
-OPEN_STATES = WAITING_STATES | {DeliveryState.CLAIMED}
+OPEN_STATES = WAITING_STATES | {DeliveryState.CLAIMED, DeliveryState.HELD}
 FINAL_STATES = frozenset({DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.SKIPPED})
 
 
@@ -171,13 +205,19 @@ class StopReason(enum.StrEnum):
 
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
+    RESTARTED = "restarted"
 
 
 class DeliveryKind(enum.StrEnum):
-    """What a delivery carries: a step of a sequence, or a system mail."""
+    """What a delivery carries: a step of a sequence, a system mail, or an admin's resend.
+
+    A resend carries a step the person already had (`step_id` set, `enrollment_id` NULL): it
+    is built like that step's mail, and it never moves an enrollment on.
+    """
 
     STEP = "step"
     CONFIRM = "confirm"
+    RESEND = "resend"
 
 
 class Subscriber(Base):
@@ -219,10 +259,20 @@ class Sequence(Base):
     send_hour: Mapped[int] = mapped_column(Integer, default=9)
     send_end_hour: Mapped[int] = mapped_column(Integer, default=21, server_default="21")
     send_days: Mapped[str] = mapped_column(String(7), default="1234567", server_default="1234567")
+    status: Mapped[SequenceStatus] = mapped_column(
+        _enum(SequenceStatus, "sequence_status"),
+        default=SequenceStatus.ACTIVE,
+        server_default=SequenceStatus.ACTIVE.value,
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    # The live steps only: a step removed by a published version keeps its row (deliveries
+    # and results point at it) but leaves every walk through the sequence.
     steps: Mapped[list[Step]] = relationship(
-        back_populates="sequence", order_by="Step.position", cascade="all, delete-orphan"
+        back_populates="sequence",
+        primaryjoin="and_(Sequence.id == Step.sequence_id, Step.removed_at.is_(None))",
+        order_by="Step.position",
+        cascade="all, delete-orphan",
     )
 
     @property
@@ -231,14 +281,27 @@ class Sequence(Base):
         return SendWindow(self.send_hour, self.send_end_hour, SendWindow.parse_days(self.send_days))
 
 
+def new_step_key() -> str:
+    """A stable key for a new step: it names the step across versions of its sequence."""
+    return uuid.uuid4().hex
+
+
 class Step(Base):
-    """One mail of a sequence; the body is Markdown rendered into the shared layout."""
+    """One mail of a sequence; the body is Markdown rendered into the shared layout.
+
+    Live steps have positions 1..n. A step removed by a published version keeps its row with
+    `removed_at` set and the position minus its id, out of the way of the live numbering.
+    """
 
     __tablename__ = "steps"
-    __table_args__ = (UniqueConstraint("sequence_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "position"),
+        UniqueConstraint("sequence_id", "key", name="uq_steps_sequence_id_key"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(32), default=new_step_key)
     position: Mapped[int]
     day_offset: Mapped[int]
     subject: Mapped[str] = mapped_column(String(200))
@@ -249,6 +312,7 @@ class Step(Base):
     resources: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
     resources_intro: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    removed_at: Mapped[datetime | None]
 
     sequence: Mapped[Sequence] = relationship(back_populates="steps")
 
@@ -257,7 +321,18 @@ class Enrollment(Base):
     """A subscriber's way through one sequence."""
 
     __tablename__ = "enrollments"
-    __table_args__ = (UniqueConstraint("subscriber_id", "sequence_id"),)
+    __table_args__ = (
+        # One open enrollment per (subscriber, sequence); a restart stops the old one (its
+        # history stays) and opens another.
+        Index(
+            "uq_enrollments_open",
+            "subscriber_id",
+            "sequence_id",
+            unique=True,
+            sqlite_where=text(OPEN_ENROLLMENTS_SQL),
+            postgresql_where=text(OPEN_ENROLLMENTS_SQL),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
@@ -271,6 +346,8 @@ class Enrollment(Base):
     # Why a stopped enrollment stopped ("unsubscribed", "bounced", ...), so that lifting a
     # suppression made by mistake can restart exactly the enrollments the bounce stopped.
     stop_reason: Mapped[str | None] = mapped_column(String(32))
+    # The number of the published version of the sequence this enrollment follows.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
     subscriber: Mapped[Subscriber] = relationship(back_populates="enrollments")
     sequence: Mapped[Sequence] = relationship()
@@ -466,6 +543,90 @@ class AuditEntry(Base):
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     ip: Mapped[str | None] = mapped_column(String(45))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- versions (issue 11, live edits) -------------------------------------------------------------
+
+
+class VersionState(enum.StrEnum):
+    """draft (being edited, at most one per sequence) → published (kept for good)."""
+
+    DRAFT = "draft"
+    PUBLISHED = "published"
+
+
+class SequenceVersion(Base):
+    """One version of a sequence: a snapshot of its steps in order and its send settings.
+
+    The newest published version is what the live steps are; a draft is edited freely and
+    changes nothing until `content/versions.publish` applies it.
+    """
+
+    __tablename__ = "sequence_versions"
+    __table_args__ = (
+        UniqueConstraint("sequence_id", "number"),
+        Index(
+            "ix_sequence_versions_one_draft",
+            "sequence_id",
+            unique=True,
+            sqlite_where=text("state = 'draft'"),
+            postgresql_where=text("state = 'draft'"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sequence_id: Mapped[int] = mapped_column(ForeignKey("sequences.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    state: Mapped[VersionState] = mapped_column(
+        _enum(VersionState, "version_state"), default=VersionState.DRAFT
+    )
+    # {"steps": [{key, subject, preheader, day_offset, body_md, teaser, resources,
+    #   resources_intro}, ...] in order, "settings": {send_hour, send_end_hour, send_days}}
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+    published_by: Mapped[str | None] = mapped_column(String(320))
+    # The dry run's numbers at publish (content/versions.PublishPlan.summary).
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    sequence: Mapped[Sequence] = relationship()
+
+
+# -- The dashboard: the dispatcher's heartbeat and cached figures ---------------------------------
+
+
+class Heartbeat(Base):
+    """The last time a periodic job ran (one row per job, e.g. "dispatch"), overwritten."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime]
+
+
+class CachedFigures(Base):
+    """Figures that are too costly to count on every page view, and when they were counted.
+
+    `key` names what was counted ("dashboard", "funnel:3:30"); `data` is its JSON form.
+    """
+
+    __tablename__ = "cached_figures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    computed_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# The per-day counts of the dashboard read a month of rows through these, never the whole table.
+Index("ix_subscribers_created_at", Subscriber.created_at)
+Index("ix_subscribers_confirmed_at", Subscriber.confirmed_at)
+Index("ix_deliveries_sent_at", Delivery.sent_at)
+# The funnel's cohort: a sequence's enrollments begun in the chosen period, and their
+# deliveries' states and steps read from the index alone.
+Index("ix_enrollments_sequence_created", Enrollment.sequence_id, Enrollment.created_at)
+Index("ix_deliveries_enrollment_state", Delivery.enrollment_id, Delivery.state, Delivery.step_id)
+# The uncertain sends of the engine's health: a few rows among millions of events.
+Index("ix_events_kind", Event.kind)
 
 
 def table_of(model: type[Base]) -> Table:

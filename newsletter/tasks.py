@@ -8,8 +8,9 @@ from datetime import datetime, timedelta
 from celery import shared_task
 
 from newsletter import clock
+from newsletter.audience import figures
 from newsletter.db import db
-from newsletter.delivery import dispatch, sending
+from newsletter.delivery import dispatch, heartbeat, sending
 from newsletter.runtime import runtime
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,9 @@ def dispatch_due() -> int:
     rt = runtime()
     settings = rt.settings
     if rt.flow().paused():
+        # The tick ran; only sending waits. The dashboard tells a pause from a stopped beat.
+        with db.transaction() as session:
+            heartbeat.beat(session, heartbeat.DISPATCH, clock.now())
         return 0
     return dispatch.dispatch(
         db.session,
@@ -32,6 +36,13 @@ def dispatch_due() -> int:
         enqueue=lambda ids, claim: send_batch.delay(ids, claim.isoformat()),
         day_seconds=settings.drip_day_seconds,
     )
+
+
+@shared_task(name="newsletter.refresh_figures")
+def refresh_figures() -> None:
+    """Recount the dashboard's figures, so that no reader waits for them."""
+    with db.transaction() as session:
+        figures.refresh_dashboard(session, clock.now())
 
 
 @shared_task(name="newsletter.send_batch")

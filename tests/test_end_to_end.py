@@ -15,7 +15,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -27,33 +26,19 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
 )
-from tests.helpers.apps import base_env, make_app
 from tests.helpers.mailparse import html_of, link, part_number, text_of, unsubscribe_path
 from tests.helpers.smtp import SmtpSink
+from tests.helpers.stacks import DAY, STACKS, TICK, go_live, stack_env
 from tests.helpers.webclient import confirm
 from tests.helpers.workers import WorkerProcess
 
 pytestmark = pytest.mark.slow
 
-DAY = 2.0  # seconds in a drip day for these tests
-TICK = 0.5
 
-
-@pytest.fixture(
-    params=[
-        "embedded",
-        pytest.param("postgres-redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
-    ]
-)
+@pytest.fixture(params=STACKS)
 def stack(request: pytest.FixtureRequest, tmp_path: Path, smtp_sink: SmtpSink) -> dict[str, str]:
     """Settings for the two shapes the product runs in."""
-    extra = {"DRIP_DAY_SECONDS": str(DAY), "DISPATCH_INTERVAL_SECONDS": str(TICK)}
-    if request.param == "embedded":
-        url = request.getfixturevalue("sqlite_url")
-        return base_env(tmp_path, url, smtp_sink, BROKER_URL="embedded", **extra)
-    pg = request.getfixturevalue("postgres_url")
-    redis = request.getfixturevalue("redis_url")
-    return base_env(tmp_path, pg, smtp_sink, BROKER_URL=redis, REDIS_URL=redis, **extra)
+    return stack_env(request, tmp_path, smtp_sink)
 
 
 @pytest.fixture
@@ -61,11 +46,7 @@ def live(
     stack: dict[str, str], run_worker: Callable[..., WorkerProcess]
 ) -> tuple[Flask, WorkerProcess]:
     """The app (for requests from the test) and a running worker with beat."""
-    app = make_app(stack)
-    with db.transaction() as session:
-        ensure_seed(session)
-    worker = run_worker(stack)
-    return app, worker
+    return go_live(stack, run_worker)
 
 
 def signup(client: FlaskClient, email: str, name: str = "Ann", tz: str = "Europe/Berlin") -> str:

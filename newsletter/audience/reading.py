@@ -17,6 +17,8 @@ def received_steps(session: Session, subscriber_id: int) -> list[Step]:
             Delivery.subscriber_id == subscriber_id,
             Delivery.kind == DeliveryKind.STEP,
             Delivery.state == DeliveryState.SENT,
+            # A step a published version removed leaves the archive with the series.
+            Step.removed_at.is_(None),
         )
         .options(joinedload(Step.sequence).selectinload(Sequence.steps))
         .order_by(Step.sequence_id, Step.position)

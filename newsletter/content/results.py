@@ -1,15 +1,22 @@
 """How a sequence is doing: its readers, and each part's results.
 
-For each part: how many copies were sent, are still to go, failed or were skipped, and how
-many readers left (unsubscribed, bounced or complained) with that part as the last one they
-received, which is where a course loses people. Counted from the delivery rows; nothing is
-tracked in the mail itself (no pixels, no rewritten links).
+For each part: how many copies were sent, are still to go, failed or were skipped, how many
+readers left (unsubscribed, bounced or complained) with that part as the last one they
+received, which is where a course loses people, and the drop-off from the part before.
+Counted from the delivery rows; nothing is tracked in the mail itself (no pixels, no
+rewritten links).
+
+A period (`PERIODS`: the last 7, 30 or 90 days, or all) chooses a cohort: the readers who
+enrolled in it, followed through every part. A cohort is what a funnel compares: each part's
+count is a subset of the same people, so the drop-off from one part to the next means
+something, which counting the mails sent in the period would not.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -28,10 +35,20 @@ from newsletter.models import (
 
 GONE = (SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
 
+# The periods a funnel may be asked for (a whitelist: the page offers these and no other),
+# as days back from now; None is all time.
+PERIODS: dict[str, int | None] = {"7": 7, "30": 30, "90": 90, "all": None}
+
+
+def since_of(period: str, now: datetime) -> datetime | None:
+    """The start of `period` (a key of PERIODS) before `now`; None for all time."""
+    days = PERIODS[period]
+    return None if days is None else now - timedelta(days=days)
+
 
 @dataclass(frozen=True)
 class PartResult:
-    """One part's numbers."""
+    """One part's numbers; `left` is who left after it, by why they left."""
 
     position: int
     subject: str
@@ -39,7 +56,15 @@ class PartResult:
     to_go: int
     failed: int
     skipped: int
-    left_after: int
+    left: dict[SubscriberStatus, int]
+    # The share of the previous part's readers this part has not reached (sent), 0 to 1;
+    # None for the first part, or when the previous part reached nobody.
+    drop_off: float | None
+
+    @property
+    def left_after(self) -> int:
+        """Everyone who left after this part, whatever the reason."""
+        return sum(self.left.values())
 
 
 @dataclass(frozen=True)
@@ -52,53 +77,68 @@ class SequenceResults:
     parts: list[PartResult]
 
 
-def sequence_results(session: Session, sequence: Sequence) -> SequenceResults:
-    """The readers and per-part results of `sequence`, in three grouped queries."""
+def sequence_results(
+    session: Session, sequence: Sequence, since: datetime | None = None
+) -> SequenceResults:
+    """The readers and per-part results of `sequence`, in three grouped queries.
+
+    With `since`, only the readers who enrolled at or after it (a cohort) are counted.
+    """
+    cohort = [Enrollment.sequence_id == sequence.id]
+    if since is not None:
+        cohort.append(Enrollment.created_at >= since)
+    # Every count starts from the cohort's enrollments (ix_enrollments_sequence_created) and
+    # reaches their deliveries through ix_deliveries_enrollment_state, an index-only read, so
+    # a period costs its own readers, not the whole deliveries table.
     readers = {
         status: int(count)
         for status, count in session.execute(
-            select(Enrollment.status, func.count())
-            .where(Enrollment.sequence_id == sequence.id)
-            .group_by(Enrollment.status)
+            select(Enrollment.status, func.count()).where(*cohort).group_by(Enrollment.status)
         )
     }
     states: dict[int, Counter[DeliveryState]] = {}
     for step_id, state, count in session.execute(
         select(Delivery.step_id, Delivery.state, func.count())
-        .join(Step, Step.id == Delivery.step_id)
-        .where(Step.sequence_id == sequence.id)
+        .select_from(Enrollment)
+        .join(Delivery, Delivery.enrollment_id == Enrollment.id)
+        .where(*cohort)
         .group_by(Delivery.step_id, Delivery.state)
     ):
         states.setdefault(step_id, Counter())[state] = int(count)
-    # The last part each reader received; counted for those who have since gone.
+    # The last part each reader who has since gone received.
     last_sent = (
-        select(Delivery.subscriber_id, func.max(Step.position).label("position"))
+        select(Subscriber.status.label("status"), func.max(Step.position).label("position"))
+        .select_from(Enrollment)
+        .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
+        .join(Delivery, Delivery.enrollment_id == Enrollment.id)
         .join(Step, Step.id == Delivery.step_id)
-        .where(Step.sequence_id == sequence.id, Delivery.state == DeliveryState.SENT)
-        .group_by(Delivery.subscriber_id)
+        .where(*cohort, Subscriber.status.in_(GONE), Delivery.state == DeliveryState.SENT)
+        .group_by(Enrollment.id, Subscriber.status)
         .subquery()
     )
-    left = {
-        int(position): int(count)
-        for position, count in session.execute(
-            select(last_sent.c.position, func.count())
-            .join(Subscriber, Subscriber.id == last_sent.c.subscriber_id)
-            .where(Subscriber.status.in_(GONE))
-            .group_by(last_sent.c.position)
+    left: dict[int, Counter[SubscriberStatus]] = {}
+    for position, status, count in session.execute(
+        select(last_sent.c.position, last_sent.c.status, func.count()).group_by(
+            last_sent.c.position, last_sent.c.status
         )
-    }
-    parts = []
+    ):
+        left.setdefault(int(position), Counter())[SubscriberStatus(status)] = int(count)
+    parts: list[PartResult] = []
     for step in sequence.steps:
         counts = states.get(step.id, Counter())
+        sent = counts[DeliveryState.SENT]
+        before = parts[-1].sent if parts else 0
+        gone = left.get(step.position, Counter())
         parts.append(
             PartResult(
                 position=step.position,
                 subject=step.subject,
-                sent=counts[DeliveryState.SENT],
+                sent=sent,
                 to_go=sum(counts[state] for state in OPEN_STATES),
                 failed=counts[DeliveryState.FAILED],
                 skipped=counts[DeliveryState.SKIPPED],
-                left_after=left.get(step.position, 0),
+                left={status: gone[status] for status in GONE},
+                drop_off=max(0.0, 1 - sent / before) if before else None,
             )
         )
     return SequenceResults(sequence.slug, sequence.title, readers, parts)

@@ -11,11 +11,13 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from newsletter.content import versions
 from newsletter.content.article import ArticleError, load_sidecar, split_article
 from newsletter.content.rules import body_problems, html_problems
 from newsletter.mail.compose import EMAILS_DIR, sample_bodies
 from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
-from newsletter.models import Delivery, Sequence, Step
+from newsletter.models import Delivery, Sequence, SequenceStatus, Step, new_step_key
+from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,17 @@ def import_article(
     slug: str | None = None,
     parts: int | None = None,
     replace: bool = False,
+    publish: bool = False,
+    actor_email: str | None = None,
+    day_seconds: float = REAL_DAY,
 ) -> ImportReport:
     """Split the article at `path` into a new sequence (or replace an existing one's steps).
 
     The sidecar `<stem>.toml` beside it gives the title, description, link targets and
     optionally the number of parts. Raises ArticleError with a clear message on bad input,
-    before anything is written.
+    before anything is written. A sequence that has sent mail is changed only with `publish`:
+    the article becomes a draft (part N over step N) and is published as a new version, which
+    moves the people in progress forward (content/versions.py); PublishBusy may be raised.
     """
     if not path.is_file():
         raise ArticleError(f"no article file at {path}")
@@ -117,11 +124,22 @@ def import_article(
             .join(Step, Step.id == Delivery.step_id)
             .where(Step.sequence_id == sequence.id)
         )
-        if in_use:
+        if in_use and not publish:
             # Rebuilding would orphan the history of mail already sent from these steps.
             raise ArticleError(
-                f"sequence {slug!r} already has deliveries; import under a new --slug instead"
+                f"sequence {slug!r} already has deliveries; pass --publish to publish the "
+                "article as its next version (people in progress move forward), or import "
+                "under a new --slug"
             )
+        if in_use:
+            _publish_parts(session, sequence, result.parts, actor_email, day_seconds)
+            return ImportReport(
+                sequence=sequence,
+                parts=len(result.parts),
+                warnings=list(result.warnings),
+                dropped=list(result.dropped_boilerplate),
+            )
+        versions.discard_draft(session, sequence)
         sequence.steps.clear()
         session.flush()
     sequence.title = result.title
@@ -142,6 +160,7 @@ def import_article(
             )
         )
     session.flush()
+    versions.record_published(session, sequence, actor_email)
     for warning in result.warnings:
         log.warning("import %s: %s", slug, warning)
     return ImportReport(
@@ -152,9 +171,44 @@ def import_article(
     )
 
 
+def _publish_parts(
+    session: Session,
+    sequence: Sequence,
+    parts: list[Any],
+    actor_email: str | None,
+    day_seconds: float,
+) -> None:
+    """Publish the article's parts over a sequence in use: part N replaces step N."""
+    draft = versions.draft_of(session, sequence)
+    keys = [step["key"] for step in versions.draft_steps(draft)]
+    steps = [
+        {
+            "key": keys[index] if index < len(keys) else new_step_key(),
+            "subject": part.subject,
+            "preheader": part.preheader,
+            "day_offset": index,
+            "body_md": part.body_md,
+            "teaser": part.teaser,
+            "resources": [
+                {"title": r.title, "blurb": r.blurb, "url": r.url} for r in part.resources
+            ],
+            "resources_intro": part.resources_intro,
+        }
+        for index, part in enumerate(parts)
+    ]
+    draft.snapshot = {**draft.snapshot, "steps": steps}
+    try:
+        versions.publish(session, sequence, actor_email, day_seconds=day_seconds)
+    except versions.DraftError as exc:
+        raise ArticleError(str(exc)) from None
+
+
 def sequence_for(session: Session, slug: str | None) -> Sequence | None:
-    """The sequence named `slug`, or without one the default (else the oldest) sequence."""
-    query = select(Sequence)
+    """The sequence named `slug`, or without one the default (else the oldest) sequence.
+
+    A draft is not offered to signups; a paused sequence is (its first part waits).
+    """
+    query = select(Sequence).where(Sequence.status != SequenceStatus.DRAFT)
     if slug:
         query = query.where(Sequence.slug == slug)
     else:

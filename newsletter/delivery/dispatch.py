@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from newsletter.delivery import breaker, claims
+from newsletter.delivery import breaker, claims, heartbeat
 from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,10 @@ def dispatch(
     workers' queue is deep enough; what is due waits in the table, not in the broker).
     A row that a worker already stopped on (reaped) goes in a batch of its own, so that if it
     stops a worker again it takes no innocent mail with it. Nothing is claimed while the
-    bounce breaker holds sending.
+    bounce breaker holds sending. Each tick leaves its heartbeat, held or not.
     """
     with sessions() as session, session.begin():
+        heartbeat.beat(session, heartbeat.DISPATCH, now)
         claims.reap_stale(session, now, claim_timeout_seconds, day_seconds)
         trip = breaker.active_trip(session)
         if trip is not None:

@@ -5,7 +5,8 @@ per delivery); the steps and sequences are a handful of objects per batch. Rows 
 not go out are settled here: skipped (left, suppressed, no longer pending), moved to the
 next send window (the catch-up rule), given back to the queue (the bounce breaker holds
 sending; or an earlier run of this very task stopped while sending them, so this run is a
-redelivery of a task that died), or failed alone (a row whose data cannot be used).
+redelivery of a task that died), held (its sequence or enrollment was paused after the claim,
+see `delivery/holds.py`), or failed alone (a row whose data cannot be used).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from newsletter.models import (
     Enrollment,
     EnrollmentStatus,
     Sequence,
+    SequenceStatus,
     Step,
     Subscriber,
     SubscriberStatus,
@@ -79,6 +81,9 @@ _FAIL = (
     .where(_D.c.id == bindparam("d_id"))
     .values(state=DeliveryState.FAILED, last_error=bindparam("reason"))
 )
+_HOLD = (
+    update(_D).where(_D.c.id == bindparam("d_id")).values(state=DeliveryState.HELD, claimed_at=None)
+)
 _MOVE = (
     update(_D)
     .where(_D.c.id == bindparam("d_id"))
@@ -109,9 +114,19 @@ def _skip_reason(row: Row[Any], suppressed: set[str]) -> str | None:
         return None if status is SubscriberStatus.PENDING else "no longer pending"
     if status is not SubscriberStatus.ACTIVE:
         return f"subscriber is {status.value}"
-    if row.enrollment_status != EnrollmentStatus.ACTIVE:
+    if row.kind == DeliveryKind.RESEND:
+        return None  # an admin's resend belongs to no enrollment
+    if row.enrollment_status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED):
         return "enrollment is not active"
     return None
+
+
+def _held(row: Row[Any], steps: dict[int, Step]) -> bool:
+    """Whether a row claimed before a pause must wait instead (its enrollment or sequence)."""
+    if row.enrollment_status == EnrollmentStatus.PAUSED:
+        return True
+    step = steps.get(row.step_id) if row.step_id is not None else None
+    return step is not None and step.sequence.status is SequenceStatus.PAUSED
 
 
 def _reschedule_at(
@@ -146,6 +161,21 @@ def _steps(session: Session, step_ids: set[int]) -> dict[int, Step]:
     return {step.id: step for step in steps}
 
 
+def _had(session: Session, enrollment_ids: set[int]) -> dict[int, set[int]]:
+    """The steps each of the batch's enrollments has a delivery of (one query per batch)."""
+    had: dict[int, set[int]] = {}
+    if not enrollment_ids:
+        return had
+    rows = session.execute(
+        select(_D.c.enrollment_id, _D.c.step_id).where(
+            _D.c.enrollment_id.in_(enrollment_ids), _D.c.step_id.is_not(None)
+        )
+    )
+    for enrollment_id, step_id in rows:
+        had.setdefault(enrollment_id, set()).add(step_id)
+    return had
+
+
 def _confirm_sequence(session: Session, subscriber_id: int) -> Sequence | None:
     """The sequence a pending subscriber signed up for (named in the confirmation mail)."""
     return session.scalars(
@@ -163,6 +193,7 @@ def _job(
     composer: Composer,
     session: Session,
     steps: dict[int, Step],
+    had: dict[int, set[int]],
     now: datetime,
     policy: Policy,
 ) -> Job | datetime:
@@ -180,6 +211,10 @@ def _job(
         job.sequence = _confirm_sequence(session, row.subscriber_id)
         return job
     step = steps[row.step_id]
+    if job.kind is DeliveryKind.RESEND:
+        # An admin asked for it now, like part 1 answering a click: no window, no follow-up.
+        job.step, job.sequence = step, step.sequence
+        return job
     later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
     if later is not None:
         return later
@@ -192,6 +227,7 @@ def _job(
         window=step.sequence.window,
         step=step,
         steps=step.sequence.steps,
+        had=had.get(row.enrollment_id, set()),
     )
     return job
 
@@ -239,7 +275,9 @@ def prepare(
             session.scalars(select(Suppression.email).where(Suppression.email.in_(emails)))
         )
         steps = _steps(session, {r.step_id for r in mine if r.step_id is not None})
+        had = _had(session, {r.enrollment_id for r in mine if r.enrollment_id is not None})
         skips: list[dict[str, object]] = []
+        holds: list[dict[str, object]] = []
         moves: list[dict[str, object]] = []
         fails: list[dict[str, object]] = []
         for row in mine:
@@ -247,8 +285,11 @@ def prepare(
             if reason is not None:
                 skips.append({"d_id": row.id, "reason": reason})
                 continue
+            if _held(row, steps):
+                holds.append({"d_id": row.id})
+                continue
             try:
-                checked = _job(row, composer, session, steps, now, policy)
+                checked = _job(row, composer, session, steps, had, now, policy)
             except Exception as exc:  # noqa: BLE001 - one unusable row fails alone
                 log.error("delivery %d cannot be prepared: %s", row.id, exc)
                 fails.append({"d_id": row.id, "reason": f"cannot be prepared: {exc}"[:2000]})
@@ -260,6 +301,8 @@ def prepare(
             jobs.append(checked)
         if skips:
             conn.execute(_SKIP, skips)
+        if holds:
+            conn.execute(_HOLD, holds)
         if moves:
             conn.execute(_MOVE, moves)
         if fails:
@@ -267,6 +310,7 @@ def prepare(
         session.flush()
         session.close()
     settled[Outcome.SKIPPED] += len(skips)
+    settled[Outcome.HELD] += len(holds)
     settled[Outcome.RESCHEDULED] += len(moves)
     settled[Outcome.FAILED] += len(fails)
     return jobs, +settled

@@ -7,21 +7,27 @@ only carries ids. The claim below is the one place that moves rows from schedule
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, select, text, update
+from sqlalchemy import Connection, bindparam, func, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
+    OPEN_ENROLLMENT_STATUSES,
     OPEN_STATES,
     Delivery,
     DeliveryKind,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
+    Sequence,
+    SequenceStatus,
+    SequenceVersion,
     Step,
     StopReason,
+    VersionState,
     table_of,
 )
 from newsletter.schedule import SendWindow, step_due_at
@@ -41,8 +47,10 @@ def add_delivery(
     *,
     enrollment_id: int | None = None,
     step_id: int | None = None,
+    held: bool = False,
 ) -> Delivery:
-    """Add a scheduled delivery row: the mail exists before any task is queued for it."""
+    """Add a scheduled (or, while paused, held) delivery row: the mail exists before any task
+    is queued for it."""
     delivery = Delivery(
         kind=kind,
         subscriber_id=subscriber_id,
@@ -50,11 +58,19 @@ def add_delivery(
         step_id=step_id,
         due_at=due,
         first_due_at=due,
-        state=DeliveryState.SCHEDULED,
+        state=DeliveryState.HELD if held else DeliveryState.SCHEDULED,
         created_at=now,
     )
     session.add(delivery)
     return delivery
+
+
+def paused(enrollment: Enrollment) -> bool:
+    """Whether the enrollment's parts wait: it, or its sequence, is paused."""
+    return (
+        enrollment.status is EnrollmentStatus.PAUSED
+        or enrollment.sequence.status is SequenceStatus.PAUSED
+    )
 
 
 def _schedule_step(
@@ -82,17 +98,37 @@ def _schedule_step(
         now,
         enrollment_id=enrollment.id,
         step_id=step.id,
+        held=paused(enrollment),
     )
 
 
 def start_enrollment(
     session: Session, enrollment: Enrollment, now: datetime, day_seconds: float
 ) -> Delivery | None:
-    """Activate an enrollment and schedule its first step, due at once."""
+    """Activate an enrollment on its sequence's published version; schedule part 1, due now
+    (held, while its sequence is paused)."""
+    sequence_id = enrollment.sequence_id
+    if session.get_bind().dialect.name == "postgresql":
+        # A publish holds the sequence FOR UPDATE while it rewrites the steps: wait for it, so
+        # that part 1 is the first step of the version this enrollment records.
+        session.execute(
+            select(Sequence.id).where(Sequence.id == sequence_id).with_for_update(read=True)
+        )
     enrollment.status = EnrollmentStatus.ACTIVE
     enrollment.started_at = now
+    enrollment.version = (
+        session.scalar(
+            select(func.max(SequenceVersion.number)).where(
+                SequenceVersion.sequence_id == sequence_id,
+                SequenceVersion.state == VersionState.PUBLISHED,
+            )
+        )
+        or 1
+    )
     first = session.scalars(
-        select(Step).where(Step.sequence_id == enrollment.sequence_id).order_by(Step.position)
+        select(Step)
+        .where(Step.sequence_id == sequence_id, Step.removed_at.is_(None))
+        .order_by(Step.position)
     ).first()
     if first is None:
         enrollment.status = EnrollmentStatus.COMPLETED
@@ -123,9 +159,15 @@ def follow_up(
     window: SendWindow,
     step: Step,
     steps: list[Step],
+    had: Collection[int] = (),
 ) -> FollowUp:
-    """The FollowUp of a step delivery, given its sequence's steps in order."""
-    following = next((s for s in steps if s.position > step.position), None)
+    """The FollowUp of a step delivery, given its sequence's live steps in order.
+
+    The next part is the first step after this one that the enrollment has no delivery of
+    (`had`, step ids): after a reorder the step next by position may be one it already had,
+    and the series must go on past it instead of stalling on the unique (enrollment, step).
+    """
+    following = next_step(steps, step, had)
     return FollowUp(
         enrollment_id=enrollment_id,
         subscriber_id=subscriber_id,
@@ -137,32 +179,46 @@ def follow_up(
     )
 
 
+def next_step(steps: Iterable[Step], step: Step, had: Collection[int]) -> Step | None:
+    """The first live step after `step` (live steps in order) whose id is not in `had`."""
+    return next((s for s in steps if s.position > step.position and s.id not in had), None)
+
+
 _DELIVERIES = table_of(Delivery)
 _ENROLLMENTS = table_of(Enrollment)
+# A paused enrollment whose last part was already on its way when the pause came completes.
+# (Two comparisons, not IN: an IN list is an expanding parameter, which executemany refuses.)
 _STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
-    _ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE
+    (_ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE)
+    | (_ENROLLMENTS.c.status == EnrollmentStatus.PAUSED)
 )
 _COMPLETE = (
     update(_ENROLLMENTS)
     .where(_STILL_ACTIVE)
     .values(status=EnrollmentStatus.COMPLETED, ended_at=bindparam("now"))
 )
-# The next part, inserted only while the enrollment is active (an unsubscribe that landed
-# meanwhile wins) and only once (the unique (enrollment, step) pair): one statement, no read.
-# Written as text because SQLAlchemy does not cache the compiled form of dialect INSERTs with
-# ON CONFLICT, and this runs once per mail; PostgreSQL and SQLite share the syntax.
+# The next part, inserted only while the enrollment is active or paused (an unsubscribe that
+# landed meanwhile wins) and only once (the unique (enrollment, step) pair): one statement, no
+# read. It is born held while the enrollment or its sequence is paused (a part that was on its
+# way when the pause came is followed by a part that waits). Written as text because
+# SQLAlchemy does not cache the compiled form of dialect INSERTs with ON CONFLICT, and this
+# runs once per mail; PostgreSQL and SQLite share the syntax.
 _INSERT_NEXT = text(
     "INSERT INTO deliveries (kind, subscriber_id, enrollment_id, step_id, due_at, first_due_at,"
     " state, attempts, created_at)"
-    " SELECT :kind, :subscriber_id, id, :step_id, :due, :due, :state, 0, :now"
-    " FROM enrollments WHERE id = :enrollment_id AND status = :active"
+    " SELECT :kind, :subscriber_id, e.id, :step_id, :due, :due,"
+    " CASE WHEN e.status = :paused OR s.status = :paused THEN :held ELSE :scheduled END, 0, :now"
+    " FROM enrollments e JOIN sequences s ON s.id = e.sequence_id"
+    " WHERE e.id = :enrollment_id AND e.status IN (:active, :paused)"
     " ON CONFLICT (enrollment_id, step_id) DO NOTHING"
 ).bindparams(
     bindparam("due", type_=_DELIVERIES.c.due_at.type),
     bindparam("now", type_=_DELIVERIES.c.created_at.type),
     kind=DeliveryKind.STEP.value,
-    state=DeliveryState.SCHEDULED.value,
+    scheduled=DeliveryState.SCHEDULED.value,
+    held=DeliveryState.HELD.value,
     active=EnrollmentStatus.ACTIVE.value,
+    paused=EnrollmentStatus.PAUSED.value,
 )
 
 
@@ -207,12 +263,12 @@ def schedule_next(
 def stop_enrollments(
     session: Session, subscriber_id: int, now: datetime, reason: StopReason
 ) -> None:
-    """End every running or pending enrollment of a subscriber who left or bounced, and why."""
+    """End every open enrollment of a subscriber who left or bounced, and why."""
     session.execute(
         update(Enrollment)
         .where(
             Enrollment.subscriber_id == subscriber_id,
-            Enrollment.status.in_([EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE]),
+            Enrollment.status.in_(OPEN_ENROLLMENT_STATUSES),
         )
         .values(status=EnrollmentStatus.STOPPED, ended_at=now, stop_reason=reason)
         .execution_options(synchronize_session=False)
@@ -223,29 +279,35 @@ def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: fl
     """After a part failed for good (not a bounce): schedule the part after it, or complete.
 
     One part that cannot be delivered (refused for its content, unbuildable, given up) must
-    not end the course: the reader misses that part and the series goes on, as it would have.
+    not end the course: the reader misses that part and the series goes on, as it would have
+    (held, while the enrollment or its sequence is paused).
     """
     enrollment = delivery.enrollment
     step = delivery.step
-    if enrollment is None or step is None or enrollment.status is not EnrollmentStatus.ACTIVE:
+    if (
+        enrollment is None
+        or step is None
+        or enrollment.status not in (EnrollmentStatus.ACTIVE, EnrollmentStatus.PAUSED)
+    ):
         return
-    following = session.scalars(
+    had = set(
+        session.scalars(select(Delivery.step_id).where(Delivery.enrollment_id == enrollment.id))
+    )
+    later = session.scalars(
         select(Step)
-        .where(Step.sequence_id == step.sequence_id, Step.position > step.position)
+        .where(
+            Step.sequence_id == step.sequence_id,
+            Step.removed_at.is_(None),
+            Step.position > step.position,
+        )
         .order_by(Step.position)
-        .limit(1)
-    ).first()
+    )
+    following = next_step(later, step, {i for i in had if i is not None})
     if following is None:
         enrollment.status = EnrollmentStatus.COMPLETED
         enrollment.ended_at = now
         return
-    exists = session.scalar(
-        select(Delivery.id).where(
-            Delivery.enrollment_id == enrollment.id, Delivery.step_id == following.id
-        )
-    )
-    if exists is None:
-        _schedule_step(session, enrollment, following, now, now, day_seconds)
+    _schedule_step(session, enrollment, following, now, now, day_seconds)
 
 
 def skip_open(

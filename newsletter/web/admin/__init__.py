@@ -51,4 +51,11 @@ def navigation(is_owner: bool) -> list[tuple[str, str]]:
     ]
 
 
-from newsletter.web.admin import access, accounts, audit, auth, second_factor  # noqa: E402,F401
+from newsletter.web.admin import (  # noqa: E402,F401
+    access,
+    accounts,
+    audit,
+    auth,
+    figures,
+    second_factor,
+)
