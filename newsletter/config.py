@@ -76,6 +76,8 @@ class Settings:
     dkim_domain: str | None = None
     signup_answer_seconds: float = 0.25
     admin_idle_minutes: float = 30.0
+    admin_sign_in_limit_per_account: str = "5 per minute; 20 per hour"
+    admin_sign_in_limit_per_address: str = "20 per minute; 100 per hour"
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -224,12 +226,16 @@ def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _rate_limit(env: Mapping[str, str]) -> str:
-    value = env.get("SIGNUP_RATE_LIMIT", "").strip() or "20 per minute; 200 per hour"
+def _rate_limit(
+    env: Mapping[str, str],
+    name: str = "SIGNUP_RATE_LIMIT",
+    default: str = "20 per minute; 200 per hour",
+) -> str:
+    value = env.get(name, "").strip() or default
     try:
         parse_many(value)
     except ValueError:
-        message = f"SIGNUP_RATE_LIMIT is not a rate limit like '20 per minute': {value!r}"
+        message = f"{name} is not a rate limit like '20 per minute': {value!r}"
         raise ConfigError(message) from None
     return value
 
@@ -351,5 +357,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         unsubscribe_mailto=_optional_address(env, "UNSUBSCRIBE_MAILTO", bare=True),
         signup_answer_seconds=_signup_answer_seconds(env),
         admin_idle_minutes=_number(env, "ADMIN_IDLE_MINUTES", 30.0, minimum=1.0),
+        admin_sign_in_limit_per_account=_rate_limit(
+            env, "ADMIN_SIGN_IN_LIMIT_PER_ACCOUNT", "5 per minute; 20 per hour"
+        ),
+        admin_sign_in_limit_per_address=_rate_limit(
+            env, "ADMIN_SIGN_IN_LIMIT_PER_ADDRESS", "20 per minute; 100 per hour"
+        ),
         **_dkim(env),
     )

@@ -55,6 +55,8 @@ def test_embedded_defaults(tmp_path: Path) -> None:
         ("BREAKER_WINDOW", "3"),
         ("ADMIN_IDLE_MINUTES", "0"),
         ("ADMIN_IDLE_MINUTES", "soon"),
+        ("ADMIN_SIGN_IN_LIMIT_PER_ACCOUNT", "lots"),
+        ("ADMIN_SIGN_IN_LIMIT_PER_ADDRESS", "often"),
     ],
 )
 def test_invalid_setting_names_the_variable(tmp_path: Path, name: str, value: str) -> None:

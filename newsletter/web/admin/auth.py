@@ -17,6 +17,7 @@ from newsletter.admins import accounts, second_factor
 from newsletter.db import db
 from newsletter.extensions import limiter
 from newsletter.models import Admin
+from newsletter.runtime import runtime
 from newsletter.web.admin import bp
 from newsletter.web.admin.access import (
     begin_session,
@@ -27,9 +28,16 @@ from newsletter.web.admin.access import (
 )
 from newsletter.web.admin.forms import ButtonForm, ChangePasswordForm, CodeForm, SignInForm
 
-# Failed attempts only (a successful sign-in answers with a redirect).
-SIGN_IN_LIMIT_PER_ADDRESS = "20 per minute; 100 per hour"
-SIGN_IN_LIMIT_PER_ACCOUNT = "5 per minute; 20 per hour"
+
+# Failed attempts only count (a successful step answers with a redirect).
+def _per_address() -> str:
+    return runtime().settings.admin_sign_in_limit_per_address
+
+
+def _per_account() -> str:
+    return runtime().settings.admin_sign_in_limit_per_account
+
+
 NO_MATCH = "That email address and password do not match an active account."
 
 
@@ -63,8 +71,8 @@ def sign_in_page() -> str:
 
 
 @bp.post("/sign-in")
-@limiter.limit(SIGN_IN_LIMIT_PER_ADDRESS, deduct_when=_failed)
-@limiter.limit(SIGN_IN_LIMIT_PER_ACCOUNT, key_func=_account_key, deduct_when=_failed)
+@limiter.limit(_per_address, deduct_when=_failed)
+@limiter.limit(_per_account, key_func=_account_key, deduct_when=_failed)
 def sign_in() -> ResponseReturnValue:
     """Check the password; sign in, or ask for the second factor when the account has one."""
     form = SignInForm()
@@ -117,8 +125,8 @@ def sign_in_code_page() -> ResponseReturnValue:
 
 
 @bp.post("/sign-in/code")
-@limiter.limit(SIGN_IN_LIMIT_PER_ADDRESS, deduct_when=_failed)
-@limiter.limit(SIGN_IN_LIMIT_PER_ACCOUNT, key_func=_pending_key, deduct_when=_failed)
+@limiter.limit(_per_address, deduct_when=_failed)
+@limiter.limit(_per_account, key_func=_pending_key, deduct_when=_failed)
 def sign_in_code() -> ResponseReturnValue:
     """Check the code from the authenticator app and finish signing in."""
     pending = _pending()
