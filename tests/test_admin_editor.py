@@ -313,9 +313,12 @@ def test_a_publish_while_mail_is_being_sent_is_refused_clearly(
     last = steps[-1]
     links = {f"resources-{n}-url": "https://example.org/x" for n in range(len(last["resources"]))}
     save(editor, last["key"], **links)
+    # Removing part 2 changes the next part of the person whose part 1 is on the wire.
+    sequence_path = f"/admin/sequences/{seed_id()}"
+    post(editor, f"{sequence_path}/steps/{steps[1]['key']}/remove", {}, form=sequence_path)
     path = f"/admin/sequences/{seed_id()}/publish"
     refused = post(editor, path, {})
     assert refused.status_code == 409
     assert "being sent right now" in refused.get_data(as_text=True)
     assert live_steps() == steps and draft_steps() is not None
-    assert [a[0] for a in audit_entries()] == ["sequence.step_update"]
+    assert [a[0] for a in audit_entries()] == ["sequence.step_update", "sequence.step_remove"]
