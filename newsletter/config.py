@@ -226,11 +226,7 @@ def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _rate_limit(
-    env: Mapping[str, str],
-    name: str = "SIGNUP_RATE_LIMIT",
-    default: str = "20 per minute; 200 per hour",
-) -> str:
+def _rate_limit(env: Mapping[str, str], name: str, default: str) -> str:
     value = env.get(name, "").strip() or default
     try:
         parse_many(value)
@@ -339,7 +335,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dispatch_batch_size=_integer(env, "DISPATCH_BATCH_SIZE", 500, minimum=1),
         dispatch_max_in_flight=_integer(env, "DISPATCH_MAX_IN_FLIGHT", 5000, minimum=1),
         dev_mail_dir=Path(dev_mail).resolve() if dev_mail else None,
-        signup_rate_limit=_rate_limit(env),
+        signup_rate_limit=_rate_limit(env, "SIGNUP_RATE_LIMIT", "20 per minute; 200 per hour"),
         trusted_proxies=_integer(env, "TRUSTED_PROXIES", 0, minimum=0),
         retry_schedule=_retry_schedule(env),
         retry_give_up_seconds=_number(env, "RETRY_GIVE_UP_SECONDS", 3 * 86400.0, minimum=1.0),
