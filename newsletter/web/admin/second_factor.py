@@ -6,10 +6,14 @@ anyone else. The secret is shown as text too, for apps that take it typed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+
 import segno
 from flask import flash, redirect, render_template, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
+from sqlalchemy.orm import Session
 
 from newsletter import clock
 from newsletter.admins import second_factor
@@ -72,39 +76,38 @@ def second_factor_start() -> ResponseReturnValue:
     return redirect(url_for("admin.second_factor_page"), code=303)
 
 
-@bp.post("/second-factor/confirm")
-@editor_required
-def second_factor_confirm() -> ResponseReturnValue:
-    """Turn the second factor on with a first code from the app."""
+def _with_code(
+    change: Callable[[Session, Admin, str, datetime], None], done: str
+) -> ResponseReturnValue:
+    """Run `change` on the signed-in admin with the code the form carries; the page again,
+    with the refusal beside the code, when it is refused."""
     form = CodeForm()
     if form.validate_on_submit():
         try:
             with db.transaction() as tx:
                 admin = tx.get(Admin, current_admin().id)
                 assert admin is not None
-                second_factor.confirm_enrolment(tx, admin, form.code.data or "", clock.now())
+                change(tx, admin, form.code.data or "", clock.now())
         except AccountError as exc:
             form.code.errors.append(str(exc))
         else:
-            flash("Your second factor is on: signing in now asks for a code.", "info")
+            flash(done, "info")
             return redirect(url_for("admin.second_factor_page"), code=303)
     return _page(_mine(), form, 400)
+
+
+@bp.post("/second-factor/confirm")
+@editor_required
+def second_factor_confirm() -> ResponseReturnValue:
+    """Turn the second factor on with a first code from the app."""
+    return _with_code(
+        second_factor.confirm_enrolment,
+        "Your second factor is on: signing in now asks for a code.",
+    )
 
 
 @bp.post("/second-factor/off")
 @editor_required
 def second_factor_off() -> ResponseReturnValue:
     """Turn one's own second factor off, with a current code."""
-    form = CodeForm()
-    if form.validate_on_submit():
-        try:
-            with db.transaction() as tx:
-                admin = tx.get(Admin, current_admin().id)
-                assert admin is not None
-                second_factor.turn_off(tx, admin, form.code.data or "", clock.now())
-        except AccountError as exc:
-            form.code.errors.append(str(exc))
-        else:
-            flash("Your second factor is off.", "info")
-            return redirect(url_for("admin.second_factor_page"), code=303)
-    return _page(_mine(), form, 400)
+    return _with_code(second_factor.turn_off, "Your second factor is off.")
