@@ -3,26 +3,29 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from email import policy
 from email.parser import BytesParser
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from newsletter import clock
 from newsletter.audience import subscriptions
 from newsletter.db import db
-from newsletter.delivery import sending
+from newsletter.delivery import claims, sending
 from newsletter.mail.compose import HeaderError, checked_header
-from newsletter.mail.transport import SmtpTransport
+from newsletter.mail.transport import SendError, SmtpTransport, Stage
 from newsletter.models import (
     Delivery,
     DeliveryKind,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
+    Event,
     Sequence,
     Subscriber,
     SubscriberStatus,
@@ -31,7 +34,7 @@ from newsletter.models import (
 from tests.helpers.apps import runtime_of
 from tests.helpers.crowd import seat
 from tests.helpers.mailparse import html_of, part_number, text_of
-from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
+from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery, run_batch
 from tests.helpers.smtp import SmtpSink
 
 
@@ -318,3 +321,94 @@ def test_one_recorded_group_completes_several_enrollments(app: Flask) -> None:
         for enrollment_id in enrollments:
             enrollment = session.get(Enrollment, enrollment_id)
             assert enrollment is not None and enrollment.status is EnrollmentStatus.COMPLETED
+
+
+class _LateTimeout(SmtpTransport):
+    """The server stores the message but its reply comes after the client gave up; `meanwhile`
+    is what happens elsewhere before the timeout fires (the reaper, another worker)."""
+
+    def __init__(self, app: Flask, meanwhile: Callable[[], None]) -> None:
+        super().__init__(runtime_of(app).settings)
+        self.meanwhile = meanwhile
+
+    def send_data(self, sender: str, recipients: Iterable[str], payload: bytes) -> None:
+        super().send_data(sender, recipients, payload)
+        self.meanwhile()
+        raise SendError(
+            "no reply after the message was sent (TimeoutError); the server may have accepted it",
+            stage=Stage.MESSAGE,
+            ambiguous=True,
+        )
+
+
+def test_a_late_timeout_leaves_alone_a_part_another_attempt_sent(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    """The reaper hands a slow message on, another worker sends and records it, and only then
+    does the first attempt's reply time out: the part stays sent and its next part scheduled.
+    (Writing a retry over it once sent the part again with the next one already there, which
+    ended the course early: the last part never went.)"""
+    active_subscriber("slow@example.org")
+    step_id = next(i for i in claim_all() if delivery(i).kind is DeliveryKind.STEP)
+    first_claim = delivery(step_id).claimed_at
+    second: list[sending.Outcome] = []
+
+    def reaped_and_sent_elsewhere() -> None:
+        with db.transaction() as session:
+            assert claims.give_back(session, Delivery.id == step_id, clock.now(), "claim expired")
+        assert claim_all() == [step_id]
+        again = delivery(step_id).claimed_at
+        assert again != first_claim
+        second.extend(run_batch(app, [step_id], claim=again))
+
+    outcomes = run_batch(
+        app, [step_id], _LateTimeout(app, reaped_and_sent_elsewhere), claim=first_claim
+    )
+    assert second == [sending.Outcome.SENT]
+    assert outcomes == Counter({sending.Outcome.SKIPPED: 1})
+    row = delivery(step_id)
+    assert row.state is DeliveryState.SENT and row.sent_at is not None
+    # Two copies with one Message-ID (the counted, uncertain window), and both are on record.
+    assert [part_number(m) for m in smtp_sink.messages] == [(1, 4), (1, 4)]
+    assert len({str(m["Message-ID"]) for m in smtp_sink.messages}) == 1
+    with db.session() as session:
+        uncertain = session.scalar(
+            select(func.count(Event.id)).where(
+                Event.delivery_id == step_id, Event.kind == "uncertain"
+            )
+        )
+        following = session.scalars(
+            select(Delivery).where(Delivery.kind == DeliveryKind.STEP, Delivery.id != step_id)
+        ).one()
+        enrollment = session.scalars(select(Enrollment)).one()
+    assert uncertain == 2  # the reaper's and the timed-out reply's
+    assert following.state is DeliveryState.SCHEDULED
+    assert enrollment.status is EnrollmentStatus.ACTIVE
+
+
+def test_a_course_with_a_part_still_to_go_does_not_complete(app: Flask) -> None:
+    """A part recorded as if it were the last, while a later part waits: the course goes on
+    (a part sent twice may find its follow-up already scheduled)."""
+    from newsletter.delivery import planning
+
+    now = clock.now()
+    with db.transaction() as session:
+        sequence = session.scalars(select(Sequence)).one()
+        waiting = {1: DeliveryState.SENT, 2: DeliveryState.SENT, 3: DeliveryState.SCHEDULED}
+        enrollment_id = seat(
+            session, sequence, "mid@example.org", EnrollmentStatus.ACTIVE, waiting, now=now, due=now
+        )
+        follow = planning.FollowUp(
+            enrollment_id=enrollment_id,
+            subscriber_id=session.get(Enrollment, enrollment_id).subscriber_id,  # type: ignore[union-attr]
+            started_at=now,
+            time_zone="UTC",
+            window=sequence.window,
+            next_step_id=None,
+            next_day_offset=0,
+        )
+    with db.engine.begin() as conn:
+        planning.schedule_next(conn, [(follow, now)], now, 86400)
+    with db.session() as session:
+        enrollment = session.get(Enrollment, enrollment_id)
+        assert enrollment is not None and enrollment.status is EnrollmentStatus.ACTIVE

@@ -11,7 +11,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, func, select, text, update
+from sqlalchemy import Connection, bindparam, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from newsletter.models import (
@@ -207,9 +207,19 @@ _STILL_ACTIVE = (_ENROLLMENTS.c.id == bindparam("enrollment_id")) & (
     (_ENROLLMENTS.c.status == EnrollmentStatus.ACTIVE)
     | (_ENROLLMENTS.c.status == EnrollmentStatus.PAUSED)
 )
+# An enrollment with a part still to go is not complete, whatever the part just sent says: a
+# part sent a second time (after an uncertain reply) may find its follow-up already there.
+_OPEN_PART = (
+    select(_DELIVERIES.c.id)
+    .where(
+        _DELIVERIES.c.enrollment_id == _ENROLLMENTS.c.id,
+        or_(*(_DELIVERIES.c.state == state for state in sorted(OPEN_STATES, key=str))),
+    )
+    .exists()
+)
 _COMPLETE = (
     update(_ENROLLMENTS)
-    .where(_STILL_ACTIVE)
+    .where(_STILL_ACTIVE, ~_OPEN_PART)
     .values(status=EnrollmentStatus.COMPLETED, ended_at=bindparam("now"))
 )
 # The next part, inserted only while the enrollment is active or paused (an unsubscribe that
@@ -325,6 +335,12 @@ def move_on(session: Session, delivery: Delivery, now: datetime, day_seconds: fl
     )
     following = next_step(later, step, {i for i in had if i is not None})
     if following is None:
+        session.flush()
+        still_open = select(Delivery.id).where(
+            Delivery.enrollment_id == enrollment.id, Delivery.state.in_(OPEN_STATES)
+        )
+        if session.scalar(still_open.limit(1)) is not None:
+            return  # a later part is still on its way; it completes the course
         enrollment.status = EnrollmentStatus.COMPLETED
         enrollment.ended_at = now
         return

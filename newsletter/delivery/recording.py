@@ -205,7 +205,12 @@ def _retry_or_give_up(
 
 
 def record_failure(
-    conn: Connection, job: Job, error: SendError, now: datetime, policy: Policy
+    conn: Connection,
+    job: Job,
+    error: SendError,
+    now: datetime,
+    policy: Policy,
+    claim: datetime | None = None,
 ) -> Outcome:
     """Record a message the server did not (or not certainly) accept; its outcome.
 
@@ -213,21 +218,32 @@ def record_failure(
     retried; a refusal of us by the relay puts the mail back in the queue, unharmed, and the
     caller pauses sending; only a refusal of the recipient's mailbox bounces and suppresses
     the address; a refused message fails alone and the series goes on.
+
+    A row that stopped being this batch's during the conversation (`claim` is the batch's
+    claim time) is left as its new owner has it: an unsubscribe skipped it, or the reaper
+    handed it on and another attempt may already have sent it and scheduled the next part.
     """
     verdict = judge(error)
     with conn.begin(), Session(bind=conn) as session:
         delivery = session.get(Delivery, job.delivery_id)
         assert delivery is not None
-        delivery.last_error = str(error)[:2000]
-        delivery.message_id = job.message_id
+        ours = delivery.state is DeliveryState.CLAIMED and (
+            claim is None or delivery.claimed_at == claim
+        )
         if error.ambiguous:
             # The counted window: the server may have the message. It is retried (with the same
             # Message-ID) rather than dropped; the event makes every such case visible.
             _note(session, delivery, "uncertain", {"error": str(error)[:500]}, now)
-        if delivery.state is DeliveryState.SKIPPED and verdict is not Verdict.MAILBOX:
-            # An unsubscribe landed during the conversation: nothing is left to retry.
-            outcome = Outcome.SKIPPED
-        elif verdict is Verdict.RELAY:
+        if not ours and verdict is not Verdict.MAILBOX:
+            # Writing a retry over a row another attempt recorded as sent would send that part
+            # again, after its follow-up exists, and end the course early.
+            log.warning("delivery %d failed after it left this batch: %s", delivery.id, error)
+            outcome = Outcome.PAUSED if verdict is Verdict.RELAY else Outcome.SKIPPED
+            session.flush()
+            return outcome
+        delivery.last_error = str(error)[:2000]
+        delivery.message_id = job.message_id
+        if verdict is Verdict.RELAY:
             # Nobody's mailbox is at fault: the mail waits in the queue, due now, until sending
             # resumes, and the wait does not count towards its give-up age.
             delivery.state = DeliveryState.RETRY
@@ -235,7 +251,8 @@ def record_failure(
             log.error("delivery %d refused by the relay, not the recipient: %s", delivery.id, error)
             outcome = Outcome.PAUSED
         elif verdict is Verdict.MAILBOX:
-            delivery.state = DeliveryState.FAILED
+            if delivery.state is not DeliveryState.SENT:  # another attempt's success stays
+                delivery.state = DeliveryState.FAILED
             _hard_bounce(session, delivery, str(error), now)
             log.warning("delivery %d bounced: %s", delivery.id, error)
             outcome = Outcome.BOUNCED

@@ -214,7 +214,9 @@ class _Batch:
         try:
             self.transport.send_data(outgoing.sender, outgoing.recipients, outgoing.data)
         except SendError as error:
-            outcome = self._call(recording.record_failure, job, error, self.clock(), self.policy)
+            outcome = self._call(
+                recording.record_failure, job, error, self.clock(), self.policy, self.claim
+            )
             self._outcome(outcome, str(error))
             return
         # The server has the message: from here until it is recorded, a crash leaves it to
