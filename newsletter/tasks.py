@@ -45,6 +45,13 @@ def refresh_figures() -> None:
         figures.refresh_dashboard(session, clock.now())
 
 
+@shared_task(name="newsletter.recount_funnel")
+def recount_funnel(sequence_id: int, period: str) -> bool:
+    """Count a stale funnel again, for the page that served it stale; whether it did."""
+    with db.transaction() as session:
+        return figures.recount_funnel(session, sequence_id, period, clock.now())
+
+
 @shared_task(name="newsletter.send_batch")
 def send_batch(delivery_ids: list[int], claim: str) -> dict[str, int]:
     """Send a batch of claimed deliveries over this worker's SMTP connection."""

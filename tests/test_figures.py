@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from newsletter import clock
 from newsletter.audience import figures
 from newsletter.content.results import PERIODS, sequence_results, since_of
+from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.delivery import dispatch, heartbeat
 from newsletter.delivery.status import health
@@ -228,6 +229,104 @@ def test_the_funnel_is_cached_per_sequence_and_period(app: Flask) -> None:
         again = figures.funnel(session, sequence, "7", NOW + timedelta(seconds=1))
     assert again == week  # read back from the cache, equal to what was counted
     assert set(PERIODS) == {"7", "30", "90", "all"}
+
+
+def _tamper(key: str) -> None:
+    """Write a number into a stored funnel that no count gives, to tell a recount from a read."""
+    with db.transaction() as session:
+        row = session.get(CachedFigures, key)
+        assert row is not None
+        data = dict(row.data)
+        data["parts"] = [{**data["parts"][0], "sent": 999}, *data["parts"][1:]]
+        row.data = data
+
+
+def test_a_stale_funnel_is_served_while_a_task_counts_it_again(app: Flask) -> None:
+    with db.transaction() as session:
+        sequence = build_cohorts(session)
+        sequence_id = sequence.id
+        asked: list[str] = []
+
+        def ask() -> bool:
+            asked.append("recount")
+            return True
+
+        # Missing: counted here, whatever `recount` offers.
+        first = figures.funnel(session, sequence, "all", NOW, recount=ask)
+    assert asked == [] and not first.recounting and first.value.parts[0].sent == 5
+    key = figures.funnel_key(sequence_id, "all")
+    _tamper(key)
+    later = NOW + figures.FUNNEL_MAX_AGE + timedelta(seconds=1)
+    with db.transaction() as session:
+        sequence = session.get(Sequence, sequence_id)
+        assert sequence is not None
+        stale = figures.funnel(session, sequence, "all", later, recount=ask)
+    # Stale: served as stored, with its old moment, once a recount was asked for.
+    assert asked == ["recount"] and stale.recounting
+    assert stale.computed_at == NOW and stale.value.parts[0].sent == 999
+    with db.transaction() as session:
+        assert figures.recount_funnel(session, sequence_id, "all", later)
+    with db.transaction() as session:
+        sequence = session.get(Sequence, sequence_id)
+        assert sequence is not None
+        fresh = figures.funnel(session, sequence, "all", later, recount=ask)
+        # Fresh now: a second recount queued by another reader does nothing.
+        assert not figures.recount_funnel(session, sequence_id, "all", later)
+    assert asked == ["recount"] and not fresh.recounting
+    assert fresh.computed_at == later and fresh.value.parts[0].sent == 5
+
+
+def test_a_recount_that_cannot_be_queued_is_counted_by_the_reader(app: Flask) -> None:
+    with db.transaction() as session:
+        sequence = build_cohorts(session)
+        figures.funnel(session, sequence, "7", NOW)
+        sequence_id = sequence.id
+    _tamper(figures.funnel_key(sequence_id, "7"))
+    later = NOW + figures.FUNNEL_MAX_AGE
+    with db.transaction() as session:
+        sequence = session.get(Sequence, sequence_id)
+        assert sequence is not None
+        counted = figures.funnel(session, sequence, "7", later, recount=lambda: False)
+    assert not counted.recounting and counted.computed_at == later
+    assert counted.value.parts[0].sent == 2
+
+
+def test_a_recount_needs_a_stored_funnel_of_a_known_period(app: Flask) -> None:
+    with db.transaction() as session:
+        sequence = build_cohorts(session)
+        figures.funnel(session, sequence, "30", NOW)
+        sequence_id = sequence.id
+    later = NOW + timedelta(hours=1)
+    with db.transaction() as session:
+        assert not figures.recount_funnel(session, sequence_id, "7", later)  # never counted
+        assert not figures.recount_funnel(session, sequence_id, "1; DROP", later)
+        assert not figures.recount_funnel(session, sequence_id + 1, "30", later)
+        assert figures.recount_funnel(session, sequence_id, "30", later)
+    with db.session() as session:
+        keys = sorted(session.scalars(select(CachedFigures.key)))
+    assert keys == [figures.funnel_key(sequence_id, "30")]
+
+
+@pytest.mark.postgres
+def test_readers_of_one_stale_funnel_start_one_count(postgres_url: str, tmp_path: Path) -> None:
+    """A recount skips a funnel whose row another recount holds (PostgreSQL SKIP LOCKED)."""
+    make_app(base_env(tmp_path, postgres_url, None))
+    with db.transaction() as session:
+        ensure_seed(session)
+        sequence = build_cohorts(session)
+        figures.funnel(session, sequence, "all", NOW)
+        sequence_id = sequence.id
+    key = figures.funnel_key(sequence_id, "all")
+    later = NOW + timedelta(hours=1)
+    try:
+        with db.transaction() as holder:
+            holder.get(CachedFigures, key, with_for_update=True)  # the first recount, counting
+            with db.transaction() as session:
+                assert not figures.recount_funnel(session, sequence_id, "all", later)
+        with db.transaction() as session:
+            assert figures.recount_funnel(session, sequence_id, "all", later)
+    finally:
+        db.dispose()
 
 
 def test_flask_results_counts_the_cohort_of_a_period(

@@ -4,10 +4,12 @@ Exact counts over a million subscribers and millions of deliveries take from a f
 milliseconds to seconds (listmonk's exact counts took tens of seconds at that size): too much
 for every page view. So each set of figures is counted by one function, stored in
 `cached_figures` with the moment it was counted, and served from there while it is younger
-than its maximum age. An older (stale) or missing entry is counted again by the reader who
-finds it (on demand), and the beat recounts the dashboard's every `REFRESH_SECONDS`
-(`tasks.refresh_figures`), so that a reader rarely waits. Pages show how old their figures
-are.
+than its maximum age. The beat recounts the dashboard's every `REFRESH_SECONDS`
+(`tasks.refresh_figures`), so that a reader rarely waits; a missing or stale one is counted by
+the reader who finds it. A funnel is counted on demand, once: after that a stale funnel is
+served as it is while a task counts it again in the background (`recount_funnel`, queued by
+the page), so that nobody waits seconds for a count that was done before. Pages show how old
+their figures are.
 
 The dispatcher's heartbeat and the brake are read live, never cached: one row and one key.
 """
@@ -22,7 +24,13 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from newsletter.content.results import PartResult, SequenceResults, sequence_results, since_of
+from newsletter.content.results import (
+    PERIODS,
+    PartResult,
+    SequenceResults,
+    sequence_results,
+    since_of,
+)
 from newsletter.db import upsert
 from newsletter.delivery.status import Health, health
 from newsletter.models import (
@@ -54,6 +62,8 @@ class Cached(Generic[T]):
 
     value: T
     computed_at: datetime
+    # Served stale while a recount was asked for in the background.
+    recounting: bool = False
 
     def age(self, now: datetime) -> timedelta:
         """How old the figures are at `now`."""
@@ -77,11 +87,18 @@ def cached(
     count: Callable[[], T],
     dump: Callable[[T], dict[str, Any]],
     load: Callable[[dict[str, Any]], T],
+    recount: Callable[[], bool] | None = None,
 ) -> Cached[T]:
-    """The figures stored under `key` while fresh; else `count()` them now and store them."""
+    """The figures stored under `key` while fresh; else `count()` them now and store them.
+
+    With `recount`, stale figures are served as they are once `recount()` has asked for a new
+    count elsewhere (it answers whether it could); only missing ones are counted here.
+    """
     row = session.get(CachedFigures, key)
     if row is not None and is_fresh(row.computed_at, now, max_age):
         return Cached(load(row.data), row.computed_at)
+    if row is not None and recount is not None and recount():
+        return Cached(load(row.data), row.computed_at, recounting=True)
     value = count()
     upsert(
         session,
@@ -242,16 +259,53 @@ def funnel(
     period: str,
     now: datetime,
     max_age: timedelta = FUNNEL_MAX_AGE,
+    recount: Callable[[], bool] | None = None,
 ) -> Cached[SequenceResults]:
     """The results of `sequence` for the readers who enrolled in `period` (a key of
-    `results.PERIODS`): the stored ones while fresh, else counted now and stored."""
+    `results.PERIODS`): the stored ones while fresh; stale ones while `recount()` has a task
+    count them again; else counted now and stored."""
     since = since_of(period, now)
     return cached(
         session,
-        f"funnel:{sequence.id}:{period}",
+        funnel_key(sequence.id, period),
         now,
         max_age,
         lambda: sequence_results(session, sequence, since),
         _dump_results,
         _load_results,
+        recount,
     )
+
+
+def funnel_key(sequence_id: int, period: str) -> str:
+    """Where a sequence's funnel for a period is stored in `cached_figures`."""
+    return f"funnel:{sequence_id}:{period}"
+
+
+def recount_funnel(
+    session: Session,
+    sequence_id: int,
+    period: str,
+    now: datetime,
+    max_age: timedelta = FUNNEL_MAX_AGE,
+) -> bool:
+    """Count a stored funnel again (the background task); whether it did.
+
+    Nothing happens when the stored one is fresh (an earlier recount, queued by another reader,
+    did it) or when another recount holds its row (PostgreSQL's SKIP LOCKED: several readers of
+    a stale funnel ask for one count, not several).
+    """
+    if period not in PERIODS:
+        return False
+    row = session.get(
+        CachedFigures,
+        funnel_key(sequence_id, period),
+        with_for_update={"skip_locked": True},
+        populate_existing=True,
+    )
+    sequence = session.get(Sequence, sequence_id)
+    if row is None or sequence is None or is_fresh(row.computed_at, now, max_age):
+        return False
+    row.data = _dump_results(sequence_results(session, sequence, since_of(period, now)))
+    row.computed_at = now
+    return True

@@ -3,6 +3,7 @@ drawn as SVG charts beside tables of the same numbers."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -11,7 +12,7 @@ from flask import abort, render_template, request
 from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 
-from newsletter import clock
+from newsletter import clock, tasks
 from newsletter.audience import figures
 from newsletter.content.results import GONE, PERIODS, SequenceResults
 from newsletter.db import db
@@ -22,6 +23,8 @@ from newsletter.runtime import runtime
 from newsletter.web import charts
 from newsletter.web.admin import bp
 from newsletter.web.admin.access import editor_required
+
+log = logging.getLogger(__name__)
 
 # A dispatch tick this many intervals late means the beat (or its worker) is not running.
 LATE_TICKS = 3
@@ -163,6 +166,16 @@ def _funnel_chart(results: SequenceResults, label: str) -> charts.Chart:
     )
 
 
+def _ask_recount(sequence_id: int, period: str) -> bool:
+    """Queue a background count of a stale funnel; whether the queue took it."""
+    try:
+        tasks.recount_funnel.delay(sequence_id, period)
+    except Exception:  # noqa: BLE001 - any broker failure: the page counts it itself instead
+        log.warning("the funnel of sequence %d could not be queued for a recount", sequence_id)
+        return False
+    return True
+
+
 @bp.get("/sequences/<int:sequence_id>/funnel")
 @editor_required
 def funnel(sequence_id: int) -> ResponseReturnValue:
@@ -179,7 +192,9 @@ def funnel(sequence_id: int) -> ResponseReturnValue:
         sequence = session.get(Sequence, sequence_id)
         if sequence is None:
             abort(404)
-        cached = figures.funnel(session, sequence, period, now)
+        cached = figures.funnel(
+            session, sequence, period, now, recount=lambda: _ask_recount(sequence_id, period)
+        )
         title = sequence.title
     results = cached.value
     page = render_template(
