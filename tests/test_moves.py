@@ -28,6 +28,7 @@ from newsletter.models import (
     StopReason,
     Subscriber,
     Suppression,
+    address_hash,
 )
 from tests.helpers.mailparse import part_number, text_of
 from tests.helpers.sending import active_subscriber, claim_all, deliver, delivery
@@ -241,3 +242,23 @@ def test_a_resend_to_an_address_suppressed_after_its_claim_is_skipped(
     assert deliver(app, copy.id) is Outcome.SKIPPED
     assert delivery(copy.id).last_error == "address is suppressed"
     assert parts_received(smtp_sink, "gus@example.org") == [1]
+
+
+def test_a_move_for_an_address_suppressed_by_its_hash_alone_is_refused(
+    app: Flask, smtp_sink: SmtpSink, at_time: Any
+) -> None:
+    """An erased entry keeps only the address's digest: a move still finds it and changes
+    nothing."""
+    at_time(NOON)
+    hal = active_subscriber("hal@example.org")
+    send_due(app)
+    before = rows(hal)
+    with db.transaction() as session:
+        session.add(
+            Suppression(email=None, email_hash=address_hash("hal@example.org"), reason="erased")
+        )
+    with pytest.raises(ActionRefused, match="suppression list"):
+        resend(hal, 1)
+    with pytest.raises(ActionRefused, match="suppression list"):
+        act(moves.restart_enrollment, hal)
+    assert rows(hal) == before

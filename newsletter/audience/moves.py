@@ -30,6 +30,7 @@ from newsletter.models import (
     Subscriber,
     SubscriberStatus,
     Suppression,
+    address_hash,
 )
 from newsletter.schedule import REAL_DAY
 
@@ -55,7 +56,9 @@ def _check_reachable(session: Session, subscriber: Subscriber) -> None:
         raise ActionRefused(
             f"{subscriber.email} is {subscriber.status.value}, not active: nothing can be sent."
         )
-    suppressed = session.scalar(select(Suppression.id).where(Suppression.email == subscriber.email))
+    # By digest: an erased person's entry keeps no address, only its digest.
+    digest = address_hash(subscriber.email)
+    suppressed = session.scalar(select(Suppression.id).where(Suppression.email_hash == digest))
     if suppressed is not None:
         raise ActionRefused(f"{subscriber.email} is on the suppression list: nothing can be sent.")
 
