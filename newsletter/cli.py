@@ -66,7 +66,7 @@ def import_article_command(
     path: Path, slug: str | None, parts: int | None, replace: bool, publish: bool
 ) -> None:
     """Turn a plain-text or Markdown article into a sequence."""
-    from newsletter.content.versions import PublishBusy
+    from newsletter.content.publishing import PublishBusy
 
     try:
         with db.transaction() as session:

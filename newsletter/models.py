@@ -580,7 +580,7 @@ class SequenceVersion(Base):
     """One version of a sequence: a snapshot of its steps in order and its send settings.
 
     The newest published version is what the live steps are; a draft is edited freely and
-    changes nothing until `content/versions.publish` applies it.
+    changes nothing until `content/publishing.publish` applies it.
     """
 
     __tablename__ = "sequence_versions"
@@ -607,7 +607,7 @@ class SequenceVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     published_by: Mapped[str | None] = mapped_column(String(320))
-    # The dry run's numbers at publish (content/versions.PublishPlan.summary).
+    # The dry run's numbers at publish (content/publishing.PublishPlan.summary).
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     sequence: Mapped[Sequence] = relationship()

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from newsletter import clock
-from newsletter.content import versions
+from newsletter.content import drafts
 from newsletter.db import db
 from newsletter.models import (
     Delivery,
@@ -52,8 +52,8 @@ def live_steps() -> list[dict[str, Any]]:
 def draft_steps() -> list[dict[str, Any]] | None:
     with db.session() as session:
         sequence = session.scalars(select(Sequence)).one()
-        draft = versions.open_draft(session, sequence)
-        return versions.draft_steps(draft) if draft else None
+        draft = drafts.open_draft(session, sequence)
+        return drafts.draft_steps(draft) if draft else None
 
 
 def step_form(key: str, **changes: Any) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def step_form(key: str, **changes: Any) -> dict[str, Any]:
 
 def editor_snapshot() -> list[dict[str, Any]]:
     with db.session() as session:
-        return list(versions.snapshot_of(session.scalars(select(Sequence)).one())["steps"])
+        return list(drafts.snapshot_of(session.scalars(select(Sequence)).one())["steps"])
 
 
 def step_path(key: str, suffix: str = "") -> str:
@@ -244,7 +244,7 @@ def test_the_send_window_is_part_of_the_draft(app: Flask, editor: FlaskClient) -
     with db.session() as session:
         sequence = session.scalars(select(Sequence)).one()
         assert (sequence.title, sequence.send_hour) == ("Closer", 9)  # the window waits
-        draft = versions.open_draft(session, sequence)
+        draft = drafts.open_draft(session, sequence)
         assert draft is not None
         assert draft.snapshot["settings"] == {
             "send_hour": 8,

@@ -19,8 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from newsletter import clock
-from newsletter.content import versions
-from newsletter.content.versions import DraftError, PublishBusy, PublishPlan
+from newsletter.content import drafts, publishing
+from newsletter.content.drafts import DraftError
+from newsletter.content.publishing import PublishBusy, PublishPlan
 from newsletter.db import db
 from newsletter.delivery.policy import Outcome
 from newsletter.models import (
@@ -135,15 +136,15 @@ def publish_edit(edit: Edit, world: World) -> tuple[PublishPlan, PublishPlan | N
     """Draft the edit, take the dry run, publish; (the plan, a re-plan after, the edit's value)."""
     with db.transaction() as session:
         sequence = the_sequence(session)
-        draft = versions.draft_of(session, sequence)
+        draft = drafts.draft_of(session, sequence)
         value = edit(session, draft, world)
     with db.session() as session:
-        the_plan = versions.plan(session, the_sequence(session))
+        the_plan = publishing.plan(session, the_sequence(session))
     with db.transaction() as session:
         before = counts(session)
         was = {name: steps_had(session, eid) for name, eid in world.crowd.items()}
         waits = {name: waiting_key(session, eid) for name, eid in world.crowd.items()}
-        published = versions.publish(session, the_sequence(session), "kit@example.org")
+        published = publishing.publish(session, the_sequence(session), "kit@example.org")
         assert published.state is VersionState.PUBLISHED
     with db.session() as session:
         after = counts(session)
@@ -181,7 +182,7 @@ def publish_edit(edit: Edit, world: World) -> tuple[PublishPlan, PublishPlan | N
             )
         )
         assert enrollment_versions == {the_plan.version}
-        replan = versions.plan(session, the_sequence(session))
+        replan = publishing.plan(session, the_sequence(session))
     assert the_plan.safe
     return the_plan, replan, value
 
@@ -198,10 +199,10 @@ def test_insert_after_step_two_reaches_those_past_it_only(app: Flask) -> None:
     world = make_world()
 
     def edit(session: Session, draft: SequenceVersion, world: World) -> str:
-        key = versions.add_step(session, draft, world.keys[2])
-        versions.update_step(session, draft, key, subject="A new part", body_md="Fresh **text**.")
-        versions.update_step(session, draft, world.keys[3], day_offset=3)
-        versions.update_step(session, draft, world.keys[4], day_offset=4)
+        key = drafts.add_step(session, draft, world.keys[2])
+        drafts.update_step(session, draft, key, subject="A new part", body_md="Fresh **text**.")
+        drafts.update_step(session, draft, world.keys[3], day_offset=3)
+        drafts.update_step(session, draft, world.keys[4], day_offset=4)
         return key
 
     the_plan, _, new = publish_edit(edit, world)
@@ -234,7 +235,7 @@ def test_insert_after_step_two_reaches_those_past_it_only(app: Flask) -> None:
 def test_insert_before_step_one_reaches_only_who_has_had_nothing(app: Flask) -> None:
     world = make_world()
     the_plan, _, new = publish_edit(
-        lambda session, draft, world: versions.add_step(session, draft, None), world
+        lambda session, draft, world: drafts.add_step(session, draft, None), world
     )
     assert the_plan.next_part() == {new: 1}
     assert target_of(the_plan, world, "wait1") == new
@@ -244,7 +245,7 @@ def test_insert_after_the_last_step_reaches_nobody_and_finished_stay_finished(ap
     world = make_world()
 
     def edit(session: Session, draft: SequenceVersion, world: World) -> str:
-        key = versions.add_step(session, draft, world.keys[4])
+        key = drafts.add_step(session, draft, world.keys[4])
         return key
 
     the_plan, _, new = publish_edit(edit, world)
@@ -258,7 +259,7 @@ def test_insert_after_the_last_step_reaches_nobody_and_finished_stay_finished(ap
 def test_removing_the_step_people_wait_on_moves_them_to_the_next(app: Flask) -> None:
     world = make_world()
     the_plan, replan, _ = publish_edit(
-        lambda session, draft, world: versions.remove_step(session, draft, world.keys[3]), world
+        lambda session, draft, world: drafts.remove_step(session, draft, world.keys[3]), world
     )
     for name in ("wait3", "retry3", "failed2"):
         assert target_of(the_plan, world, name) == world.keys[4]
@@ -281,7 +282,7 @@ def test_removing_the_step_people_wait_on_moves_them_to_the_next(app: Flask) -> 
 def test_removing_the_last_step_finishes_who_waits_on_it(app: Flask) -> None:
     world = make_world()
     the_plan, _, _ = publish_edit(
-        lambda session, draft, world: versions.remove_step(session, draft, world.keys[4]), world
+        lambda session, draft, world: drafts.remove_step(session, draft, world.keys[4]), world
     )
     assert target_of(the_plan, world, "wait4") is None
     subject = the_plan.removed[world.keys[4]][1]
@@ -305,9 +306,9 @@ def test_reorder_moves_people_forward_only(app: Flask) -> None:
     world = make_world()
 
     def edit(session: Session, draft: SequenceVersion, world: World) -> None:
-        versions.move_step(session, draft, world.keys[4], 1)  # 1, 4, 2, 3
+        drafts.move_step(session, draft, world.keys[4], 1)  # 1, 4, 2, 3
         for index, key in enumerate([world.keys[1], world.keys[4], world.keys[2], world.keys[3]]):
-            versions.update_step(session, draft, key, day_offset=index)
+            drafts.update_step(session, draft, key, day_offset=index)
 
     the_plan, _, _ = publish_edit(edit, world)
     # wait2 had step 1: the old step 4, now second, is the first one after their place.
@@ -342,8 +343,8 @@ def test_changing_a_day_offset_or_text_moves_nobody_and_keeps_due_times(app: Fla
         )
 
     def edit(session: Session, draft: SequenceVersion, world: World) -> None:
-        versions.update_step(session, draft, world.keys[4], day_offset=6)
-        versions.update_step(
+        drafts.update_step(session, draft, world.keys[4], day_offset=6)
+        drafts.update_step(
             session, draft, world.keys[2], subject="Day two, {{ first_name or 'friend' }}"
         )
 
@@ -374,41 +375,41 @@ def test_a_bad_edit_names_its_field_and_changes_nothing(
     app: Flask, field: str, value: Any, words: str
 ) -> None:
     with db.transaction() as session:
-        draft = versions.draft_of(session, the_sequence(session))
-        key = versions.draft_steps(draft)[0]["key"]
-        before = versions.draft_steps(draft)
+        draft = drafts.draft_of(session, the_sequence(session))
+        key = drafts.draft_steps(draft)[0]["key"]
+        before = drafts.draft_steps(draft)
     with db.transaction() as session:
-        draft = versions.draft_of(session, the_sequence(session))
+        draft = drafts.draft_of(session, the_sequence(session))
         with pytest.raises(DraftError) as caught:
-            versions.update_step(session, draft, key, **{"subject": "Fine", field: value})
+            drafts.update_step(session, draft, key, **{"subject": "Fine", field: value})
         assert caught.value.field == field
         assert words in caught.value.message
-        assert versions.draft_steps(draft) == before
+        assert drafts.draft_steps(draft) == before
 
 
 @pytest.mark.any_database
 def test_draft_numbers_discard_and_settings(app: Flask) -> None:
     with db.transaction() as session:
         sequence = the_sequence(session)
-        assert versions.published(session, sequence) is not None  # the import recorded 1
-        draft = versions.draft_of(session, sequence)
-        assert draft.number == 2 and versions.draft_of(session, sequence) is draft
-        versions.update_settings(session, draft, send_hour=8, send_days="12345")
+        assert drafts.published(session, sequence) is not None  # the import recorded 1
+        draft = drafts.draft_of(session, sequence)
+        assert draft.number == 2 and drafts.draft_of(session, sequence) is draft
+        drafts.update_settings(session, draft, send_hour=8, send_days="12345")
         with pytest.raises(DraftError) as caught:
-            versions.update_settings(session, draft, send_end_hour=3)
+            drafts.update_settings(session, draft, send_end_hour=3)
         assert caught.value.field == "send_end_hour"
         with pytest.raises(DraftError):
-            versions.remove_step(session, draft, "no-such-key")
-        assert versions.warnings(draft)  # the seed's "Keep reading" link has no URL yet
-        versions.discard_draft(session, sequence)
-        assert versions.open_draft(session, sequence) is None
+            drafts.remove_step(session, draft, "no-such-key")
+        assert drafts.warnings(draft)  # the seed's "Keep reading" link has no URL yet
+        drafts.discard_draft(session, sequence)
+        assert drafts.open_draft(session, sequence) is None
     with db.transaction() as session:
         sequence = the_sequence(session)
         with pytest.raises(DraftError):
-            versions.publish(session, sequence, "kit@example.org")
-        draft = versions.draft_of(session, sequence)
-        versions.update_settings(session, draft, send_hour=8, send_days="12345")
-        versions.publish(session, sequence, "kit@example.org")
+            publishing.publish(session, sequence, "kit@example.org")
+        draft = drafts.draft_of(session, sequence)
+        drafts.update_settings(session, draft, send_hour=8, send_days="12345")
+        publishing.publish(session, sequence, "kit@example.org")
     with db.session() as session:
         sequence = the_sequence(session)
         assert (sequence.send_hour, sequence.send_days) == (8, "12345")
@@ -422,7 +423,7 @@ def test_draft_numbers_discard_and_settings(app: Flask) -> None:
             (2, VersionState.PUBLISHED, "kit@example.org"),  # the discarded draft left no trace
         ]
         with pytest.raises(DraftError):
-            versions.update_step(
+            drafts.update_step(
                 session, session.scalars(select(SequenceVersion)).first(), "x", subject="y"
             )  # type: ignore[arg-type]
 
@@ -436,10 +437,10 @@ def test_publish_waits_while_a_mail_of_the_sequence_is_being_sent(app: Flask) ->
             )
         ).one()
         row.state, row.claimed_at = S.CLAIMED, clock.now()
-        draft = versions.draft_of(session, the_sequence(session))
-        versions.remove_step(session, draft, world.keys[2])
+        draft = drafts.draft_of(session, the_sequence(session))
+        drafts.remove_step(session, draft, world.keys[2])
     with db.session() as session:
-        the_plan = versions.plan(session, the_sequence(session))
+        the_plan = publishing.plan(session, the_sequence(session))
         assert the_plan.busy == 1
         assert (
             "1 mail of this sequence is being sent right now; publish again in a minute"
@@ -450,13 +451,13 @@ def test_publish_waits_while_a_mail_of_the_sequence_is_being_sent(app: Flask) ->
     with db.transaction() as session:
         before = counts(session)
         with pytest.raises(PublishBusy) as caught:
-            versions.publish(session, the_sequence(session), "kit@example.org")
+            publishing.publish(session, the_sequence(session), "kit@example.org")
     assert str(caught.value) == (
         "1 mail of this sequence is being sent right now; publish again in a minute"
     )
     with db.session() as session:
         assert counts(session) == before
-        assert versions.open_draft(session, the_sequence(session)) is not None
+        assert drafts.open_draft(session, the_sequence(session)) is not None
         assert len(the_sequence(session).steps) == 4
 
 
@@ -523,11 +524,11 @@ def test_after_a_reorder_the_series_follows_the_new_order(
         sequence = the_sequence(session)
         subjects = {step.key: step.subject for step in sequence.steps}
         keys = [step.key for step in sequence.steps]
-        draft = versions.draft_of(session, sequence)
-        versions.move_step(session, draft, keys[3], 1)
+        draft = drafts.draft_of(session, sequence)
+        drafts.move_step(session, draft, keys[3], 1)
         for index, key in enumerate([keys[0], keys[3], keys[1], keys[2]]):
-            versions.update_step(session, draft, key, day_offset=index)
-        versions.publish(session, sequence, "kit@example.org")
+            drafts.update_step(session, draft, key, day_offset=index)
+        publishing.publish(session, sequence, "kit@example.org")
     for _ in range(3):
         with db.transaction() as session:
             waiting = session.scalars(
@@ -557,7 +558,7 @@ def test_a_paused_person_waiting_on_a_removed_step_stays_held_on_the_next(app: F
         assert enrollment is not None
         assert pause_enrollment(session, enrollment, clock.now()) == 1
     the_plan, _, _ = publish_edit(
-        lambda session, draft, world: versions.remove_step(session, draft, world.keys[3]), world
+        lambda session, draft, world: drafts.remove_step(session, draft, world.keys[3]), world
     )
     assert target_of(the_plan, world, "wait3") == world.keys[4]
     with db.transaction() as session:
@@ -596,22 +597,22 @@ def test_a_part_on_its_way_holds_up_only_a_publish_that_changes_what_follows_it(
         ).one()
         row.state, row.claimed_at = S.CLAIMED, clock.now()
         claimed_id = row.id
-        draft = versions.draft_of(session, the_sequence(session))
+        draft = drafts.draft_of(session, the_sequence(session))
         if edit == "text of a later step":
-            versions.update_step(session, draft, world.keys[3], subject="Part three, retold")
+            drafts.update_step(session, draft, world.keys[3], subject="Part three, retold")
         elif edit == "a step right after the one on its way":
-            versions.add_step(session, draft, world.keys[2])
+            drafts.add_step(session, draft, world.keys[2])
         else:
-            key = versions.add_step(session, draft, world.keys[3])
-            versions.update_step(session, draft, key, day_offset=2)
+            key = drafts.add_step(session, draft, world.keys[3])
+            drafts.update_step(session, draft, key, day_offset=2)
     with db.transaction() as session:
         if waits:
             with pytest.raises(PublishBusy):
-                versions.publish(session, the_sequence(session), "kit@example.org")
+                publishing.publish(session, the_sequence(session), "kit@example.org")
         else:
-            versions.publish(session, the_sequence(session), "kit@example.org")
+            publishing.publish(session, the_sequence(session), "kit@example.org")
     with db.session() as session:
-        assert versions.open_draft(session, the_sequence(session)) is not None or not waits
+        assert drafts.open_draft(session, the_sequence(session)) is not None or not waits
         claimed = session.get(Delivery, claimed_id)
         assert claimed is not None and claimed.state is S.CLAIMED
         assert (

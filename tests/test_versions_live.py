@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from newsletter import clock
 from newsletter.audience import subscriptions
-from newsletter.content import versions
+from newsletter.content import drafts, publishing
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import (
@@ -117,7 +117,7 @@ def had_steps(session: Session) -> dict[int, set[str]]:
     rows = session.execute(
         select(Delivery.subscriber_id, Step.key)
         .join(Step, Step.id == Delivery.step_id)
-        .where(Delivery.state.in_(versions.HAD_STATES))
+        .where(Delivery.state.in_(publishing.HAD_STATES))
     )
     for subscriber_id, key in rows:
         had.setdefault(subscriber_id, set()).add(key)
@@ -130,7 +130,7 @@ def publish_when_free(
     """Draft an edit and publish it, again and again while mails are being sent (bounded):
     the version, how many tries it took, and what each subscriber had had just before."""
     with db.transaction() as session:
-        edit(session, versions.draft_of(session, session.scalars(select(Sequence)).one()))
+        edit(session, drafts.draft_of(session, session.scalars(select(Sequence)).one()))
     deadline = time.monotonic() + 60
     tries = 0
     while True:
@@ -139,9 +139,9 @@ def publish_when_free(
             with db.transaction() as session:
                 had = had_steps(session)
                 sequence = session.scalars(select(Sequence)).one()
-                done = versions.publish(session, sequence, "kit@example.org", day_seconds=DAY)
+                done = publishing.publish(session, sequence, "kit@example.org", day_seconds=DAY)
                 return done, tries, had
-        except versions.PublishBusy:
+        except publishing.PublishBusy:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
@@ -167,8 +167,8 @@ def test_publishing_mid_run_moves_people_forward_and_sends_nothing_twice(
     new_key: list[str] = []
 
     def add_after_two(session: Session, draft: SequenceVersion) -> None:
-        key = versions.add_step(session, draft, keys[1])
-        versions.update_step(
+        key = drafts.add_step(session, draft, keys[1])
+        drafts.update_step(
             session,
             draft,
             key,
@@ -195,7 +195,7 @@ def test_publishing_mid_run_moves_people_forward_and_sends_nothing_twice(
 
     # Publish B: the old step 3 removed.
     version_b, tries_b, _ = publish_when_free(
-        lambda session, draft: versions.remove_step(session, draft, keys[2])
+        lambda session, draft: drafts.remove_step(session, draft, keys[2])
     )
     removed_at_message = len(smtp_sink.messages)
     assert version_b.number == version_a.number + 1

@@ -108,7 +108,7 @@ def create_sequence(session: Session, *, title: str, slug: str) -> Sequence:
 def retitle(session: Session, sequence: Sequence, title: str) -> tuple[str, str]:
     """Change the title (mail headers and pages show it at once); returns (before, after).
 
-    The send window is part of a version (content/versions.update_settings), not changed here.
+    The send window is part of a version (content/drafts.update_settings), not changed here.
     """
     before, sequence.title = sequence.title, _title(title)
     session.flush()

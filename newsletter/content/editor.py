@@ -1,4 +1,4 @@
-"""What the sequence editor shows and what its publish button adds to `versions.publish`.
+"""What the sequence editor shows and what its publish button adds to `publishing.publish`.
 
 The editor works on a sequence's draft when one is open, and otherwise shows the published
 steps (the first edit opens the draft). A publish is refused, naming the step and the link,
@@ -15,9 +15,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from newsletter.content import versions
+from newsletter.content import drafts, publishing
+from newsletter.content.drafts import DraftError
 from newsletter.content.preview import StepFields
-from newsletter.content.versions import DraftError
 from newsletter.models import Sequence, SequenceVersion
 from newsletter.schedule import REAL_DAY
 
@@ -44,8 +44,8 @@ class EditorView:
 
 def editor_view(session: Session, sequence: Sequence) -> EditorView:
     """The sequence as the editor shows it: its open draft, else its published steps."""
-    draft = versions.open_draft(session, sequence)
-    snapshot = draft.snapshot if draft is not None else versions.snapshot_of(sequence)
+    draft = drafts.open_draft(session, sequence)
+    snapshot = draft.snapshot if draft is not None else drafts.snapshot_of(sequence)
     steps = list(snapshot.get("steps", []))
     settings = dict(snapshot.get("settings", {}))
     return EditorView(steps=steps, settings=settings, draft=draft)
@@ -69,15 +69,15 @@ def publish(
     now: datetime | None = None,
     day_seconds: float = REAL_DAY,
 ) -> SequenceVersion:
-    """Publish the sequence's draft (versions.publish), refusing while a link has no URL.
+    """Publish the sequence's draft (publishing.publish), refusing while a link has no URL.
 
     Raises DraftError naming the field ("resources") and the part, PublishBusy while mails of
     the sequence are being sent; nothing is written then.
     """
-    draft = versions.open_draft(session, sequence)
+    draft = drafts.open_draft(session, sequence)
     if draft is None:
         raise DraftError("version", "There is no draft to publish.")
-    missing = unfilled_links(versions.draft_steps(draft))
+    missing = unfilled_links(drafts.draft_steps(draft))
     if missing:
         raise DraftError("resources", " ".join(missing) + " Fill it in before publishing.")
-    return versions.publish(session, sequence, actor_email, now=now, day_seconds=day_seconds)
+    return publishing.publish(session, sequence, actor_email, now=now, day_seconds=day_seconds)

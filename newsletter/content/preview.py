@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from newsletter.content.rules import body_problems, html_problems, is_safe_url
-from newsletter.content.versions import (
+from newsletter.content.drafts import (
     DAY_OFFSET_MAX,
     PREHEADER_MAX,
     RESOURCES_MAX,
     SUBJECT_MAX,
     TEASER_MAX,
 )
+from newsletter.content.rules import body_problems, html_problems, is_safe_url
 from newsletter.mail.compose import Addressee, Composer, sample_bodies
 from newsletter.mail.mime import HeaderError, checked_header
 from newsletter.mail.sandbox import (
@@ -33,7 +33,7 @@ from newsletter.mail.sandbox import (
 )
 from newsletter.models import Sequence, Step
 
-# The bounds a draft holds its fields to (content/versions.py), so that what this module
+# The bounds a draft holds its fields to (content/drafts.py), so that what this module
 # accepts a draft accepts too, and each error shows beside its field.
 RESOURCE_TITLE_MAX = 200
 RESOURCE_BLURB_MAX = 1000

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from newsletter.content import versions
+from newsletter.content import drafts, publishing
 from newsletter.content.article import (
     ArticleError,
     Sidecar,
@@ -105,7 +105,7 @@ def import_article(
     optionally the number of parts. Raises ArticleError with a clear message on bad input,
     before anything is written. A sequence that has sent mail is changed only with `publish`:
     the article becomes a draft (part N over step N) and is published as a new version, which
-    moves the people in progress forward (content/versions.py); PublishBusy may be raised.
+    moves the people in progress forward (content/publishing.py); PublishBusy may be raised.
     """
     if not path.is_file():
         raise ArticleError(f"no article file at {path}")
@@ -205,7 +205,7 @@ def import_text(
                 warnings=list(result.warnings),
                 dropped=list(result.dropped_boilerplate),
             )
-        versions.discard_draft(session, sequence)
+        drafts.discard_draft(session, sequence)
         sequence.steps.clear()
         session.flush()
     sequence.title = result.title
@@ -226,7 +226,7 @@ def import_text(
             )
         )
     session.flush()
-    versions.record_published(session, sequence, actor_email)
+    drafts.record_published(session, sequence, actor_email)
     for warning in result.warnings:
         log.warning("import %s: %s", slug, warning)
     return ImportReport(
@@ -245,8 +245,8 @@ def _publish_parts(
     day_seconds: float,
 ) -> None:
     """Publish the article's parts over a sequence in use: part N replaces step N."""
-    draft = versions.draft_of(session, sequence)
-    keys = [step["key"] for step in versions.draft_steps(draft)]
+    draft = drafts.draft_of(session, sequence)
+    keys = [step["key"] for step in drafts.draft_steps(draft)]
     steps = [
         {
             "key": keys[index] if index < len(keys) else new_step_key(),
@@ -264,8 +264,8 @@ def _publish_parts(
     ]
     draft.snapshot = {**draft.snapshot, "steps": steps}
     try:
-        versions.publish(session, sequence, actor_email, day_seconds=day_seconds)
-    except versions.DraftError as exc:
+        publishing.publish(session, sequence, actor_email, day_seconds=day_seconds)
+    except drafts.DraftError as exc:
         raise ArticleError(str(exc)) from None
 
 

@@ -1,7 +1,7 @@
 """The step editor with its live preview; adding, removing and reordering parts; publishing
 with its dry run; discarding the draft.
 
-Every edit goes to the sequence's draft (content/versions.py) and reaches nobody until it is
+Every edit goes to the sequence's draft (content/drafts.py) and reaches nobody until it is
 published. The preview renders the real mail (content/preview.py): of the saved draft on a
 GET, of the form's unsaved fields on a POST (which saves nothing), into sandboxed frames.
 """
@@ -16,7 +16,8 @@ from sqlalchemy.orm import Session
 from wtforms import Field
 
 from newsletter.admins import audit
-from newsletter.content import editor, versions
+from newsletter.content import drafts, editor, publishing
+from newsletter.content.drafts import DraftError
 from newsletter.content.editor import EditorView, editor_view
 from newsletter.content.preview import (
     Errors,
@@ -26,7 +27,7 @@ from newsletter.content.preview import (
     preview_step,
     sample_labels,
 )
-from newsletter.content.versions import DraftError, PublishBusy
+from newsletter.content.publishing import PublishBusy
 from newsletter.db import db
 from newsletter.models import Sequence
 from newsletter.runtime import runtime
@@ -181,8 +182,8 @@ def step_save(sequence_id: int, key: str) -> ResponseReturnValue:
             with db.transaction() as session:
                 # Its own name: after a rollback the page is drawn from `seq`, loaded above.
                 live = sequence_or_404(session, sequence_id)
-                draft = versions.draft_of(session, live)
-                versions.update_step(session, draft, key, **after)
+                draft = drafts.draft_of(session, live)
+                drafts.update_step(session, draft, key, **after)
                 audit.record(
                     session,
                     actor=current_admin(),
@@ -267,14 +268,14 @@ def step_move(sequence_id: int, key: str) -> ResponseReturnValue:
         if not 0 <= new_index < len(view.steps):
             flash("That part cannot move further.", "error")
             return _back(sequence_id, key)
-        draft = versions.draft_of(session, seq)
-        versions.move_step(session, draft, key, new_index)
+        draft = drafts.draft_of(session, seq)
+        drafts.move_step(session, draft, key, new_index)
         # The days belong to the places, not to the texts: the part that moves takes the day
         # of its new place, so the series keeps its rhythm and its days stay in order.
-        for place, moved in enumerate(versions.draft_steps(draft)):
+        for place, moved in enumerate(drafts.draft_steps(draft)):
             if moved["day_offset"] != view.steps[place]["day_offset"]:
                 day = view.steps[place]["day_offset"]
-                versions.update_step(session, draft, moved["key"], day_offset=day)
+                drafts.update_step(session, draft, moved["key"], day_offset=day)
         audit.record(
             session,
             actor=current_admin(),
@@ -297,7 +298,7 @@ def step_remove(sequence_id: int, key: str) -> ResponseReturnValue:
             seq = sequence_or_404(session, sequence_id)
             view = editor_view(session, seq)
             index = _step_index(view, key)
-            versions.remove_step(session, versions.draft_of(session, seq), key)
+            drafts.remove_step(session, drafts.draft_of(session, seq), key)
             audit.record(
                 session,
                 actor=current_admin(),
@@ -322,7 +323,7 @@ def step_add(sequence_id: int) -> ResponseReturnValue:
         seq = sequence_or_404(session, sequence_id)
         view = editor_view(session, seq)
         position = 1 if after is None else _step_index(view, after) + 2
-        new_key = versions.add_step(session, versions.draft_of(session, seq), after)
+        new_key = drafts.add_step(session, drafts.draft_of(session, seq), after)
         audit.record(
             session,
             actor=current_admin(),
@@ -343,7 +344,7 @@ def _publish_page(
     view = editor_view(session, seq)
     plan = None
     if view.draft is not None:
-        plan = versions.plan(session, seq, day_seconds=runtime().settings.drip_day_seconds)
+        plan = publishing.plan(session, seq, day_seconds=runtime().settings.drip_day_seconds)
     return (
         render_template(
             "admin/sequences/publish.html",
@@ -376,7 +377,7 @@ def sequence_publish(sequence_id: int) -> ResponseReturnValue:
     try:
         with db.transaction() as session:
             seq = sequence_or_404(session, sequence_id)
-            before = versions.published(session, seq)
+            before = drafts.published(session, seq)
             version = editor.publish(
                 session, seq, admin.email, day_seconds=runtime().settings.drip_day_seconds
             )
@@ -410,15 +411,15 @@ def sequence_discard(sequence_id: int) -> ResponseReturnValue:
     _button_or_400()
     with db.transaction() as session:
         seq = sequence_or_404(session, sequence_id)
-        draft = versions.open_draft(session, seq)
+        draft = drafts.open_draft(session, seq)
         if draft is not None:
             audit.record(
                 session,
                 actor=current_admin(),
                 action="sequence.discard",
                 target=target_of(seq),
-                before={"version": draft.number, "steps": len(versions.draft_steps(draft))},
+                before={"version": draft.number, "steps": len(drafts.draft_steps(draft))},
             )
-            versions.discard_draft(session, seq)
+            drafts.discard_draft(session, seq)
     flash("The draft is discarded.", "info")
     return _back(sequence_id)

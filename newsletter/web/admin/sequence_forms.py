@@ -25,6 +25,7 @@ from wtforms.validators import DataRequired, InputRequired, Length, NumberRange,
 from wtforms.widgets import CheckboxInput, ListWidget
 
 from newsletter.content.catalogue import TITLE_MAX, WEEKDAYS
+from newsletter.content.drafts import DAY_OFFSET_MAX, PREHEADER_MAX, SUBJECT_MAX, TEASER_MAX
 from newsletter.content.preview import (
     MAX_RESOURCES,
     RESOURCE_BLURB_MAX,
@@ -33,7 +34,6 @@ from newsletter.content.preview import (
     sample_labels,
 )
 from newsletter.content.proposal import MAX_ARTICLE_CHARS, MAX_PARTS
-from newsletter.content.versions import DAY_OFFSET_MAX, PREHEADER_MAX, SUBJECT_MAX, TEASER_MAX
 from newsletter.mail.sandbox import MAX_SOURCE_CHARS
 
 SLUG_HINT = "Lower-case letters, digits and dashes; it names the series in signup links."

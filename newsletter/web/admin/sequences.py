@@ -18,13 +18,13 @@ from wtforms.fields.choices import SelectChoice
 
 from newsletter import clock
 from newsletter.admins import audit
-from newsletter.content import catalogue, pausing, proposal, send_test, versions
+from newsletter.content import catalogue, drafts, pausing, proposal, send_test
 from newsletter.content.article import ArticleError
 from newsletter.content.catalogue import CatalogueError
+from newsletter.content.drafts import DraftError
 from newsletter.content.editor import editor_view
 from newsletter.content.preview import StepFields
 from newsletter.content.sequences import slugify
-from newsletter.content.versions import DraftError
 from newsletter.db import db
 from newsletter.delivery.holds import ActionRefused
 from newsletter.mail.transport import SendError
@@ -250,7 +250,7 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
                     after={"title": after},
                 )
             if window != before_window:
-                versions.update_settings(session, versions.draft_of(session, seq), **window)
+                drafts.update_settings(session, drafts.draft_of(session, seq), **window)
                 audit.record(
                     session,
                     actor=current_admin(),
