@@ -15,8 +15,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
+from newsletter.content import drafts
 from newsletter.db import db
-from newsletter.models import AuditEntry, Sequence, Step
+from newsletter.models import AuditEntry, Sequence, SequenceVersion, Step
 from tests.helpers.admin import create_admin, csrf_token, signed_in
 from tests.helpers.smtp import SmtpSink
 from tests.test_proposal import SEED, seed_text
@@ -153,6 +154,93 @@ def test_an_import_shows_its_parts_then_saves_them(app: Flask, editor: FlaskClie
     assert (action, target, after["parts"]) == ("sequence.import", "sequence:closeness", 3)
     landed = editor.get(saved.headers["Location"]).get_data(as_text=True)
     assert "have no URL yet" in landed
+
+
+def live_steps(sequence_id: int) -> list[tuple[str, str, str]]:
+    with db.session() as session:
+        sequence = session.get(Sequence, sequence_id)
+        assert sequence is not None
+        return [(step.key, step.subject, step.body_md) for step in sequence.steps]
+
+
+def test_an_import_becomes_the_draft_of_a_sequence_and_nothing_live(
+    app: Flask, editor: FlaskClient
+) -> None:
+    target = seed_id()
+    live = live_steps(target)
+    with db.transaction() as session:
+        sequence = session.get(Sequence, target)
+        assert sequence is not None
+        assert drafts.open_draft(session, sequence) is None
+    text = "# A new course\n\n" + "\n\n".join(
+        f"## Day {n}\n\n" + f"Words of part {n}. " * 80 for n in (1, 2, 3, 4, 5)
+    )
+    shown = post(editor, "/admin/sequences/import", {"text": text, "markdown": "y", "parts": "5"})
+    page = shown.get_data(as_text=True)
+    assert shown.status_code == 200 and "Save as the sequence's draft" in page
+    assert re.search(rf'<option value="{target}">[^<]*</option>', page)
+    saved = post(
+        editor,
+        "/admin/sequences/import",
+        {"text": text, "markdown": "y", "parts": "5", "action": "draft", "into": str(target)},
+    )
+    assert saved.status_code == 303
+    assert saved.headers["Location"].endswith(f"/admin/sequences/{target}")
+    # The live steps are untouched; the draft holds the article, part N over step N's key.
+    assert live_steps(target) == live
+    with db.session() as session:
+        sequence = session.get(Sequence, target)
+        assert sequence is not None
+        draft = drafts.open_draft(session, sequence)
+        assert draft is not None
+        steps = drafts.draft_steps(draft)
+    assert [step["key"] for step in steps[:4]] == [key for key, _, _ in live]
+    assert len({step["key"] for step in steps}) == 5
+    assert all(f"Words of part {n}." in step["body_md"] for n, step in enumerate(steps, 1))
+    action, where, _, after = audit_entries()[-1]
+    assert (action, where, after) == (
+        "sequence.import_draft",
+        "sequence:emotional-distance",
+        {"parts": 5, "replaced_draft": False},
+    )
+    landed = editor.get(saved.headers["Location"]).get_data(as_text=True)
+    assert "publish the draft with its dry run" in landed
+    # A second import replaces that draft, and says so.
+    again = post(
+        editor,
+        "/admin/sequences/import",
+        {"text": text, "markdown": "y", "parts": "2", "action": "draft", "into": str(target)},
+    )
+    assert again.status_code == 303
+    assert audit_entries()[-1][3] == {"parts": 2, "replaced_draft": True}
+    with db.session() as session:
+        sequence = session.get(Sequence, target)
+        assert sequence is not None
+        draft = drafts.open_draft(session, sequence)
+        assert draft is not None and len(drafts.draft_steps(draft)) == 2
+
+
+@pytest.mark.parametrize(
+    ("into", "words"),
+    [
+        ("0", "Choose the sequence"),
+        ("999999", "Not a valid choice"),
+        ("1 OR 1=1", "Invalid Choice"),
+    ],
+)
+def test_an_import_into_no_or_an_unknown_sequence_is_refused(
+    app: Flask, editor: FlaskClient, into: str, words: str
+) -> None:
+    before = counts()
+    response = post(
+        editor, "/admin/sequences/import", {"text": seed_text(), "action": "draft", "into": into}
+    )
+    page = response.get_data(as_text=True)
+    assert response.status_code == 400 and words in page
+    assert re.search(r'<p class="error" id="into-error">[^<]+</p>', page)  # beside its field
+    assert counts() == before and audit_entries() == []
+    with db.session() as session:
+        assert session.scalar(select(func.count(SequenceVersion.id))) == 1  # the published one
 
 
 def test_an_uploaded_article_is_proposed(app: Flask, editor: FlaskClient) -> None:

@@ -1,9 +1,10 @@
 """The import preview: how an uploaded or pasted article would be split, before it is saved.
 
 An editor sees each proposed part's subject and reading time, changes the number of parts and
-looks again, then saves the article as a new sequence. Nothing here writes until `save_new`,
-which goes through the same import as `flask import-article` (content/sequences.py), so the
-rules of an import apply unchanged.
+looks again, then saves the article as a new sequence (`save_new`) or as the draft of an
+existing one (`save_as_draft`), to be published with its dry run like any edit. Nothing here
+writes until then, and both go through the same split as `flask import-article`
+(content/sequences.py), so the rules of an import apply unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from newsletter.content.article import WORDS_PER_MINUTE, ArticleError, Sidecar
-from newsletter.content.sequences import ImportReport, import_text, is_slug, split_text
+from newsletter.content.sequences import (
+    ImportReport,
+    draft_parts,
+    import_text,
+    is_slug,
+    split_text,
+)
 from newsletter.models import Sequence
 
 # An article is read whole into memory and kept in the preview form between its steps, and a
@@ -133,6 +140,33 @@ def save_new(
         parts=parts,
         sidecar=_sidecar(title),
     )
+
+
+def save_as_draft(
+    session: Session,
+    sequence: Sequence,
+    text: str,
+    *,
+    markdown: bool = False,
+    parts: int | None = None,
+) -> int:
+    """Make the article, split as `propose` showed it, the draft of `sequence`; its parts.
+
+    Part N replaces the draft's step N (see `sequences.draft_parts`); nothing reaches a reader
+    until the draft is published. Raises ArticleError, before anything is written, for a bad
+    article.
+    """
+    result = split_text(_checked(text, parts), markdown=markdown, parts=parts, sidecar=Sidecar())
+    draft_parts(session, sequence, result.parts)
+    return len(result.parts)
+
+
+def draft_targets(session: Session) -> list[tuple[int, str]]:
+    """The sequences an article may become the draft of (any), as (id, title), by title."""
+    rows = session.execute(
+        select(Sequence.id, Sequence.title).order_by(Sequence.title, Sequence.id)
+    )
+    return [(sequence_id, title) for sequence_id, title in rows]
 
 
 def slug_problem(session: Session, slug: str) -> str | None:

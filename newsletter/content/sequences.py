@@ -22,7 +22,14 @@ from newsletter.content.article import (
 from newsletter.content.rules import body_problems, html_problems
 from newsletter.mail.compose import EMAILS_DIR, sample_bodies
 from newsletter.mail.sandbox import AdminTemplateError, AdminTemplates
-from newsletter.models import Delivery, Sequence, SequenceStatus, Step, new_step_key
+from newsletter.models import (
+    Delivery,
+    Sequence,
+    SequenceStatus,
+    SequenceVersion,
+    Step,
+    new_step_key,
+)
 from newsletter.schedule import REAL_DAY
 
 log = logging.getLogger(__name__)
@@ -245,6 +252,21 @@ def _publish_parts(
     day_seconds: float,
 ) -> None:
     """Publish the article's parts over a sequence in use: part N replaces step N."""
+    draft_parts(session, sequence, parts)
+    try:
+        publishing.publish(session, sequence, actor_email, day_seconds=day_seconds)
+    except drafts.DraftError as exc:
+        raise ArticleError(str(exc)) from None
+
+
+def draft_parts(session: Session, sequence: Sequence, parts: list[Any]) -> SequenceVersion:
+    """Make an article's parts the steps of the sequence's draft (opened if none is); it.
+
+    Part N takes the place of the draft's step N (its key, so that whoever waits on step N is
+    offered part N when the draft is published); more parts become new steps after them,
+    fewer leave the last steps out. The live steps change only when the draft is published,
+    with its dry run.
+    """
     draft = drafts.draft_of(session, sequence)
     keys = [step["key"] for step in drafts.draft_steps(draft)]
     steps = [
@@ -263,10 +285,7 @@ def _publish_parts(
         for index, part in enumerate(parts)
     ]
     draft.snapshot = {**draft.snapshot, "steps": steps}
-    try:
-        publishing.publish(session, sequence, actor_email, day_seconds=day_seconds)
-    except drafts.DraftError as exc:
-        raise ArticleError(str(exc)) from None
+    return draft
 
 
 def sequence_for(session: Session, slug: str | None) -> Sequence | None:

@@ -52,7 +52,8 @@ class NewSequenceForm(FlaskForm):  # type: ignore[misc]
 
 
 class ImportForm(FlaskForm):  # type: ignore[misc]
-    """An article (uploaded or pasted), how many parts, and the new sequence's names."""
+    """An article (uploaded or pasted), how many parts, and the new sequence's names or the
+    sequence whose draft it becomes."""
 
     article = FileField("Upload an article (.txt or .md)")
     text = TextAreaField("Or paste its text", validators=[Length(max=MAX_ARTICLE_CHARS)])
@@ -66,6 +67,8 @@ class ImportForm(FlaskForm):  # type: ignore[misc]
     )
     title = StringField("Title of the series", validators=[Length(max=TITLE_MAX)])
     slug = StringField("Slug (the name in links)", validators=[Length(max=100)])
+    # The choices are the sequences (`proposal.draft_targets`), set by the view; 0 is none.
+    into = SelectField("Sequence", coerce=int, validate_choice=True, default=0)
 
 
 class SettingsForm(FlaskForm):  # type: ignore[misc]

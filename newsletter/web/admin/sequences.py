@@ -129,6 +129,9 @@ def _uploaded(form: ImportForm) -> str | None:
 def sequence_import() -> ResponseReturnValue:
     """Upload or paste an article, see its proposed parts, change their number, save."""
     form = ImportForm()
+    with db.session() as session:
+        targets = proposal.draft_targets(session)
+    form.into.choices = [SelectChoice(0, "Choose a sequence"), *(SelectChoice(*t) for t in targets)]
     shown: proposal.Proposal | None = None
     if not form.validate_on_submit():
         return _answer("admin/sequences/import.html", form, proposal=None)
@@ -148,7 +151,10 @@ def sequence_import() -> ResponseReturnValue:
         return _answer("admin/sequences/import.html", form, proposal=None)
     form.title.data = form.title.data or shown.title
     form.slug.data = form.slug.data or slugify(shown.title)
-    if request.form.get("action") != "save":
+    action = request.form.get("action")
+    if action == "draft":
+        return _save_as_draft(form, text or "", shown)
+    if action != "save":
         return render_template("admin/sequences/import.html", form=form, proposal=shown)
     with db.transaction() as session:
         problem = proposal.slug_problem(session, form.slug.data)
@@ -183,6 +189,34 @@ def sequence_import() -> ResponseReturnValue:
             "before publishing.",
             "warning",
         )
+    return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
+
+
+def _save_as_draft(form: ImportForm, text: str, shown: proposal.Proposal) -> ResponseReturnValue:
+    """The article as the draft of the chosen sequence; its editor shows the draft."""
+    if not form.into.data:
+        form.into.errors.append("Choose the sequence whose draft the article becomes.")
+        return _answer("admin/sequences/import.html", form, proposal=shown)
+    with db.transaction() as session:
+        sequence = sequence_or_404(session, form.into.data)
+        replaced = drafts.open_draft(session, sequence) is not None
+        parts = proposal.save_as_draft(
+            session, sequence, text, markdown=bool(form.markdown.data), parts=form.parts.data
+        )
+        audit.record(
+            session,
+            actor=current_admin(),
+            action="sequence.import_draft",
+            target=target_of(sequence),
+            after={"parts": parts, "replaced_draft": replaced},
+        )
+        sequence_id, title = sequence.id, sequence.title
+    flash(
+        f"The article is the draft of “{title}” now, in {parts} parts"
+        + (" (it replaced the draft's earlier edits)" if replaced else "")
+        + ": look at each part, then publish the draft with its dry run.",
+        "info",
+    )
     return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
 
 
