@@ -290,15 +290,17 @@ def figures_rows(app: Any, sequence_id: int, runs: int, warmup: int) -> list[lis
 
 
 def signed_in_client(app: Any) -> Any:
-    """A test client signed in as an editor, or None while the admin is not on this branch."""
+    """A test client signed in as a new editor (a reused database keeps the earlier runs'
+    accounts), or None while the admin is not on this branch."""
     if "admin.dashboard" not in app.view_functions:
         return None
     from tests.helpers.admin import create_admin, signed_in
 
+    email = f"bench-editor-{secrets.token_hex(4)}@example.test"
     password = secrets.token_urlsafe(16)
-    create_admin(app, "bench-editor@example.test", role="editor", password=password)
+    create_admin(app, email, role="editor", password=password)
     client = app.test_client()
-    signed_in(client, "bench-editor@example.test", password)
+    signed_in(client, email, password)
     return client
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -146,6 +150,119 @@ def test_report_gives_every_problem_its_line(app: Flask, batch_rows: int) -> Non
         ).all()
         assert {d.subscriber_id for d in confirmations} == {s.id for s in added.values()}
         assert session.scalar(select(func.count()).select_from(Suppression)) == 1
+
+
+class WorkerDied(BaseException):
+    """What a worker's death looks like from inside the run: nothing after it runs."""
+
+
+def dying_sessions(after: int) -> Callable[[], Any]:
+    """`db.session`, until `after` sessions were opened: then the process "dies"."""
+    opened = 0
+
+    def open_session() -> Any:
+        nonlocal opened
+        opened += 1
+        if opened > after:
+            raise WorkerDied()
+        return db.session()
+
+    return open_session
+
+
+@pytest.mark.parametrize("batch_rows", [1, 2, 3])
+def test_an_import_whose_worker_died_resumes_after_its_last_batch(
+    app: Flask, batch_rows: int
+) -> None:
+    """The task is delivered again after its worker died mid-file: it carries on after the
+    committed rows, and the report is the one a run without the death gives."""
+    existing_people()
+    with app.app_context():
+        import_id = upload(SAMPLE)
+        start(import_id)
+        with pytest.raises(WorkerDied):  # the claim, then two batches, then the end
+            csv_import.run(
+                dying_sessions(3), import_id, imports_folder(), clock.now, 86400,
+                batch_rows=batch_rows,
+            )  # fmt: skip
+        with db.session() as session:
+            died = session.get(SubscriberImport, import_id)
+            assert died is not None
+            assert died.status is ImportStatus.RUNNING and died.rows_read == 2 * batch_rows
+        assert (imports_folder() / died.stored_name).exists(), "kept for the next delivery"
+        entry = run(import_id, batch_rows)
+    assert (entry.rows_read, entry.added, entry.duplicates, entry.suppressed, entry.invalid) == (
+        10,
+        4,
+        2,
+        1,
+        3,
+    )
+    assert sorted(p["line"] for p in entry.problems) == [3, 4, 5, 6, 9, 13]
+    with db.session() as session:
+        emails = list(session.scalars(select(Subscriber.email)))
+        events = session.scalar(select(func.count(Event.id)).where(Event.kind == "import"))
+    assert len(emails) == len(set(emails)) == 5  # four added and Olga, nobody twice
+    assert events == 4
+
+
+def test_a_second_run_of_one_import_stops_where_the_first_is_ahead(app: Flask) -> None:
+    """Two deliveries of the task at once (a broker that gave it out again while it ran):
+    the one that finds its rows committed by the other stops, adding nothing."""
+    with app.app_context():
+        import_id = upload(SAMPLE)
+        start(import_id)
+        opened = 0
+
+        def other_run_commits_first() -> Any:
+            nonlocal opened
+            opened += 1
+            if opened == 2:  # just before this run's first batch, the other run commits its own
+                with db.transaction() as session:
+                    entry = session.get(SubscriberImport, import_id)
+                    assert entry is not None
+                    entry.rows_read = 2
+            return db.session()
+
+        status = csv_import.run(
+            other_run_commits_first, import_id, imports_folder(), clock.now, 86400, batch_rows=2
+        )
+        assert status is None
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None and entry.status is ImportStatus.RUNNING
+            assert session.scalar(select(func.count(Subscriber.id))) == 0
+        assert (imports_folder() / entry.stored_name).exists(), "the other run still reads it"
+
+
+def test_an_import_that_raises_ends_failed_saying_where(app: Flask) -> None:
+    with app.app_context():
+        import_id = upload(SAMPLE)
+        start(import_id)
+        opened = 0
+
+        def database_fails_on_the_second_batch() -> Any:
+            nonlocal opened
+            opened += 1
+            if opened == 3:
+                raise RuntimeError("the database went away")
+            return db.session()
+
+        status = csv_import.run(
+            database_fails_on_the_second_batch,
+            import_id,
+            imports_folder(),
+            clock.now,
+            86400,
+            batch_rows=2,
+        )
+        assert status is ImportStatus.FAILED
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None
+        assert not (imports_folder() / entry.stored_name).exists()
+    assert entry.status is ImportStatus.FAILED and entry.rows_read == 2
+    assert entry.error == "The import stopped past line 3: the database went away"
 
 
 def test_attested_consent_is_recorded_and_people_start_at_once(app: Flask) -> None:
@@ -376,3 +493,99 @@ def test_a_large_file_through_a_real_worker_stays_in_bounded_memory(
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Subscriber)) == ROWS - 8
     assert not os.path.exists(csv_import.folder(Path(env["INSTANCE_DIR"])) / entry.stored_name)
+
+
+def write_fifo(path: Path, text: str, until: threading.Event | None = None) -> threading.Thread:
+    """Write `text` into the named pipe at `path` once a reader opens it (in a thread); with
+    `until`, the pipe stays open (the reader waits for more) until that is set."""
+
+    def write() -> None:
+        with contextlib.suppress(BrokenPipeError), open(path, "w", encoding="utf-8") as pipe:
+            pipe.write(text)
+            pipe.flush()
+            if until is not None:
+                until.wait(600)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.slow
+@pytest.mark.redis
+def test_a_worker_killed_mid_import_is_replaced_and_the_import_completes(
+    tmp_path: Path,
+    sqlite_url: str,
+    redis_url: str,
+    smtp_sink: SmtpSink,
+    run_worker: Callable[..., WorkerProcess],
+) -> None:
+    """kill -9 of the process running the import, in the middle of the file: Celery gives the
+    task out again (it is acknowledged only at its end) and the new process resumes after the
+    committed rows. The file is a named pipe the test writes, so the first process is
+    certainly waiting, two batches in, when it is killed."""
+    rows = 3 * csv_import.BATCH_ROWS
+    env = base_env(tmp_path, sqlite_url, smtp_sink, BROKER_URL=redis_url, REDIS_URL=redis_url)
+    app = make_app(env)
+    with db.transaction() as session:
+        ensure_seed(session)
+    lines = ["email,first_name"] + [f"k{n:05d}@example.org,Person {n}" for n in range(rows)]
+    lines.insert(1 + rows // 2, "k00007@example.org,Again")  # one duplicate, mid-file
+    text = "\n".join(lines) + "\n"
+    first_two_batches = "\n".join(lines[: 1 + 2 * csv_import.BATCH_ROWS]) + "\n"
+    with app.app_context():
+        import_id = upload(text)
+        start(import_id)
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None
+            pipe = imports_folder() / entry.stored_name
+        pipe.unlink()
+        os.mkfifo(pipe)
+        worker = run_worker(env, beat=False, concurrency=1)
+        killed = threading.Event()
+        writer = write_fifo(pipe, first_two_batches, until=killed)
+        from newsletter.tasks import import_subscribers
+
+        import_subscribers.delay(import_id)
+    deadline = time.monotonic() + 600  # guards against a worker that never starts
+    while True:
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None
+            if entry.rows_read == 2 * csv_import.BATCH_ROWS:
+                break
+        assert time.monotonic() < deadline, f"the import never began:\n{worker.log()[-3000:]}"
+        time.sleep(0.05)
+    first_pool, _ = peak_and_pool_pid(worker)
+    os.kill(first_pool, signal.SIGKILL)
+    killed.set()
+    writer.join(30)
+    # Its end closes its end of the pipe; until then a new writer could be paired with it.
+    while Path(f"/proc/{first_pool}").exists():
+        assert time.monotonic() < deadline, "the killed process was never reaped"
+        time.sleep(0.05)
+    write_fifo(pipe, text)  # for the next delivery: the whole file, and its end
+    while True:
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None
+            if entry.status in (ImportStatus.DONE, ImportStatus.FAILED):
+                break
+        assert time.monotonic() < deadline, f"the import never ended:\n{worker.log()[-3000:]}"
+        time.sleep(0.2)
+    assert f"import {import_id} resumes after row {2 * csv_import.BATCH_ROWS}" in worker.log()
+    assert entry.status is ImportStatus.DONE, entry.error
+    assert (entry.rows_read, entry.added, entry.duplicates, entry.invalid) == (
+        rows + 1,
+        rows,
+        1,
+        0,
+    )
+    assert [(p["line"], p["kind"]) for p in entry.problems] == [(2 + rows // 2, "duplicate")]
+    with db.session() as session:
+        emails = list(session.scalars(select(Subscriber.email)))
+        confirmations = session.scalar(
+            select(func.count(Delivery.id)).where(Delivery.kind == DeliveryKind.CONFIRM)
+        )
+    assert len(emails) == len(set(emails)) == rows and confirmations == rows

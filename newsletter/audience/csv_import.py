@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from newsletter.content.sequences import sequence_for
@@ -440,15 +441,21 @@ def run(
 ) -> ImportStatus | None:
     """Import a queued file, committing each batch of rows with the report so far.
 
-    Returns the final status, or None when there was nothing to do (unknown id, or an import
-    that is not queued: a task delivered twice runs once).
+    An import found running is resumed after its last committed batch: its task was delivered
+    again because the worker running it died (the task is acknowledged only once it ends), and
+    the rows read so far are in the database with their counts. Returns the final status, or
+    None when there was nothing to do (an unknown id, an import already ended, or one that
+    another delivery of the task is carrying on).
     """
     with sessions() as session, session.begin():
         entry = session.get(SubscriberImport, import_id, with_for_update=True)
-        if entry is None or entry.status is not ImportStatus.QUEUED:
+        if entry is None or entry.status not in (ImportStatus.QUEUED, ImportStatus.RUNNING):
             return None
+        if entry.status is ImportStatus.RUNNING:
+            log.warning("import %d resumes after row %d", import_id, entry.rows_read)
         entry.status = ImportStatus.RUNNING
-        entry.started_at = clock()
+        entry.started_at = entry.started_at or clock()
+        done = entry.rows_read
     path = imports_folder / entry.stored_name
     zones = known_time_zones()
     try:
@@ -456,26 +463,74 @@ def run(
             reader = _reader(handle)
             next(reader, None)
             batch: list[tuple[int, list[str]]] = []
-            for line, cells in _lines(reader):
+            for index, (line, cells) in enumerate(_lines(reader)):
+                if index < done:
+                    continue  # committed before the worker that read it died
                 batch.append((line, cells))
                 if len(batch) >= batch_rows:
-                    _commit_batch(sessions, import_id, batch, zones, clock(), day_seconds)
+                    _commit(sessions, import_id, batch, zones, clock(), day_seconds, done)
+                    done += len(batch)
                     batch = []
-            _commit_batch(sessions, import_id, batch, zones, clock(), day_seconds, last=True)
-        status = ImportStatus.DONE
+            _commit(sessions, import_id, batch, zones, clock(), day_seconds, done, last=True)
+        status: ImportStatus | None = ImportStatus.DONE
+    except _Overtaken:
+        # Another delivery of the task is ahead: it carries on, and it removes the file.
+        log.warning("import %d is being run by another task; this one stops", import_id)
+        return None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        log.warning("import %d failed: %s", import_id, exc)
+        status = _fail(sessions, import_id, clock(), "The file could not be read", exc)
+    except Exception as exc:  # noqa: BLE001 - the import ends, saying why, instead of hanging
+        log.exception("import %d failed", import_id)
+        status = _fail(sessions, import_id, clock(), "The import stopped", exc)
+    # The file holds every address of the list; once read, it is not kept.
+    path.unlink(missing_ok=True)
+    return status
+
+
+class _Overtaken(Exception):
+    """The import's committed rows are not where this run expected: another run is ahead."""
+
+
+def _fail(
+    sessions: Callable[[], Session],
+    import_id: int,
+    now: datetime,
+    what: str,
+    error: BaseException,
+) -> ImportStatus | None:
+    """Mark the import failed, with how far it got and why (the rows so far stay imported)."""
+    log.warning("import %d failed: %s", import_id, error)
+    try:
         with sessions() as session, session.begin():
             failed = session.get(SubscriberImport, import_id)
             assert failed is not None
             failed.status = ImportStatus.FAILED
-            failed.error = f"The file could not be read past line {failed.rows_read + 1}: {exc}"
-            failed.finished_at = clock()
-        status = ImportStatus.FAILED
-    finally:
-        # The file holds every address of the list; once read, it is not kept.
-        path.unlink(missing_ok=True)
-    return status
+            failed.error = f"{what} past line {failed.rows_read + 1}: {error}"[:2000]
+            failed.finished_at = now
+    except Exception:  # noqa: BLE001 - the database is away too: the import stays running
+        log.exception("import %d could not be marked failed", import_id)
+        return None
+    return ImportStatus.FAILED
+
+
+def _commit(
+    sessions: Callable[[], Session],
+    import_id: int,
+    batch: list[tuple[int, list[str]]],
+    zones: frozenset[str],
+    now: datetime,
+    day_seconds: float,
+    offset: int,
+    *,
+    last: bool = False,
+) -> None:
+    """Commit a batch; once more if an address of it signed up meanwhile."""
+    try:
+        _commit_batch(sessions, import_id, batch, zones, now, day_seconds, offset, last=last)
+    except IntegrityError:
+        # Someone signed up between the batch's look at the list and its insert: looked at
+        # again, they are an existing subscriber, left as they are.
+        _commit_batch(sessions, import_id, batch, zones, now, day_seconds, offset, last=last)
 
 
 def _commit_batch(
@@ -485,12 +540,17 @@ def _commit_batch(
     zones: frozenset[str],
     now: datetime,
     day_seconds: float,
+    offset: int,
     *,
     last: bool = False,
 ) -> None:
+    """Add one batch, which starts after `offset` rows read, and the report so far."""
     with sessions() as session, session.begin():
-        entry = session.get(SubscriberImport, import_id)
+        # Under the row's lock: two runs of one import never commit the same rows.
+        entry = session.get(SubscriberImport, import_id, with_for_update=True)
         assert entry is not None
+        if entry.status is not ImportStatus.RUNNING or entry.rows_read != offset:
+            raise _Overtaken()
         report = _Report(entry)
         rows = []
         for line, cells in batch:
