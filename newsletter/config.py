@@ -78,6 +78,10 @@ class Settings:
     admin_idle_minutes: float = 30.0
     admin_sign_in_limit_per_account: str = "5 per minute; 20 per hour"
     admin_sign_in_limit_per_address: str = "20 per minute; 100 per hour"
+    signup_rate_limit_per_address: str = "5 per hour; 10 per day"
+    signup_min_fill_seconds: float = 2.0
+    embed_origins: tuple[str, ...] = ()
+    check_deliverability: bool = False
 
     @property
     def broker_is_embedded(self) -> bool:
@@ -246,6 +250,32 @@ def _signup_answer_seconds(env: Mapping[str, str]) -> float:
     return value
 
 
+def _embed_origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """EMBED_ORIGINS: the sites whose pages may carry the signup form, as exact origins."""
+    origins = []
+    for raw in env.get("EMBED_ORIGINS", "").split(","):
+        value = raw.strip().rstrip("/")
+        if not value:
+            continue
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+            raise ConfigError(
+                f"EMBED_ORIGINS must be comma-separated origins like https://blog.example.com "
+                f"(scheme and host, an optional port, no path), got {value!r}"
+            )
+        origins.append(f"{parts.scheme}://{parts.netloc.lower()}")
+    return tuple(origins)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    value = env.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be 1 or 0 (true or false), got {env.get(name)!r}")
+
+
 def _retry_schedule(env: Mapping[str, str]) -> tuple[int, ...]:
     raw = env.get("RETRY_SCHEDULE", "").strip() or "60,300,1800,7200,21600"
     try:
@@ -359,5 +389,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         admin_sign_in_limit_per_address=_rate_limit(
             env, "ADMIN_SIGN_IN_LIMIT_PER_ADDRESS", "20 per minute; 100 per hour"
         ),
+        signup_rate_limit_per_address=_rate_limit(
+            env, "SIGNUP_RATE_LIMIT_PER_ADDRESS", "5 per hour; 10 per day"
+        ),
+        signup_min_fill_seconds=_number(env, "SIGNUP_MIN_FILL_SECONDS", 2.0, minimum=0.0),
+        embed_origins=_embed_origins(env),
+        check_deliverability=_flag(env, "CHECK_DELIVERABILITY"),
         **_dkim(env),
     )

@@ -13,6 +13,7 @@ from newsletter.delivery.breaker import BounceBreaker
 from newsletter.delivery.flow import FlowControl, store_for
 from newsletter.delivery.policy import Policy
 from newsletter.mail.compose import Composer
+from newsletter.mail.deliverability import DeliverabilityCheck
 from newsletter.mail.transport import SmtpTransport
 from newsletter.tokens import Tokens
 
@@ -32,6 +33,8 @@ class Runtime:
     tokens: Tokens
     composer: Composer
     policy: Policy
+    # Built at first use (it reads the system's resolver configuration); a test may set its own.
+    deliverability_check: DeliverabilityCheck | None = None
     _transport: SmtpTransport | None = field(default=None, repr=False)
     _flow: FlowControl | None = field(default=None, repr=False)
     _breaker: BounceBreaker | None = field(default=None, repr=False)
@@ -75,6 +78,12 @@ class Runtime:
                 max_pause=s.brake_max_pause_seconds,
             )
         return self._flow
+
+    def deliverability(self) -> DeliverabilityCheck:
+        """This process's domain check (CHECK_DELIVERABILITY) and its cache of answers."""
+        if self.deliverability_check is None:
+            self.deliverability_check = DeliverabilityCheck()
+        return self.deliverability_check
 
     def breaker(self) -> BounceBreaker:
         """This process's bounce breaker: its window of recent send outcomes."""

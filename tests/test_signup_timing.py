@@ -1,4 +1,4 @@
-"""The signup answer takes the same time whatever the address's state, so timing cannot tell
+"""The signup answer (and the "send it again" answer) takes the same time whatever the address's state, so timing cannot tell
 who is on the list. A security property, measured (not a speed test): many tries per state,
 states interleaved in a shuffled order each round, medians compared. SQLite and PostgreSQL.
 """
@@ -117,6 +117,38 @@ def test_signup_answer_takes_the_same_time_for_every_state(
     # everywhere at once would go unnoticed.
     assert min(medians.values()) >= FLOOR
     assert spread < MAX_SPREAD, f"signup answer medians differ by {spread * 1000:.2f} ms"
+
+
+@pytest.mark.timing
+@pytest.mark.slow
+def test_resend_answer_takes_the_same_time_for_every_state(
+    padded_app: Flask, report_line: Callable[[str], None]
+) -> None:
+    """The "send the confirmation again" form: only a pending address can get a mail, and the
+    answer must not say which one is."""
+    prepare()
+    client = padded_app.test_client()
+    token = csrf(client, "/thanks")
+    timings: dict[str, list[float]] = {state: [] for state in STATES}
+    order = list(STATES)
+    shuffle = random.Random(20261130).shuffle
+    for attempt in range(TRIES):
+        shuffle(order)
+        for state in order:
+            data = {"csrf_token": token, "email": address(state, attempt)}
+            start = time.perf_counter()
+            response = client.post("/thanks", data=data)
+            timings[state].append(time.perf_counter() - start)
+            location = response.headers.get("Location")
+            assert (response.status_code, location) == (303, "/thanks?again=1")
+
+    medians = {state: statistics.median(times) for state, times in timings.items()}
+    spread = max(medians.values()) - min(medians.values())
+    shown = ", ".join(f"{state} {m * 1000:.2f} ms" for state, m in medians.items())
+    where = f"{db.engine.dialect.name}, {TRIES} tries, floor {FLOOR * 1000:.0f} ms"
+    report_line(f"resend answer medians ({where}): {shown}; spread {spread * 1000:.2f} ms")
+    assert min(medians.values()) >= FLOOR
+    assert spread < MAX_SPREAD, f"resend answer medians differ by {spread * 1000:.2f} ms"
 
 
 def test_the_floor_holds_on_every_path_out() -> None:

@@ -187,6 +187,29 @@ def signup(session: Session, request: SignupRequest, now: datetime) -> SignupOut
     return outcome
 
 
+def resend_confirmation(session: Session, raw_email: str, now: datetime) -> SignupOutcome:
+    """Queue the confirmation mail again for a pending address (the "send it again" form).
+
+    Anything else (unknown, active, unsubscribed, suppressed) is ignored, and so is a pending
+    address inside the resend interval or at its daily cap: the same caps as a signup, so the
+    two forms together still send at most CONFIRMATIONS_PER_DAY mails. Raises SignupError for
+    an address that does not parse, before anything is written.
+    """
+    email = normalise_email(raw_email)
+    subscriber = session.scalar(
+        select(Subscriber).where(Subscriber.email == email).with_for_update()
+    )
+    if subscriber is None or subscriber.status is not SubscriberStatus.PENDING:
+        return SignupOutcome.IGNORED
+    if session.scalar(select(Suppression.id).where(Suppression.email_hash == address_hash(email))):
+        return SignupOutcome.IGNORED
+    if not _confirmation_allowed(session, subscriber.id, now, min_interval=CONFIRM_RESEND_INTERVAL):
+        return SignupOutcome.IGNORED
+    planning.add_delivery(session, DeliveryKind.CONFIRM, subscriber.id, now, now)
+    session.add(Event(subscriber_id=subscriber.id, kind="confirm-resend", created_at=now))
+    return SignupOutcome.RESENT
+
+
 def confirmable(session: Session, subscriber_id: int, email: str) -> bool:
     """Whether a confirm token still names someone who can confirm (read-only, for a GET)."""
     subscriber = session.get(Subscriber, subscriber_id)

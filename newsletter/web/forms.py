@@ -19,6 +19,27 @@ class SignupForm(FlaskForm):  # type: ignore[misc]
     )
     first_name = StringField("First name (optional)", validators=[Optional(), Length(max=100)])
     time_zone = HiddenField(validators=[Optional(), Length(max=64)])
+    # The defences (newsletter.web.defences) read these two from the posted form themselves.
+    homepage = StringField("Leave this field empty")
+    stamp = HiddenField()
+
+
+class EmbedSignupForm(SignupForm):
+    """The signup form pasted on another site: no CSRF token (it cannot carry our cookie); the
+    Origin check and the defences stand in for it."""
+
+    class Meta:
+        csrf = False
+
+
+class ResendForm(FlaskForm):  # type: ignore[misc]
+    """ "Send the confirmation again": the address, and the honeypot."""
+
+    email = EmailField(
+        "Email address",
+        validators=[DataRequired(message="Enter your email address."), Length(max=320)],
+    )
+    homepage = StringField("Leave this field empty")
 
 
 SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")

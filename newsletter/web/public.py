@@ -4,20 +4,38 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 
 from newsletter import clock
 from newsletter.audience import subscriptions
 from newsletter.content.sequences import sequence_for
 from newsletter.db import db
-from newsletter.extensions import csrf, limiter
+from newsletter.extensions import csrf
 from newsletter.models import Sequence, Subscriber
 from newsletter.runtime import runtime
 from newsletter.tasks import kick
 from newsletter.tokens import TokenError
-from newsletter.web.forms import ConfirmForm, SignupForm, UnsubscribeForm, signup_link_args
+from newsletter.web import signups
+from newsletter.web.defences import (
+    HONEYPOT_FIELD,
+    limit_per_ip_and_address,
+    limit_signups,
+    new_stamp,
+    wants_json,
+)
+from newsletter.web.forms import (
+    ConfirmForm,
+    ResendForm,
+    SignupForm,
+    UnsubscribeForm,
+    signup_link_args,
+)
 from newsletter.web.timing import answer_floor
 
 bp = Blueprint("public", __name__)
+
+UNSUBSCRIBE_LIMIT_PER_IP = "300 per minute"
+UNSUBSCRIBE_LIMIT_PER_LINK = "10 per minute"
 
 
 def _sequence(slug: str | None) -> Sequence | None:
@@ -39,13 +57,14 @@ def signup_page() -> str | tuple[str, int]:
         link = signup_link_args(request.args)
     except ValueError as exc:
         return _bad_signup_link(exc)
+    form = SignupForm(stamp=new_stamp())
     return render_template(
-        "signup.html", form=SignupForm(), sequence=_sequence(link.get("sequence")), link=link
+        "signup.html", form=form, sequence=_sequence(link.get("sequence")), link=link
     )
 
 
 @bp.post("/")
-@limiter.limit(lambda: runtime().settings.signup_rate_limit)
+@limit_signups
 def signup() -> ResponseReturnValue:
     """Create (or refresh) a pending subscriber and queue the confirmation mail.
 
@@ -62,29 +81,9 @@ def _signup() -> ResponseReturnValue:
     except ValueError as exc:
         return _bad_signup_link(exc)
     form = SignupForm()
-    if form.validate_on_submit():
-        req = subscriptions.SignupRequest(
-            email=form.email.data or "",
-            first_name=form.first_name.data,
-            time_zone=form.time_zone.data,
-            ip=request.remote_addr,
-            user_agent=request.user_agent.string,
-            form=link.get("form", "signup-page"),
-            sequence_slug=link.get("sequence"),
-        )
-        try:
-            with db.transaction() as session:
-                subscriptions.signup(session, req, clock.now())
-        except subscriptions.SignupError as exc:
-            field = getattr(form, exc.field, None)
-            if field is not None:
-                field.errors = [*field.errors, str(exc)]
-            else:
-                form.form_errors.append(str(exc))
-        else:
-            kick()
-            # One response whatever the address's state, so the form reveals nothing.
-            return redirect(url_for("public.thanks"), code=303)
+    if form.validate_on_submit() and signups.submit(form, link, "signup-page"):
+        # One response whatever the address's state, so the form reveals nothing.
+        return redirect(url_for("public.thanks"), code=303)
     sequence = _sequence(link.get("sequence"))
     page = render_template("signup.html", form=form, sequence=sequence, link=link)
     return page, 400
@@ -92,8 +91,29 @@ def _signup() -> ResponseReturnValue:
 
 @bp.get("/thanks")
 def thanks() -> str:
-    """Check your inbox."""
-    return render_template("thanks.html")
+    """Check your inbox; with the form that sends the confirmation again."""
+    form = ResendForm()
+    return render_template("thanks.html", form=form, again=request.args.get("again") == "1")
+
+
+@bp.post("/thanks")
+@limit_signups
+def resend() -> ResponseReturnValue:
+    """Send the confirmation again: the same answer, after the same time, whatever the
+    address's state (only a pending address within its caps gets a mail)."""
+    with answer_floor(runtime().settings.signup_answer_seconds):
+        form = ResendForm()
+        if not form.validate_on_submit():
+            return render_template("thanks.html", form=form, again=False), 400
+        if not request.form.get(HONEYPOT_FIELD):
+            try:
+                with db.transaction() as session:
+                    subscriptions.resend_confirmation(session, form.email.data or "", clock.now())
+            except subscriptions.SignupError as exc:
+                form.email.errors = [*form.email.errors, str(exc)]
+                return render_template("thanks.html", form=form, again=False), 400
+            kick()
+        return redirect(url_for("public.thanks", again="1"), code=303)
 
 
 NO_LONGER_VALID = "This confirmation link is no longer valid."
@@ -160,8 +180,20 @@ def unsubscribe_page(token: str) -> str:
     return render_template("unsubscribe.html", form=UnsubscribeForm(), email=subscriber.email)
 
 
+def _unsubscribe_token() -> str:
+    return str((request.view_args or {}).get("token", ""))[:500]
+
+
 @bp.post("/unsubscribe/<token>")
 @csrf.exempt
+# Mail providers send one-click unsubscribes for many readers from a few addresses of theirs:
+# the per-client limit is wide, the per-link one narrow.
+@limit_per_ip_and_address(
+    UNSUBSCRIBE_LIMIT_PER_IP,
+    UNSUBSCRIBE_LIMIT_PER_LINK,
+    scope="unsubscribe",
+    address=_unsubscribe_token,
+)
 def unsubscribe(token: str) -> str:
     """Unsubscribe: the page's button, or an RFC 8058 one-click POST from the mail client."""
     subscriber_id = _unsubscribe_target(token)
@@ -175,6 +207,18 @@ def unsubscribe(token: str) -> str:
         db.session, subscriber_id, clock.now, settings.unsubscribe_wait_seconds
     )
     return render_template("unsubscribed.html")
+
+
+@bp.errorhandler(RateLimitExceeded)
+def too_many_requests(error: RateLimitExceeded) -> ResponseReturnValue:
+    """Over a rate limit: our page (or, for the embedded form's script, a short JSON answer)."""
+    message = "Too many requests from here or for this address. Wait a while and try again."
+    if wants_json():
+        return {"ok": False, "message": message}, 429
+    page = render_template(
+        "message.html", title="Too many requests", message=message, show_signup=False
+    )
+    return page, 429
 
 
 @bp.get("/healthz")

@@ -31,6 +31,9 @@ def base_env(
         "SMTP_PORT": str(smtp.port if smtp else free_port()),
         "SMTP_TIMEOUT_SECONDS": "10",
         "SIGNUP_RATE_LIMIT": "1000 per minute",
+        "SIGNUP_RATE_LIMIT_PER_ADDRESS": "1000 per minute",
+        # The minimum fill time is tested in test_abuse; other tests send forms at once.
+        "SIGNUP_MIN_FILL_SECONDS": "0",
         # The padding of signup answers is measured in test_signup_timing; elsewhere it would
         # only add a quarter second to every signup of the suite.
         "SIGNUP_ANSWER_SECONDS": "0",
