@@ -85,10 +85,11 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import admin, public, reader, security
+    from newsletter.web import admin, embed, public, reader, security
 
     security.register(app)
     app.register_blueprint(public.bp)
+    app.register_blueprint(embed.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(reader.bp)
     if settings.dev_mail_dir is not None:

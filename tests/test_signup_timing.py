@@ -1,6 +1,7 @@
-"""The signup answer (and the "send it again" answer) takes the same time whatever the address's state, so timing cannot tell
-who is on the list. A security property, measured (not a speed test): many tries per state,
-states interleaved in a shuffled order each round, medians compared. SQLite and PostgreSQL.
+"""The signup answer (and the "send it again" answer) takes the same time whatever the
+address's state, so timing cannot tell who is on the list. A security property, measured (not
+a speed test): many tries per state, states interleaved in a shuffled order each round,
+medians compared. SQLite and PostgreSQL.
 """
 
 from __future__ import annotations

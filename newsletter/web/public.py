@@ -209,9 +209,11 @@ def unsubscribe(token: str) -> str:
     return render_template("unsubscribed.html")
 
 
-@bp.errorhandler(RateLimitExceeded)
+@bp.app_errorhandler(RateLimitExceeded)
 def too_many_requests(error: RateLimitExceeded) -> ResponseReturnValue:
-    """Over a rate limit: our page (or, for the embedded form's script, a short JSON answer)."""
+    """Over a rate limit: our page (or, for the embedded form's script, a short JSON answer).
+
+    App-wide, for every public form (the admin's sign-in has its own)."""
     message = "Too many requests from here or for this address. Wait a while and try again."
     if wants_json():
         return {"ok": False, "message": message}, 429

@@ -7,8 +7,11 @@ a mail's HTML allow inline styles (CSS inlining puts them there) and https image
 
 from __future__ import annotations
 
-from flask import Flask, Response, render_template, request
+from flask import Flask, Response, current_app, render_template, request
 from flask_wtf.csrf import CSRFError
+
+# A year: browsers then refuse plain http to this host (SITE_URL is https) for that long.
+HSTS = "max-age=31536000"
 
 _BASE_POLICY = {
     "default-src": "'self'",
@@ -53,6 +56,8 @@ def security_headers(response: Response) -> Response:
     headers["X-Frame-Options"] = frame_options
     headers["X-Content-Type-Options"] = "nosniff"
     headers["Referrer-Policy"] = "no-referrer"
+    if current_app.config.get("SESSION_COOKIE_SECURE"):  # set when SITE_URL is https
+        headers["Strict-Transport-Security"] = HSTS
     if request.endpoint != "static" and "no-store" not in headers.get("Cache-Control", ""):
         # Pages are personal (tokens in URLs, CSRF tokens in forms): never kept by a cache.
         headers["Cache-Control"] = "no-store"
