@@ -6,6 +6,8 @@ SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
 from newsletter.models import Delivery, Subscriber
 from tests.helpers.apps import base_env, make_app
+from tests.helpers.env import ROOT
 from tests.helpers.smtp import SmtpSink
 from tests.helpers.webclient import csrf
 
@@ -221,3 +224,14 @@ def test_check_deliverability_setting(tmp_path: Path) -> None:
     assert load_settings(env | {"CHECK_DELIVERABILITY": "1"}).check_deliverability is True
     with pytest.raises(ConfigError, match="CHECK_DELIVERABILITY"):
         load_settings(env | {"CHECK_DELIVERABILITY": "maybe"})
+
+
+def test_the_readme_shows_the_snippet_the_embed_page_gives(embed_app: Flask) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    shown = re.search(r"```html\n(<form .*?</script>)\n```", readme, re.S)
+    assert shown, "no snippet in the README"
+    page = embed_app.test_client().get("/embed").get_data(as_text=True)
+    given = re.search(r'<pre class="snippet"[^>]*><code>(.*?)</code></pre>', page, re.S)
+    assert given
+    ours = html.unescape(given.group(1)).strip()
+    assert shown.group(1).replace("news.example.com", "news.example.test") == ours
