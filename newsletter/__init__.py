@@ -85,8 +85,9 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import admin, public, reader, security
+    from newsletter.web import admin, errors, public, reader, security
 
+    errors.register(app)
     security.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)

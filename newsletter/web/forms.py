@@ -6,8 +6,10 @@ import re
 from collections.abc import Mapping
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, StringField
+from wtforms import EmailField, HiddenField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length, Optional
+
+from newsletter.audience.subscriptions import LEAVING_DETAIL_MAX, LEAVING_REASONS
 
 
 class SignupForm(FlaskForm):  # type: ignore[misc]
@@ -49,6 +51,20 @@ def signup_link_args(args: Mapping[str, str]) -> dict[str, str]:
 
 class UnsubscribeForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential."""
+
+
+class LeavingReasonForm(FlaskForm):  # type: ignore[misc]
+    """Why someone left: one of the offered reasons, and their own words if they like."""
+
+    reason = RadioField(
+        "Why did you leave? (optional)",
+        choices=list(LEAVING_REASONS.items()),
+        validators=[DataRequired(message="Choose one of the reasons.")],
+    )
+    detail = TextAreaField(
+        "Anything you would like to add? (optional)",
+        validators=[Optional(), Length(max=LEAVING_DETAIL_MAX)],
+    )
 
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
