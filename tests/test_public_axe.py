@@ -45,6 +45,7 @@ def test_every_public_page_passes_axe_on_a_phone(
     start_site: Callable[..., Site],  # noqa: F811 - the fixture imported above
     new_page: Callable[..., Page],
     smtp_sink: SmtpSink,
+    screenshot_dir: Path,
 ) -> None:
     folder = tmp_path / "maildir"
     catcher = mailcatcher.start(folder, port=free_port())
@@ -57,6 +58,7 @@ def test_every_public_page_passes_axe_on_a_phone(
 
         page.goto(f"{site.url}/")
         check(page, "signup")
+        page.screenshot(path=str(screenshot_dir / "signup-phone.png"), full_page=True)
         page.get_by_label("Email address").fill("not-an-address")
         page.get_by_role("button", name="Send me part one").click()
         expect(page).to_have_title(re.compile(r"^Error: check the form"))

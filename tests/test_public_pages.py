@@ -71,7 +71,11 @@ def test_the_signup_page_says_how_many_parts_and_gives_a_taste(app: Flask) -> No
     assert "A free course by email in 4 parts" in words
     assert re.search(r"then one part a day, each about \d+ minutes? of reading\.", words)
     taste = re.search(r'<figure class="taste">\s*<blockquote><p>(.*?)</p>', page, re.S)
-    assert taste and taste.group(1) == "Emotional distance rarely comes out of nowhere."
+    assert taste and taste.group(1) == (
+        "Emotional distance rarely comes out of nowhere. In most relationships, it builds "
+        "quietly — even when both people still care. No big argument. No clear turning point. "
+        "Just a gradual shift where closeness starts to feel harder to reach."
+    )  # the opening paragraphs, until about 200 characters
 
 
 @pytest.mark.any_database
@@ -81,11 +85,11 @@ def test_the_taste_is_plain_text_of_the_opening(app: Flask) -> None:
         sequence.steps[0].body_md = (
             "{% if first_name %}Dear {{ first_name }},{% endif %} **Closeness** is "
             "<script>alert(1)</script>*learned*, `slowly`\nand [on purpose](https://e.org).\n\n"
-            "Second paragraph."
+            "Second paragraph.\n\n## A section\n\nNot the opening any more."
         )
         about = overview(sequence)
     assert about is not None
-    assert about.taste == "Closeness is alert(1)learned, slowly and on purpose."
+    assert about.taste == "Closeness is alert(1)learned, slowly and on purpose. Second paragraph."
     # Through the mail's renderer (as the page does), a nameless reader's words.
     composer = runtime_of(app).composer
     with db.session() as session:

@@ -47,16 +47,23 @@ def _words(markdown: str) -> list[str]:
 
 
 def _taste(markdown: str) -> str:
-    """The first paragraph of `markdown` as plain text, cut at a word."""
+    """The opening paragraphs of `markdown` as plain text, up to about TASTE_CHARS, cut at a
+    word: enough to hear the writer's voice, not a whole part."""
     tokens = _MARKDOWN.parse(markdown)
+    taken: list[str] = []
     for index, token in enumerate(tokens[:-1]):
+        if sum(len(t) + 1 for t in taken) >= TASTE_CHARS * 2 // 3:
+            break
         if token.type == "paragraph_open" and tokens[index + 1].type == "inline":
             text = " ".join(_text(tokens[index + 1]).split())
             if text:
-                if len(text) <= TASTE_CHARS:
-                    return text
-                return text[:TASTE_CHARS].rsplit(" ", 1)[0] + "…"
-    return ""
+                taken.append(text)
+        elif token.type == "heading_open" and taken:
+            break  # the opening ends where the first section begins
+    text = " ".join(taken)
+    if len(text) <= TASTE_CHARS:
+        return text
+    return text[:TASTE_CHARS].rsplit(" ", 1)[0] + "…"
 
 
 def _without_touches(source: str) -> str:
