@@ -207,6 +207,7 @@ class StopReason(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     RESTARTED = "restarted"
+    SWITCHED = "switched"  # the reader chose another sequence instead
 
 
 class DeliveryKind(enum.StrEnum):

@@ -139,7 +139,10 @@ def confirm(token: str) -> str | tuple[str, int]:
     if subscriber is None:
         return _bad_link(NO_LONGER_VALID)
     kick()
-    return render_template("confirmed.html")
+    token = rt.tokens.preferences_token(subscriber.id)
+    return render_template(
+        "confirmed.html", preferences_url=url_for("preferences.page", token=token)
+    )
 
 
 def _unsubscribe_target(token: str) -> int:
