@@ -55,9 +55,7 @@ def _reader(token: str) -> int:
 
 
 def _hours() -> list[tuple[str, str]]:
-    return [(WINDOW_HOUR, "When the series sends")] + [
-        (str(h), f"{h:02d}:00") for h in range(24)
-    ]
+    return [(WINDOW_HOUR, "When the series sends")] + [(str(h), f"{h:02d}:00") for h in range(24)]
 
 
 def _page(
