@@ -591,3 +591,34 @@ def test_the_confirmed_page_links_to_the_preferences(app: Flask) -> None:
     response = confirm(client, f"/confirm/{tokens.confirm_token(subscriber_id, EMAIL)}")
     page = response.get_data(as_text=True)
     assert f'href="/preferences/{tokens.preferences_token(subscriber_id)}"' in page
+
+
+def test_a_late_series_keeps_the_preferred_hour_after_the_gap() -> None:
+    # Started long ago (the timetable's day is past): the part after one sent at 15:00 in New
+    # York comes at 15:00 on their next day, not when the half-day gap ends at 03:00.
+    due = step_due_at(
+        started_at=datetime(2026, 5, 1, 12, tzinfo=UTC),
+        day_offset=2,
+        time_zone="America/New_York",
+        window=SendWindow(9, 21),
+        day_seconds=86400,
+        previous_sent_at=datetime(2026, 6, 11, 19, tzinfo=UTC),
+        send_hour=15,
+    )
+    assert due == datetime(2026, 6, 12, 19, tzinfo=UTC)
+
+
+def test_a_part_loaded_too_late_waits_for_the_readers_hour_not_the_windows_opening(
+    app: Flask, smtp_sink: SmtpSink, at_time: Any
+) -> None:
+    at_time(NOON)
+    subscriber_id, path = reader_with_part_one(app, smtp_sink)
+    post(app.test_client(), path, "timing", time_zone="America/New_York", send_hour="15")
+    # Five hours after 15:00 in New York (past the catch-up grace), still inside the window.
+    at_time(datetime(2026, 6, 12, 0, tzinfo=UTC))
+    send_due(app)
+    assert waiting(subscriber_id) == (
+        2,
+        DeliveryState.SCHEDULED,
+        datetime(2026, 6, 12, 19, tzinfo=UTC),
+    )
