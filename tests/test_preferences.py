@@ -622,3 +622,30 @@ def test_a_part_loaded_too_late_waits_for_the_readers_hour_not_the_windows_openi
         DeliveryState.SCHEDULED,
         datetime(2026, 6, 12, 19, tzinfo=UTC),
     )
+
+
+def test_catching_up_never_brings_a_part_before_its_day(
+    app: Flask, smtp_sink: SmtpSink, at_time: Any
+) -> None:
+    at_time(NOON)
+    subscriber_id, path = reader_with_part_one(app, smtp_sink)
+    with db.transaction() as session:
+        # Part 2 two days after part 1: a pause and a catch-up the same day keep that day.
+        step = session.scalars(select(Step).where(Step.position == 2)).one()
+        step.day_offset = 2
+        row = session.scalars(
+            select(Delivery).where(
+                Delivery.step_id == step.id, Delivery.subscriber_id == subscriber_id
+            )
+        ).one()
+        row.due_at = row.first_due_at = datetime(2026, 6, 12, 9, tzinfo=UTC)
+    client = app.test_client()
+    enrollment = str(enrollment_of(subscriber_id))
+    post(client, path, "pause", enrollment=enrollment)
+    at_time(NOON + timedelta(hours=2))
+    post(client, path, "resume", enrollment=enrollment, mode="catch-up")
+    assert waiting(subscriber_id) == (
+        2,
+        DeliveryState.SCHEDULED,
+        datetime(2026, 6, 12, 9, tzinfo=UTC),
+    )

@@ -315,7 +315,8 @@ def resume(
     Where they left off: the part they were waiting for comes at their next send time. Catching
     up: the part the timetable says they would be on today comes as soon as the send window
     allows (parts whose days went by during the pause are skipped, as an admin's move to a
-    step skips them). Either way never the day of their last part.
+    step skips them). Either way a part whose time is still ahead keeps it, and none comes the
+    day of their last part.
     """
     subscriber = _subscriber(session, subscriber_id)
     enrollment = _enrollment(session, subscriber, enrollment_id)
@@ -335,10 +336,13 @@ def resume(
     for delivery in _waiting(session, subscriber_id):
         if delivery.enrollment_id != enrollment.id or delivery.state is DeliveryState.HELD:
             continue  # held: the sequence itself is paused, its resume sets the time
+        waited = held_due.get(delivery.id)
+        if waited is not None and waited >= earliest:
+            # Still ahead of them: it keeps its time (catching up never brings a part before
+            # its day on the timetable).
+            continue
         if catch_up:
             due = _send_time_from(enrollment, subscriber, earliest, day_seconds, soonest=True)
-        elif held_due.get(delivery.id, delivery.due_at) >= earliest:
-            continue  # still ahead of them: it keeps its time
         else:
             due = _send_time_from(enrollment, subscriber, earliest, day_seconds)
             if real_days(day_seconds) and subscriber.send_hour is None:
