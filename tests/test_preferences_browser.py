@@ -180,8 +180,9 @@ def test_the_journey_with_the_keyboard_only(
     site: tuple[str, Flask], smtp_sink: SmtpSink, new_page: Callable[..., Page]
 ) -> None:
     url, app = site
+    other_sequence("Second Course")
     link = preferences_link(app, smtp_sink, url)
-    page = new_page()
+    page = new_page(accept_downloads=True)
     page.goto(link)
     tab_to(page, "time_zone")
     page.keyboard.type("Europe/Paris")
@@ -194,12 +195,22 @@ def test_the_journey_with_the_keyboard_only(
     expect(page.get_by_role("status")).to_contain_text("Saved")
     # Paris is UTC+2 in June: 10:00 there is 08:00 UTC on their next day.
     assert next_part() == (DeliveryState.SCHEDULED, datetime(2026, 6, 11, 8, tzinfo=UTC))
-    tab_to(page, "Pause")
+    for button, said in (
+        ("Pause", "Paused"),
+        ("Catch up", "Resumed"),
+        ("Pause", "Paused"),
+        ("Resume where I left off", "Resumed"),
+        ("Restart from part 1", "Restarted"),
+    ):
+        tab_to(page, button)
+        page.keyboard.press("Enter")
+        expect(page.get_by_role("status")).to_contain_text(said)
+    tab_to(page, "sequence")
+    page.keyboard.type("Second")
+    expect(page.locator("#sequence")).to_have_value(re.compile(r"\d+"))
+    tab_to(page, "Join")
     page.keyboard.press("Enter")
-    expect(page.get_by_role("status")).to_contain_text("Paused")
-    tab_to(page, "Catch up")
-    page.keyboard.press("Enter")
-    expect(page.get_by_role("status")).to_contain_text("Resumed")
+    expect(page.get_by_role("heading", name="Second Course")).to_be_visible()
     tab_to(page, "Leave (unsubscribe)")
     page.keyboard.press("Enter")
     expect(page.get_by_role("heading", level=1)).to_contain_text("nsubscribed")
@@ -209,6 +220,17 @@ def test_the_journey_with_the_keyboard_only(
     expect(page.get_by_text("You have left")).to_be_visible()
     accessible(page)
     tab_to(page, "Download my data")
+    with page.expect_download() as download:
+        page.keyboard.press("Enter")
+    assert json.loads(Path(download.value.path()).read_text(encoding="utf-8"))["consent"]
+    tab_to(page, "Delete me")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Delete me")
+    tab_to(page, "Yes, delete everything")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", level=1)).to_have_text("You are deleted")
+    with db.session() as session:
+        assert session.scalars(select(Subscriber.erased_at)).one() is not None
 
 
 def test_a_phone_sized_screenshot_of_the_page(
