@@ -348,6 +348,11 @@ def test_pause_then_resume_where_i_left_off_comes_at_the_next_send_time(
     at_time(datetime(2026, 6, 14, 12, tzinfo=UTC))
     send_due(app)
     assert [m for m in smtp_sink.to(EMAIL) if "Part 2 of" in text_of(m)] == []  # paused
+    before = state(subscriber_id)
+    response = post(client, path, "resume", enrollment=enrollment, mode="sideways")
+    assert response.status_code == 400
+    assert "Choose how to resume" in response.get_data(as_text=True)
+    assert state(subscriber_id) == before
     assert post(client, path, "resume", enrollment=enrollment, mode="left-off").status_code == 303
     # Part 2, at the next opening of the window (not at once, mid-afternoon).
     assert waiting(subscriber_id) == (
@@ -443,6 +448,10 @@ def test_restart_from_part_one_waits_for_tomorrow_when_a_part_came_today(
     response = post(client, path, "restart", enrollment=str(enrollment_of(other)))
     assert response.status_code == 400
     assert "That is not one of your series." in response.get_data(as_text=True)
+    for bad in ("", "x", "-1"):
+        response = post(client, path, "restart", enrollment=bad)
+        assert response.status_code == 400
+        assert "That is not one of your series." in response.get_data(as_text=True)
     assert (state(subscriber_id), state(other)) == before
 
 

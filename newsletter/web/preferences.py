@@ -37,7 +37,8 @@ DONE = {
     "joined": "Done: part 1 of your new series is on its way.",
 }
 GONE = "This link names nobody any more: their data was deleted."
-WINDOW_HOUR = ""  # the send-hour choice "when the series' window opens"
+WINDOW_HOUR = ""
+RESUME_MODES = ("left-off", "catch-up")  # the send-hour choice "when the series' window opens"
 
 
 def _not_found(message: str = "This preferences link is not valid.") -> NoReturn:
@@ -114,20 +115,17 @@ def _act(
     return redirect(url_for("preferences.page", token=token, done=done), code=303)
 
 
-def _enrollment_id(form: CourseForm) -> int:
-    value = form.enrollment.data or ""
-    if not value.isdigit():
-        abort(400)
-    return int(value)
-
-
 def _course_change(token: str, done: str, move: Callable[..., None]) -> ResponseReturnValue:
     """Pause, resume or restart one of the reader's series (the form names which)."""
     subscriber_id = _reader(token)
     form = CourseForm()
     if not form.validate_on_submit():
         abort(400)
-    enrollment_id = _enrollment_id(form)
+    value = form.enrollment.data or ""
+    if not value.isdigit():
+        refused = {"form": "That is not one of your series."}
+        return _page(token, subscriber_id, refused, None, 400)
+    enrollment_id = int(value)
     day = runtime().settings.drip_day_seconds
 
     def change(session: Session) -> None:
@@ -170,6 +168,9 @@ def pause(token: str) -> ResponseReturnValue:
 @bp.post("/<token>/resume")
 def resume(token: str) -> ResponseReturnValue:
     """Resume one series, where the reader left off or catching up (`mode`)."""
+    if request.form.get("mode") not in RESUME_MODES:
+        refused = {"form": "Choose how to resume: where you left off, or catching up."}
+        return _page(token, _reader(token), refused, None, 400)
     return _course_change(
         token,
         "resumed",
