@@ -85,13 +85,14 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import admin, errors, public, reader, security
+    from newsletter.web import admin, errors, preferences, public, reader, security
 
     errors.register(app)
     security.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(reader.bp)
+    app.register_blueprint(preferences.bp)
     if settings.dev_mail_dir is not None:
         from newsletter.web import devmail
 

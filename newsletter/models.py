@@ -207,6 +207,7 @@ class StopReason(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     RESTARTED = "restarted"
+    SWITCHED = "switched"  # the reader chose another sequence instead
 
 
 class DeliveryKind(enum.StrEnum):
@@ -230,6 +231,9 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     first_name: Mapped[str | None] = mapped_column(String(100))
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The local hour (0-23) the reader wants parts at, set on their preferences page; None:
+    # when the sequence's send window opens (see `SendWindow.send_hour`).
+    send_hour: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[SubscriberStatus] = mapped_column(
         _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING
     )

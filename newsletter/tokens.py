@@ -1,4 +1,7 @@
-"""Signed, URL-safe tokens for confirm and unsubscribe links."""
+"""Signed, URL-safe tokens for confirm, unsubscribe, reader and preferences links.
+
+Each purpose has its own salt, so a token made for one never opens another.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ class Tokens:
     @cached_property
     def _reader(self) -> URLSafeSerializer:
         return URLSafeSerializer(self.secret_key, salt="reader")
+
+    @cached_property
+    def _preferences(self) -> URLSafeSerializer:
+        return URLSafeSerializer(self.secret_key, salt="preferences")
 
     @cached_property
     def _unsubscribe(self) -> URLSafeSerializer:
@@ -74,4 +81,18 @@ class Tokens:
             raise TokenError("this link is not valid") from None
         if not isinstance(sid, int):
             raise TokenError("this link is not valid")
+        return sid
+
+    def preferences_token(self, subscriber_id: int) -> str:
+        """A token that opens this subscriber's preferences page; it never expires."""
+        return self._preferences.dumps(subscriber_id)
+
+    def read_preferences(self, token: str) -> int:
+        """The subscriber id a preferences token was made for."""
+        try:
+            sid = self._preferences.loads(token)
+        except (BadSignature, ValueError, TypeError):
+            raise TokenError("this preferences link is not valid") from None
+        if not isinstance(sid, int) or isinstance(sid, bool):
+            raise TokenError("this preferences link is not valid")
         return sid

@@ -70,6 +70,7 @@ def personal_data(session: Session, subscriber_id: int) -> dict[str, Any] | None
             "email": subscriber.email,
             "first_name": subscriber.first_name,
             "time_zone": subscriber.time_zone,
+            "send_hour": subscriber.send_hour,
             "status": subscriber.status.value,
             "created_at": _time(subscriber.created_at),
             "confirmed_at": _time(subscriber.confirmed_at),
@@ -139,6 +140,7 @@ def erase(session: Session, subscriber_id: int, now: datetime) -> bool:
     subscriber.email = erased_address(subscriber.id)
     subscriber.first_name = None
     subscriber.time_zone = "UTC"
+    subscriber.send_hour = None
     subscriber.consent_ip = None
     subscriber.consent_user_agent = None
     subscriber.consent_form = None

@@ -58,6 +58,7 @@ STEP_CACHE_SIZE = 256
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _READER_TOKEN = "NLSUBSTREADER7d1c"
+_PREFERENCES_TOKEN = "NLSUBSTPREFS7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 # The name's stand-in or an admin value's token: both filled in one pass, last. Written with
 # their common prefix outside the alternation, so that the regex engine looks for that literal
@@ -169,13 +170,15 @@ def _html_text(value: str) -> str:
     return str(escape(value))
 
 
-def _fill(draft: _Draft, name: str, url: str, reader: str) -> Rendered:
+def _fill(draft: _Draft, name: str, url: str, reader: str, preferences: str) -> Rendered:
     """One subscriber's copy of a draft: values escaped in the HTML, as they are in the text."""
     # The links first: they are ours and hold no stand-ins. The name and values last, so
     # nothing a subscriber typed is scanned again.
     html = draft.rendered.html.replace(_URL_TOKEN, str(escape(url)))
     text = draft.rendered.text.replace(_URL_TOKEN, url)
     html, text = html.replace(_READER_TOKEN, reader), text.replace(_READER_TOKEN, reader)
+    html = html.replace(_PREFERENCES_TOKEN, preferences)
+    text = text.replace(_PREFERENCES_TOKEN, preferences)
     return Rendered(
         subject=draft.rendered.subject,
         html=_fill_personal(html, name, draft.values, _html_text),
@@ -272,6 +275,11 @@ class Composer:
             f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
         )
 
+    def preferences_url(self, subscriber_id: int) -> str:
+        """The link to a subscriber's preferences page."""
+        token = self.tokens.preferences_token(subscriber_id)
+        return f"{self.settings.site_url}/preferences/{token}"
+
     def reader_url(self, subscriber_id: int, step_id: int | None = None) -> str:
         """The web archive of a subscriber's received parts, or one part in it."""
         base = f"{self.settings.site_url}/read/{self.tokens.reader_token(subscriber_id)}"
@@ -341,14 +349,16 @@ class Composer:
                 cached = self._render_step(step, sequence, total, name)
                 self._step_cache[key] = cached
             draft = cached
-        return _fill(draft, name, url, reader)
+        return _fill(draft, name, url, reader, self.tokens.preferences_token(subscriber.id))
 
     def web_page(self, subscriber: Recipient, step: Step, sequence: Sequence) -> str:
         """A received part as a web page (the archive), without the "view in browser" link."""
         name = subscriber.first_name or ""
         draft = self._render_step(step, sequence, len(sequence.steps), name, in_browser=True)
         url = self.unsubscribe_url(subscriber.id)
-        return _fill(draft, name, url, self.tokens.reader_token(subscriber.id)).html
+        reader = self.tokens.reader_token(subscriber.id)
+        preferences = self.tokens.preferences_token(subscriber.id)
+        return _fill(draft, name, url, reader, preferences).html
 
     def _render_step(
         self,
@@ -392,6 +402,7 @@ class Composer:
             "unsubscribe_url": _URL_TOKEN,
             "view_url": f"{self.settings.site_url}/read/{_READER_TOKEN}/{step.id}",
             "archive_url": f"{self.settings.site_url}/read/{_READER_TOKEN}",
+            "preferences_url": f"{self.settings.site_url}/preferences/{_PREFERENCES_TOKEN}",
             "in_browser": in_browser,
         }
         html, text = self._page("layouts/step", context)

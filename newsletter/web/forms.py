@@ -6,7 +6,14 @@ import re
 from collections.abc import Mapping
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, RadioField, StringField, TextAreaField
+from wtforms import (
+    EmailField,
+    HiddenField,
+    RadioField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, Optional
 
 from newsletter.audience.subscriptions import LEAVING_DETAIL_MAX, LEAVING_REASONS
@@ -69,3 +76,28 @@ class LeavingReasonForm(FlaskForm):  # type: ignore[misc]
 
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential, the click is the consent."""
+
+
+class TimingForm(FlaskForm):  # type: ignore[misc]
+    """The reader's time zone and preferred send hour ("" for when the window opens)."""
+
+    time_zone = SelectField("Time zone", validate_choice=False)
+    send_hour = SelectField("Preferred send hour", validate_choice=False)
+
+
+class CourseForm(FlaskForm):  # type: ignore[misc]
+    """A button acting on one of the reader's series (pause, resume, restart)."""
+
+    enrollment = HiddenField()
+    mode = HiddenField()  # resume: "left-off" or "catch-up"
+
+
+class SequenceForm(FlaskForm):  # type: ignore[misc]
+    """Another series to join, or to switch to from one of theirs (`leaving`)."""
+
+    sequence = SelectField("Series", validate_choice=False)
+    leaving = HiddenField()
+
+
+class ButtonForm(FlaskForm):  # type: ignore[misc]
+    """A button; the token in the URL is the credential (leave, download, delete)."""

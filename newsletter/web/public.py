@@ -163,7 +163,13 @@ def confirm(token: str) -> str | tuple[str, int]:
         if upcoming
         else None
     )
-    return render_template("confirmed.html", upcoming=upcoming, follows=follows)
+    token = rt.tokens.preferences_token(subscriber.id)
+    return render_template(
+        "confirmed.html",
+        upcoming=upcoming,
+        follows=follows,
+        preferences_url=url_for("preferences.page", token=token),
+    )
 
 
 def _unsubscribe_target(token: str) -> int:
