@@ -24,7 +24,13 @@ from newsletter.runtime import runtime
 from newsletter.schedule import known_time_zones, valid_time_zone
 from newsletter.tasks import kick
 from newsletter.tokens import TokenError
-from newsletter.web.forms import ButtonForm, CourseForm, SequenceForm, TimingForm
+from newsletter.web.forms import (
+    ButtonForm,
+    CourseForm,
+    LeavingReasonForm,
+    SequenceForm,
+    TimingForm,
+)
 
 bp = Blueprint("preferences", __name__, url_prefix="/preferences")
 
@@ -227,7 +233,12 @@ def leave(token: str) -> ResponseReturnValue:
     subscriptions.wait_while_mid_send(
         db.session, subscriber_id, clock.now, runtime().settings.unsubscribe_wait_seconds
     )
-    return render_template("unsubscribed.html")
+    # The page that asks why, as after the unsubscribe link (whose token it answers to).
+    return render_template(
+        "unsubscribed.html",
+        form=LeavingReasonForm(),
+        token=runtime().tokens.unsubscribe_token(subscriber_id),
+    )
 
 
 @bp.post("/<token>/data")
