@@ -19,6 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
+from newsletter.audience import erasure
 from newsletter.db import db
 from newsletter.models import (
     AuditEntry,
@@ -325,3 +326,25 @@ def test_the_tracking_schema_matches_the_models(app: Flask) -> None:
         diff = compare_metadata(context, Base.metadata)
     ours = [d for d in diff if any(n in repr(d) for n in ("clicks", "opens", "tracking"))]
     assert ours == []
+
+
+def test_a_persons_data_export_holds_their_opens_and_clicks(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    prepare(tracking=True)
+    message = mail_to(app, smtp_sink, "export@example.org")
+    pixel = PIXEL.search(html_of(message))
+    assert pixel is not None
+    client = app.test_client()
+    client.get(local(app, pixel[1]))
+    client.get(local(app, tracked_links(app, message)[1]))
+    with db.session() as session:
+        subscriber_id = session.scalars(
+            select(Subscriber.id).where(Subscriber.email == "export@example.org")
+        ).one()
+        data = erasure.personal_data(session, subscriber_id)
+    assert data is not None
+    part = next(d for d in data["deliveries"] if d["state"] == "sent" and d["kind"] == "step")
+    assert part["opened_at"] is not None
+    assert [click["link"] for click in part["clicks"]] == [1]
+    assert all(d["clicks"] == [] for d in data["deliveries"] if d is not part)
