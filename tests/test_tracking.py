@@ -36,7 +36,7 @@ from newsletter.models import (
 from tests.helpers.admin import create_admin, csrf_token, signed_in
 from tests.helpers.apps import runtime_of
 from tests.helpers.mailparse import html_of, text_of
-from tests.helpers.sending import send_part_one
+from tests.helpers.sending import active_subscriber, claim_all, deliver, send_part_one
 from tests.helpers.smtp import SmtpSink
 
 FIRST = "https://example.org/a"
@@ -348,3 +348,22 @@ def test_a_persons_data_export_holds_their_opens_and_clicks(
     assert part["opened_at"] is not None
     assert [click["link"] for click in part["clicks"]] == [1]
     assert all(d["clicks"] == [] for d in data["deliveries"] if d is not part)
+
+
+def test_a_templated_part_is_tracked_alike_and_a_name_like_a_stand_in_stays_text(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    prepare(tracking=True)
+    with db.transaction() as session:
+        step = session.scalars(select(Sequence)).one().steps[0]
+        step.body_md = "Hello {{ first_name }}.\n\n" + step.body_md
+    hostile = "NLSUBSTCLICK7d1c0x NLSUBSTOPEN7d1c"
+    active_subscriber("templated@example.org", name=hostile)
+    for delivery_id in claim_all():
+        deliver(app, delivery_id)
+    message = smtp_sink.to("templated@example.org")[-1]
+    links = tracked_links(app, message)
+    assert len(links) == 3 and links[0] == links[2] != links[1]
+    assert f"Hello {hostile}." in text_of(message) and f"Hello {hostile}." in html_of(message)
+    client = app.test_client()
+    assert client.get(local(app, links[1])).headers["Location"] == SECOND

@@ -84,11 +84,6 @@ def body_html(source: str, rewrite: Rewrite | None = None) -> str:
     `rewrite` gives a tracked mail's links their stand-in addresses.
     """
     tokens = _MARKDOWN.parse(source)
-    if rewrite is not None:
-        for link in _body_links(tokens):
-            tracked = rewrite(str(link.attrGet("href") or ""))
-            if tracked is not None:
-                link.attrSet("href", tracked)
     if TOKEN_START in source:
         for token in _inline_tokens(tokens):
             address = token.attrGet("href") if token.type == "link_open" else token.attrGet("src")
@@ -96,6 +91,12 @@ def body_html(source: str, rewrite: Rewrite | None = None) -> str:
                 raise AdminTemplateError(
                     "a personal value cannot be part of a link or an image's address"
                 )
+    # After the check, so that it always sees the addresses as written.
+    if rewrite is not None:
+        for link in _body_links(tokens):
+            tracked = rewrite(str(link.attrGet("href") or ""))
+            if tracked is not None:
+                link.attrSet("href", tracked)
     return str(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
