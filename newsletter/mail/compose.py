@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid, parseaddr
 from importlib.resources import files
@@ -193,9 +193,15 @@ class _Tracking:
 
     tokens: Tokens
     delivery_id: int
+    # Each link's token is signed once per mail: the HTML and the text part share it.
+    signed: dict[str, str] = field(default_factory=dict)
 
     def click(self, match: re.Match[str]) -> str:
-        return self.tokens.click_token(self.delivery_id, int(match.group(1)))
+        token = self.signed.get(match.group(1))
+        if token is None:
+            token = self.tokens.click_token(self.delivery_id, int(match.group(1)))
+            self.signed[match.group(1)] = token
+        return token
 
     def fill(self, html: str, text: str) -> tuple[str, str]:
         html = html.replace(OPEN_STANDIN, self.tokens.open_token(self.delivery_id))
