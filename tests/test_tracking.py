@@ -242,7 +242,7 @@ def funnel_row(editor: FlaskClient, sequence_id: int) -> list[str]:
     return [f"{name}={cell}" for name, cell in zip(numeric, cells, strict=True)]
 
 
-def test_the_funnel_shows_each_parts_opens_and_clicks(
+def test_the_funnel_and_flask_results_show_each_parts_opens_and_clicks(
     app: Flask, smtp_sink: SmtpSink, editor: FlaskClient
 ) -> None:
     sequence_id = prepare(tracking=True)
@@ -258,6 +258,10 @@ def test_the_funnel_shows_each_parts_opens_and_clicks(
     mail_to(app, smtp_sink, "three@example.org")
     row = funnel_row(editor, sequence_id)
     assert "Sent=3" in row and "Opened=2" in row and "Clicked=1" in row
+    output = app.test_cli_runner().invoke(args=["results"]).output
+    assert "left after opened clicked subject" in " ".join(output.split())
+    part_one = next(line.split() for line in output.splitlines() if line.split()[:1] == ["1"])
+    assert part_one[:8] == ["1", "3", "0", "0", "0", "0", "2", "1"]
 
 
 def test_the_funnel_of_an_untracked_sequence_has_no_such_columns(
