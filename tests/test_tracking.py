@@ -150,6 +150,9 @@ def test_a_click_goes_to_exactly_the_stored_url_and_is_recorded_once(
     delivery_id = sent_delivery("clicker@example.org")
     client = app.test_client()
     first, second, again = tracked_links(app, message)
+    checked = client.head(local(app, second))  # a link checker: answered, not counted
+    assert checked.status_code == 302 and checked.headers["Location"] == SECOND
+    assert clicks() == []
     answer = client.get(local(app, second))
     assert answer.status_code == 302 and answer.headers["Location"] == SECOND
     assert answer.headers["Cache-Control"] == "no-store"
@@ -220,6 +223,8 @@ def test_the_image_records_one_open(app: Flask, smtp_sink: SmtpSink) -> None:
     pixel = PIXEL.search(html_of(message))
     assert pixel is not None
     client = app.test_client()
+    assert client.head(local(app, pixel[1])).status_code == 200
+    assert opens() == 0
     for _ in range(2):
         answer = client.get(local(app, pixel[1]))
         assert answer.status_code == 200 and answer.mimetype == "image/gif"

@@ -42,10 +42,13 @@ def _insert_once(session: Session, table: Table, values: dict[str, Any]) -> None
     session.execute(dialect.insert(table).values(**values).on_conflict_do_nothing())
 
 
-def follow(session: Session, delivery_id: int, link: int, now: datetime) -> str | None:
+def follow(
+    session: Session, delivery_id: int, link: int, now: datetime, *, record: bool = True
+) -> str | None:
     """Where link number `link` of the delivery's mail leads, its first click recorded.
 
     None when the delivery, its step or that link does not exist: the caller redirects nowhere.
+    `record=False` answers the same and records nothing (a HEAD: a link checker, not a reader).
     """
     found = _tracked_step(session, delivery_id)
     if found is None:
@@ -54,18 +57,18 @@ def follow(session: Session, delivery_id: int, link: int, now: datetime) -> str 
     links = step_links(step)
     if not 0 <= link < len(links):
         return None
-    if tracking:
+    if tracking and record:
         _insert_once(
             session, _CLICKS, {"delivery_id": delivery_id, "link": link, "clicked_at": now}
         )
     return links[link]
 
 
-def opened(session: Session, delivery_id: int, now: datetime) -> bool:
+def opened(session: Session, delivery_id: int, now: datetime, *, record: bool = True) -> bool:
     """Record the first open of a delivery's mail; False when no such mail exists."""
     found = _tracked_step(session, delivery_id)
     if found is None:
         return False
-    if found[1]:
+    if found[1] and record:
         _insert_once(session, _OPENS, {"delivery_id": delivery_id, "opened_at": now})
     return True

@@ -3,14 +3,15 @@
 Public and thin: read the signed token, record through `delivery/tracking.py`, answer. A click
 is redirected only to the URL its step holds at the token's index; a forged or foreign token,
 or a link the step does not have, gets a page saying so and no redirect. Nothing in the
-request other than the token is read (a `?url=` is ignored). Neither changes a subscription.
+request other than the token and the method is read (a `?url=` is ignored): a HEAD is
+answered alike and records nothing, as link checkers send it. Neither changes a subscription.
 """
 
 from __future__ import annotations
 
 import base64
 
-from flask import Blueprint, Response, redirect, render_template
+from flask import Blueprint, Response, redirect, render_template, request
 from flask.typing import ResponseReturnValue
 
 from newsletter import clock
@@ -29,8 +30,8 @@ def _no_link() -> tuple[str, int]:
     page = render_template(
         "message.html",
         title="That link did not work",
-        message="This link is not one we sent, or it was changed on its way. "
-        "Nothing was opened; the mail you had it from still has its other links.",
+        message="This link is not one we sent, or it was changed on its way, so it leads "
+        "nowhere. The other links in the mail still work.",
     )
     return page, 404
 
@@ -43,7 +44,9 @@ def click(token: str) -> ResponseReturnValue:
     except TokenError:
         return _no_link()
     with db.transaction() as session:
-        url = tracking.follow(session, delivery_id, link, clock.now())
+        url = tracking.follow(
+            session, delivery_id, link, clock.now(), record=request.method == "GET"
+        )
     if url is None:
         return _no_link()
     return redirect(url, code=302)
@@ -57,7 +60,7 @@ def open_image(token: str) -> ResponseReturnValue:
     except TokenError:
         return Response(status=404)
     with db.transaction() as session:
-        known = tracking.opened(session, delivery_id, clock.now())
+        known = tracking.opened(session, delivery_id, clock.now(), record=request.method == "GET")
     if not known:
         return Response(status=404)
     return Response(PIXEL, mimetype="image/gif")
