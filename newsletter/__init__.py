@@ -85,7 +85,7 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import admin, errors, preferences, public, reader, security
+    from newsletter.web import admin, errors, preferences, public, reader, security, tracking
 
     errors.register(app)
     security.register(app)
@@ -93,6 +93,7 @@ def _register_blueprints(app: Flask, settings: Settings) -> None:
     app.register_blueprint(admin.bp)
     app.register_blueprint(reader.bp)
     app.register_blueprint(preferences.bp)
+    app.register_blueprint(tracking.bp)
     if settings.dev_mail_dir is not None:
         from newsletter.web import devmail
 
