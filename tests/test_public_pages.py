@@ -145,6 +145,23 @@ def test_the_confirmed_page_says_when_part_two_comes_in_the_readers_time(
     assert "arrives tomorrow" not in words
 
 
+def test_the_confirmed_page_follows_a_chosen_send_hour(
+    app: Flask, at_time: Callable[[datetime], None]
+) -> None:
+    """Someone who chose an hour (on the preferences page, before leaving and coming back)
+    is told the hour they chose, as the planner will use it."""
+    at_time(WEDNESDAY_NOON_BERLIN)
+    client = app.test_client()
+    post_signup(client, "ida@example.org", time_zone="Europe/Berlin")
+    with db.transaction() as session:
+        ida = session.scalars(select(Subscriber)).one()
+        ida.send_hour = 15
+        ida_id, ida_email = ida.id, ida.email
+    token = runtime_of(app).tokens.confirm_token(ida_id, ida_email)
+    words = text(confirm(client, f"/confirm/{token}").get_data(as_text=True))
+    assert "Part 2 of 4 follows tomorrow at 15:00 (Europe/Berlin time)" in words
+
+
 def test_on_a_shortened_day_the_confirmed_page_gives_a_duration(
     tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink
 ) -> None:

@@ -117,7 +117,8 @@ def after_the_first(
     steps = list(sequence.steps)
     if len(steps) < 2:
         return None
-    time_zone = enrollment.subscriber.time_zone
+    subscriber = enrollment.subscriber
+    time_zone = subscriber.time_zone
     due = step_due_at(
         started_at=enrollment.started_at or now,
         day_offset=steps[1].day_offset,
@@ -125,5 +126,6 @@ def after_the_first(
         window=sequence.window,
         day_seconds=day_seconds,
         previous_sent_at=now,
+        send_hour=subscriber.send_hour,
     )
     return NextPart(position=steps[1].position, total=len(steps), due=due, time_zone=time_zone)
