@@ -125,9 +125,16 @@ def product_env(workdir: Path, database_url: str, smtp_port: int, **extra: str) 
     return env
 
 
-def seed_due_deliveries(database_url: str, count: int, chunk: int = 5000) -> dict[str, Any]:
+# Links in part 1 of a tracking run: a link-rich part, each link a signed token per mail.
+TRACKED_LINKS = 5
+
+
+def seed_due_deliveries(
+    database_url: str, count: int, chunk: int = 5000, tracking: bool = False
+) -> dict[str, Any]:
     """Migrate, import the seed sequence and insert `count` active subscribers, each with an
-    active enrollment and part 1 scheduled and due now. Bulk inserts; returns what it made."""
+    active enrollment and part 1 scheduled and due now. Bulk inserts; returns what it made.
+    `tracking`: the sequence tracks, and part 1 has TRACKED_LINKS links to rewrite."""
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import insert, select, text
@@ -161,6 +168,10 @@ def seed_due_deliveries(database_url: str, count: int, chunk: int = 5000) -> dic
                 select(Step).where(Step.sequence_id == sequence.id).order_by(Step.position)
             ).first()
             assert first is not None and first.day_offset == 0
+            if tracking:
+                links = (f"[Link {n}](https://example.org/{n})" for n in range(TRACKED_LINKS))
+                first.body_md = " ".join(links) + "\n\n" + first.body_md
+                sequence.tracking = True
             now = datetime.now(UTC)
             due = now - timedelta(seconds=30)
             for lo in range(1, count + 1, chunk):

@@ -9,6 +9,8 @@ process, with no database or SMTP in the loop:
 - personalise: `Composer.step` from the cache, for --mails distinct subscribers;
 - templated: `Composer.step` of part 1 with `{{ first_name }}` in its body, which is rendered
   per subscriber (values as tokens, filled in after Markdown), for --renders * 10 subscribers;
+- tracked: `Composer.step` from the cache of part 1 with --links links in its body, in a
+  sequence that tracks, for --mails deliveries (a signed token per link and the open image's);
 - wire: `Composer.wire` (headers checked and encoded, both parts quoted-printable);
 - wire + DKIM: the same with a 2048-bit RSA key (dkimpy, RSA through OpenSSL).
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mails", type=int, default=5000)
     parser.add_argument("--renders", type=int, default=20)
+    parser.add_argument("--links", type=int, default=5)
     args = parser.parse_args()
     # The seed's empty link targets warn on every render; the warnings are not what is measured.
     logging.disable(logging.WARNING)
@@ -128,6 +131,25 @@ def main() -> None:
                 lambda i: plain.step(readers[i], templated, sequence, total), args.renders * 10
             )
 
+            tracking = Sequence(slug=sequence.slug, title=sequence.title, tracking=True)
+            linked = Step(
+                id=first.id,
+                position=first.position,
+                day_offset=0,
+                subject=first.subject,
+                preheader=first.preheader,
+                body_md="".join(f"[Link {n}](https://example.org/{n}) " for n in range(args.links))
+                + "\n\n"
+                + first.body_md,
+                teaser=first.teaser,
+                resources=first.resources,
+                resources_intro=first.resources_intro,
+            )
+            tracked = per_call(
+                lambda i: plain.step(readers[i], linked, tracking, total, delivery_id=i + 1),
+                args.mails,
+            )
+
             def copy(i: int) -> object:
                 reader = readers[i]
                 return plain.step(reader, steps[i % total], sequence, total)
@@ -172,6 +194,12 @@ def main() -> None:
             str(args.mails),
             f"{personalise * 1e6:.0f} µs",
             f"{1 / personalise:,.0f}",
+        ],
+        [
+            f"personalise a cached tracked step ({args.links} links)",
+            str(args.mails),
+            f"{tracked * 1e6:.0f} µs",
+            f"{1 / tracked:,.0f}",
         ],
         [
             "wire bytes (headers, quoted-printable)",

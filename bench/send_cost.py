@@ -168,7 +168,7 @@ def run(name: str, sink: Sink, args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-send-{name}-"))
     try:
         with stack(name, workdir, sink.port, args.send_batch_size) as env:
-            seed_due_deliveries(env["DATABASE_URL"], args.deliveries)
+            seed_due_deliveries(env["DATABASE_URL"], args.deliveries, tracking=args.tracking)
             app = create_app(load_settings(env))
             rt = app.extensions["newsletter"]
             assert isinstance(rt, Runtime)
@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
         help="experiments in this process only, not the product: no-pre-ping (the pool does "
         "not ping on checkout), async-commit (PostgreSQL synchronous_commit=off)",
     )  # fmt: skip
+    parser.add_argument(
+        "--tracking", action="store_true", help="the sequence tracks; part 1 has five links"
+    )
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load <= this")
     parser.add_argument("--max-wait", type=float, default=120.0, help="...for at most this long")
     args = parser.parse_args(argv)
@@ -310,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run(name, sink, args))
     print(f"Cost per message in one process (task body, no Celery); {machine()}")
     print(f"SEND_BATCH_SIZE={args.send_batch_size}; {load}; product code: {revision}")
+    if args.tracking:
+        print("The sequence tracks: part 1 has five links, each a signed token per mail.")
     if args.what_if:
         print(f"WHAT-IF experiment (not the product's configuration): {args.what_if}")
     print()

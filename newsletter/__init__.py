@@ -85,13 +85,25 @@ def _configure_clock(settings: Settings) -> None:
 
 
 def _register_blueprints(app: Flask, settings: Settings) -> None:
-    from newsletter.web import admin, embed, public, reader, security
+    from newsletter.web import (
+        admin,
+        embed,
+        errors,
+        preferences,
+        public,
+        reader,
+        security,
+        tracking,
+    )
 
+    errors.register(app)
     security.register(app)
     app.register_blueprint(public.bp)
     app.register_blueprint(embed.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(reader.bp)
+    app.register_blueprint(preferences.bp)
+    app.register_blueprint(tracking.bp)
     if settings.dev_mail_dir is not None:
         from newsletter.web import devmail
 

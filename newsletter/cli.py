@@ -253,7 +253,8 @@ def suppressions_lift_command(emails: tuple[str, ...], since: str | None) -> Non
     help="Only the readers who enrolled in the last 7, 30 or 90 days (a cohort).",
 )
 def results_command(slug: str | None, period: str) -> None:
-    """Show each sequence's readers and every part's results (sent, to go, left after it)."""
+    """Show each sequence's readers and every part's results (sent, to go, left after it;
+    opened and clicked where the sequence tracks)."""
     from sqlalchemy import select
 
     from newsletter import clock
@@ -269,21 +270,27 @@ def results_command(slug: str | None, period: str) -> None:
         else:
             chosen = list(session.scalars(select(Sequence).order_by(Sequence.id)))
         since = since_of(period, clock.now())
-        results = [sequence_results(session, sequence, since) for sequence in chosen]
-    for result in results:
+        results = [
+            (sequence_results(session, sequence, since), sequence.tracking) for sequence in chosen
+        ]
+    for result, tracking in results:
         click.echo(f"{result.slug}: {result.title}")
         readers = ", ".join(
             f"{result.readers.get(status, 0)} {status.value}" for status in EnrollmentStatus
         )
         click.echo(f"  readers: {readers}")
+        # Opens and clicks only where they can exist: a sequence that tracks, or tracked once.
+        tracked = tracking or any(part.opened or part.clicked for part in result.parts)
+        extra = f" {'opened':>7} {'clicked':>7}" if tracked else ""
         click.echo(
             f"  {'part':>4} {'sent':>7} {'to go':>7} {'failed':>7} {'skipped':>8} "
-            f"{'left after':>10}  subject"
+            f"{'left after':>10}{extra}  subject"
         )
         for part in result.parts:
+            extra = f" {part.opened:>7} {part.clicked:>7}" if tracked else ""
             click.echo(
                 f"  {part.position:>4} {part.sent:>7} {part.to_go:>7} {part.failed:>7} "
-                f"{part.skipped:>8} {part.left_after:>10}  {part.subject}"
+                f"{part.skipped:>8} {part.left_after:>10}{extra}  {part.subject}"
             )
 
 

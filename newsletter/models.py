@@ -207,6 +207,7 @@ class StopReason(enum.StrEnum):
     UNSUBSCRIBED = "unsubscribed"
     BOUNCED = "bounced"
     RESTARTED = "restarted"
+    SWITCHED = "switched"  # the reader chose another sequence instead
 
 
 class DeliveryKind(enum.StrEnum):
@@ -230,6 +231,9 @@ class Subscriber(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True)
     first_name: Mapped[str | None] = mapped_column(String(100))
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The local hour (0-23) the reader wants parts at, set on their preferences page; None:
+    # when the sequence's send window opens (see `SendWindow.send_hour`).
+    send_hour: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[SubscriberStatus] = mapped_column(
         _enum(SubscriberStatus, "subscriber_status"), default=SubscriberStatus.PENDING
     )
@@ -267,6 +271,9 @@ class Sequence(Base):
         default=SequenceStatus.ACTIVE,
         server_default=SequenceStatus.ACTIVE.value,
     )
+    # Whether its mails count opens and link clicks (off unless an owner or editor turns it
+    # on): a direct setting, not part of a version, so turning it off holds from the next mail.
+    tracking: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     # The live steps only: a step removed by a published version keeps its row (deliveries
@@ -714,6 +721,32 @@ Index(
 )
 Index("ix_deliveries_step_state", Delivery.step_id, Delivery.state, Delivery.subscriber_id)
 Index("ix_enrollments_sequence_subscriber", Enrollment.sequence_id, Enrollment.subscriber_id)
+
+
+class Click(Base):
+    """The first click on one link of one tracked mail: the link by its index in the step.
+
+    One row per (delivery, link), which the database holds: a second click records nothing.
+    """
+
+    __tablename__ = "clicks"
+    __table_args__ = (UniqueConstraint("delivery_id", "link", name="uq_clicks_delivery_id_link"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    link: Mapped[int] = mapped_column(Integer)
+    clicked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Open(Base):
+    """The first time a tracked mail's image was loaded: one row per delivery."""
+
+    __tablename__ = "opens"
+
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True
+    )
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 def table_of(model: type[Base]) -> Table:

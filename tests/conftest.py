@@ -21,7 +21,7 @@ from newsletter import embedded
 from newsletter.db import db
 from tests.helpers.alone import Room
 from tests.helpers.apps import base_env, make_app
-from tests.helpers.env import PG_ADMIN_URL, unavailable, worker_number
+from tests.helpers.env import PG_ADMIN_URL, ROOT, unavailable, worker_number
 from tests.helpers.postgres import Databases
 from tests.helpers.redis_server import PrivateRedis, redis_executable, worker_database
 from tests.helpers.smtp import SmtpSink, running_sink
@@ -95,6 +95,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # xdist controller), from each test's user_properties, because a worker's own output is not
 # shown.
 _FINDINGS: list[str] = []
+
+
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture
+def screenshot_dir(tmp_path: Path) -> Path:
+    """Where a test writes the README's pictures: docs/screenshots/ with UPDATE_SCREENSHOTS=1,
+    else the test's own folder (the picture is still taken, so taking it is tested)."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        return SCREENSHOTS
+    return tmp_path
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ written to docs/screenshots/, at 1280 px wide.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -29,13 +28,11 @@ from newsletter.models import Admin
 from tests.helpers.admin import PASSWORD, create_admin, sign_in_page
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
-from tests.helpers.env import ROOT
 from tests.helpers.ports import free_port
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 WIDTH = 1280
 START = datetime(2026, 11, 2, 9, 0, 5, tzinfo=UTC)
 
@@ -56,15 +53,6 @@ def served(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[tup
     server.server_close()
     thread.join(timeout=10)
     db.dispose()
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path: Path) -> Path:
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else the test's own folder."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 def realistic_accounts(app: Flask) -> None:

@@ -8,7 +8,6 @@ the SMTP server. axe-core checks every page on the way; hostile text shows as te
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -32,7 +31,6 @@ from newsletter.models import (
 )
 from tests.helpers.admin import create_admin, sign_in_page
 from tests.helpers.axe import assert_accessible
-from tests.helpers.env import ROOT
 from tests.helpers.mailparse import html_of, text_of
 from tests.helpers.smtp import SmtpSink
 from tests.test_browser import Site, start_site  # noqa: F401 - the fixture
@@ -40,16 +38,7 @@ from tests.test_proposal import SEED
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 WIDE = {"width": 1280, "height": 900}
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else the test's own folder."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 def crowd(slug: str) -> None:
@@ -96,13 +85,13 @@ def test_import_edit_reorder_publish_and_test_send(
     start_site: Callable[..., Site],  # noqa: F811
     new_page: Callable[..., Page],
     smtp_sink: SmtpSink,
-    tmp_path: Path,
+    screenshot_dir: Path,
 ) -> None:
     site = start_site(DRIP_DAY_SECONDS="86400")
     create_admin(site.app, "ed@example.org", role="editor")
     page = new_page(viewport=WIDE)
     sign_in_page(page, site.url, "ed@example.org")
-    shots = screenshot_dir(tmp_path)
+    shots = screenshot_dir
 
     # The list, then the import: upload, a proposal, three parts, save.
     page.goto(f"{site.url}/admin/sequences")

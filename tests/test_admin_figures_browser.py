@@ -5,7 +5,6 @@ README's pictures (docs/screenshots/admin-dashboard.png, admin-funnel.png), 1280
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -23,14 +22,12 @@ from newsletter.delivery import heartbeat
 from tests.helpers.admin import create_admin, sign_in_page
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
-from tests.helpers.env import ROOT
 from tests.helpers.ports import free_port
 from tests.helpers.rows import realistic_list
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 WIDTH = 1280
 BROWSING = {"viewport": {"width": WIDTH, "height": 900}}
 
@@ -55,15 +52,6 @@ def site(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[str]:
         server.server_close()
         thread.join(timeout=10)
         db.dispose()
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path: Path) -> Path:
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else the test's own folder."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 def no_script(page: Page) -> bool:

@@ -15,7 +15,6 @@ files.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import struct
 from collections.abc import Callable
@@ -48,7 +47,6 @@ MIN_FONT_PX = 14
 MIN_CONTRAST = 4.5
 GMAIL_CLIP_BYTES = 102 * 1024
 PREVIEW_FILLER = "\u034f\u200c\u00a0"  # combining grapheme joiner, ZWNJ, no-break space
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 SYSTEM_FONTS = ("-apple-system", "BlinkMacSystemFont", "Segoe UI", "Roboto", "sans-serif")
 
 # Markdown an author may use beyond what the seed article needs: every block the renderer
@@ -474,16 +472,6 @@ async (src) => {
 }
 """
 MIN_COLOURS = 50
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path: Path) -> Path:
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else a
-    folder of the test's own: a run never rewrites tracked files."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 @pytest.mark.browser

@@ -103,6 +103,7 @@ def personal(app: Flask, subscriber_id: int, content: str, name: str) -> str:
     tokens = runtime_of(app).tokens
     content = content.replace(tokens.reader_token(subscriber_id), "<reader>")
     content = content.replace(tokens.unsubscribe_token(subscriber_id), "<unsubscribe>")
+    content = content.replace(tokens.preferences_token(subscriber_id), "<preferences>")
     return content.replace(name, "<name>")
 
 

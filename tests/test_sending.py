@@ -230,6 +230,8 @@ def test_cached_step_is_personalised_per_subscriber(app: Flask, smtp_sink: SmtpS
     for address, msg in by_to.items():
         token = rt.tokens.unsubscribe_token(ids[address])
         assert f"/unsubscribe/{token}" in html_of(msg) and f"/unsubscribe/{token}" in text_of(msg)
+        prefs = f"/preferences/{rt.tokens.preferences_token(ids[address])}"
+        assert prefs in html_of(msg) and prefs in text_of(msg)
         assert "NLSUBST" not in html_of(msg) + text_of(msg)
 
 

@@ -104,6 +104,7 @@ def pages(app: Flask, smtp_sink: SmtpSink) -> dict[str, str]:
         "unsubscribe": f"/unsubscribe/{tokens.unsubscribe_token(reader_id)}",
         "archive": composer.reader_url(reader_id).removeprefix(site),
         "part": composer.reader_url(reader_id, step_id).removeprefix(site),
+        "preferences": composer.preferences_url(reader_id).removeprefix(site),
         "not found": "/no/such/page",
     }
 
@@ -118,7 +119,7 @@ def test_every_page_has_the_security_headers_and_cookie_flags(
         assert response.status_code == expected, name
         assert_hardened(response, MAIL_CSP if name == "part" else PAGE_CSP)
         flags = cookie_flags(response)
-        if name in ("signup", "confirm", "unsubscribe"):  # pages with a form set the session
+        if name in ("signup", "confirm", "unsubscribe", "preferences"):  # forms set the session
             assert flags, f"{name} set no session cookie"
         for cookie in flags:
             assert {"samesite=lax", "httponly", "secure"} <= cookie, (name, cookie)

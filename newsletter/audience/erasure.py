@@ -1,10 +1,11 @@
 """A person's data: everything held about them as JSON, and erasing it for good.
 
-Erasing keeps the rows (deliveries, events, enrollments) so that counts and funnels stay
-true, but removes everything personal from them: the address, the name, the consent record
-(IP, user agent, form), error texts and event values that may quote the address. What
-remains of the address is its SHA-256 on the suppression list, so that signup, import and
-every send refuse it forever without the address being held anywhere.
+Erasing keeps the rows (deliveries, events, enrollments, and a tracked mail's opens and
+clicks, which hold only times) so that counts and funnels stay true, but removes everything
+personal from them: the address, the name, the consent record (IP, user agent, form), error
+texts and event values that may quote the address. What remains of the address is its
+SHA-256 on the suppression list, so that signup, import and every send refuse it forever
+without the address being held anywhere.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from sqlalchemy.orm import Session
 
 from newsletter.audience.subscriptions import unsubscribe
 from newsletter.models import (
+    Click,
     Delivery,
     Enrollment,
     Event,
+    Open,
     Step,
     Subscriber,
     SubscriberStatus,
@@ -59,6 +62,19 @@ def personal_data(session: Session, subscriber_id: int) -> dict[str, Any] | None
     events = session.scalars(
         select(Event).where(Event.subscriber_id == subscriber_id).order_by(Event.created_at)
     )
+    mine = select(Delivery.id).where(Delivery.subscriber_id == subscriber_id)
+    opened = dict(
+        session.execute(select(Open.delivery_id, Open.opened_at).where(Open.delivery_id.in_(mine)))
+        .tuples()
+        .all()
+    )
+    clicked: dict[int, list[dict[str, Any]]] = {}
+    for delivery_id, link, at in session.execute(
+        select(Click.delivery_id, Click.link, Click.clicked_at)
+        .where(Click.delivery_id.in_(mine))
+        .order_by(Click.clicked_at)
+    ):
+        clicked.setdefault(delivery_id, []).append({"link": link, "at": _time(at)})
     suppressed = None
     if subscriber.erased_at is None:
         suppressed = session.scalar(
@@ -70,6 +86,7 @@ def personal_data(session: Session, subscriber_id: int) -> dict[str, Any] | None
             "email": subscriber.email,
             "first_name": subscriber.first_name,
             "time_zone": subscriber.time_zone,
+            "send_hour": subscriber.send_hour,
             "status": subscriber.status.value,
             "created_at": _time(subscriber.created_at),
             "confirmed_at": _time(subscriber.confirmed_at),
@@ -103,6 +120,10 @@ def personal_data(session: Session, subscriber_id: int) -> dict[str, Any] | None
                 "sent_at": _time(d.sent_at),
                 "attempts": d.attempts,
                 "last_error": d.last_error,
+                # Only for a mail of a sequence that tracked: its first open, its first
+                # click on each link (by the link's number in the part).
+                "opened_at": _time(opened.get(d.id)),
+                "clicks": clicked.get(d.id, []),
             }
             for d, position, subject in deliveries
         ],
@@ -139,6 +160,7 @@ def erase(session: Session, subscriber_id: int, now: datetime) -> bool:
     subscriber.email = erased_address(subscriber.id)
     subscriber.first_name = None
     subscriber.time_zone = "UTC"
+    subscriber.send_hour = None
     subscriber.consent_ip = None
     subscriber.consent_user_agent = None
     subscriber.consent_form = None

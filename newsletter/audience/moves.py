@@ -50,7 +50,7 @@ def _lock(session: Session, enrollment: Enrollment) -> None:
     session.refresh(enrollment)
 
 
-def _check_reachable(session: Session, subscriber: Subscriber) -> None:
+def check_reachable(session: Session, subscriber: Subscriber) -> None:
     """Refuse a move that would mail someone who left or is suppressed."""
     if subscriber.status is not SubscriberStatus.ACTIVE:
         raise ActionRefused(
@@ -136,7 +136,7 @@ def restart_enrollment(
     """
     _lock(session, enrollment)
     subscriber = enrollment.subscriber
-    _check_reachable(session, subscriber)
+    check_reachable(session, subscriber)
     if enrollment.sequence.status is SequenceStatus.DRAFT:
         raise ActionRefused("The sequence is a draft: it sends nothing yet.")
     if enrollment.status not in (
@@ -210,7 +210,7 @@ def move_to_step(
         raise ActionRefused(
             f"This enrollment is {enrollment.status.value}; only an active or paused one moves."
         )
-    _check_reachable(session, enrollment.subscriber)
+    check_reachable(session, enrollment.subscriber)
     if step.sequence_id != enrollment.sequence_id:
         raise ActionRefused("That step belongs to another sequence.")
     rows: list[tuple[Delivery, int]] = [
@@ -292,7 +292,7 @@ def resend_step(
     """
     holds.lock_person(session, subscriber.id)
     session.refresh(subscriber)
-    _check_reachable(session, subscriber)
+    check_reachable(session, subscriber)
     sent = session.scalar(
         select(Delivery.id).where(
             Delivery.subscriber_id == subscriber.id,

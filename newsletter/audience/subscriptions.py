@@ -272,6 +272,41 @@ def unsubscribe(session: Session, subscriber_id: int, now: datetime, source: str
     return True
 
 
+# Why someone left, as the unsubscribed page offers it (the key is what is stored).
+LEAVING_REASONS = {
+    "too-many": "Too many mails",
+    "not-relevant": "Not what I expected",
+    "no-time": "No time to read them now",
+    "never-signed-up": "I never signed up",
+    "other": "Something else",
+}
+LEAVING_DETAIL_MAX = 500
+
+
+def record_leaving_reason(
+    session: Session, subscriber_id: int, reason: str, detail: str, now: datetime
+) -> bool:
+    """Keep why an unsubscribed person left (a reason of LEAVING_REASONS, and their own words
+    as text); whether it was kept. Only someone who left may say, and a second answer
+    replaces the first, so one person is one answer in the figures."""
+    subscriber = session.get(Subscriber, subscriber_id)
+    if subscriber is None or subscriber.status is not SubscriberStatus.UNSUBSCRIBED:
+        return False
+    if reason not in LEAVING_REASONS:
+        raise ValueError(f"unknown reason {reason!r}")
+    data = {"reason": reason, "detail": " ".join(detail.split())[:LEAVING_DETAIL_MAX]}
+    earlier = session.scalars(
+        select(Event).where(Event.subscriber_id == subscriber_id, Event.kind == "leaving_reason")
+    ).first()
+    if earlier is not None:
+        earlier.data, earlier.created_at = data, now
+    else:
+        session.add(
+            Event(subscriber_id=subscriber_id, kind="leaving_reason", data=data, created_at=now)
+        )
+    return True
+
+
 class UnsubscribeError(ValueError):
     """An unsubscribe request that names nobody (no token, or a forged one)."""
 

@@ -115,6 +115,17 @@ def retitle(session: Session, sequence: Sequence, title: str) -> tuple[str, str]
     return before, sequence.title
 
 
+def set_tracking(session: Session, sequence: Sequence, on: bool) -> tuple[bool, bool]:
+    """Turn counting opens and link clicks on or off; returns (before, after).
+
+    A direct setting, not part of a version: it changes no part anyone receives, only whether
+    the next mail sent carries tracked links, and turning it off must not wait for a publish.
+    """
+    before, sequence.tracking = bool(sequence.tracking), on
+    session.flush()
+    return before, on
+
+
 def make_default(session: Session, sequence: Sequence) -> str | None:
     """Make `sequence` the signup page's default, the only one; returns the previous one's slug.
 

@@ -369,7 +369,13 @@ def _placements(
     result.not_started = int(counts.get(EnrollmentStatus.PENDING, 0))
     result.finished = int(counts.get(EnrollmentStatus.COMPLETED, 0))
     enrollments = session.execute(
-        select(Enrollment.id, Enrollment.subscriber_id, Enrollment.started_at, Subscriber.time_zone)
+        select(
+            Enrollment.id,
+            Enrollment.subscriber_id,
+            Enrollment.started_at,
+            Subscriber.time_zone,
+            Subscriber.send_hour,
+        )
         .join(Subscriber, Subscriber.id == Enrollment.subscriber_id)
         .where(Enrollment.sequence_id == sequence.id, Enrollment.status.in_(IN_PROGRESS))
         .order_by(Enrollment.id)
@@ -436,6 +442,7 @@ def _placements(
                 window=window,
                 day_seconds=day_seconds,
                 previous_sent_at=last_sent,
+                send_hour=enrollment.send_hour,
             )
         else:
             due = None

@@ -3,8 +3,9 @@
 For each part: how many copies were sent, are still to go, failed or were skipped, how many
 readers left (unsubscribed, bounced or complained) with that part as the last one they
 received, which is where a course loses people, and the drop-off from the part before.
-Counted from the delivery rows; nothing is tracked in the mail itself (no pixels, no
-rewritten links).
+Counted from the delivery rows. Opens and clicks exist only for a sequence whose owner turned
+tracking on (`delivery/tracking.py`): each part counts the mails opened and the mails with a
+clicked link, once per mail however often it was opened or clicked.
 
 A period (`PERIODS`: the last 7, 30 or 90 days, or all) chooses a cohort: the readers who
 enrolled in it, followed through every part. A cohort is what a funnel compares: each part's
@@ -18,15 +19,17 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from newsletter.models import (
     OPEN_STATES,
+    Click,
     Delivery,
     DeliveryState,
     Enrollment,
     EnrollmentStatus,
+    Open,
     Sequence,
     Step,
     Subscriber,
@@ -60,6 +63,10 @@ class PartResult:
     # The share of the previous part's readers this part has not reached (sent), 0 to 1;
     # None for the first part, or when the previous part reached nobody.
     drop_off: float | None
+    # Mails of this part whose open image loaded, and mails with a link clicked (tracked
+    # sequences only; 0 otherwise). Defaults, so figures counted before tracking still load.
+    opened: int = 0
+    clicked: int = 0
 
     @property
     def left_after(self) -> int:
@@ -75,6 +82,26 @@ class SequenceResults:
     title: str
     readers: dict[EnrollmentStatus, int]
     parts: list[PartResult]
+
+
+def _per_step(
+    session: Session, delivery_id: InstrumentedAttribute[int], cohort: list[ColumnElement[bool]]
+) -> dict[int, int]:
+    """Per step, the cohort's deliveries that have a row in `delivery_id`'s table (opens or
+    clicks), each delivery once: from the cohort's deliveries through the table's key on
+    delivery_id (the opens' primary key, the clicks' unique (delivery_id, link))."""
+    counted = func.count(func.distinct(Delivery.id))
+    return {
+        int(step_id): int(count)
+        for step_id, count in session.execute(
+            select(Delivery.step_id, counted)
+            .select_from(Enrollment)
+            .join(Delivery, Delivery.enrollment_id == Enrollment.id)
+            .join(delivery_id.class_, delivery_id == Delivery.id)
+            .where(*cohort)
+            .group_by(Delivery.step_id)
+        )
+    }
 
 
 def sequence_results(
@@ -116,6 +143,8 @@ def sequence_results(
         .group_by(Enrollment.id, Subscriber.status)
         .subquery()
     )
+    opened = _per_step(session, Open.delivery_id, cohort)
+    clicked = _per_step(session, Click.delivery_id, cohort)
     left: dict[int, Counter[SubscriberStatus]] = {}
     for position, status, count in session.execute(
         select(last_sent.c.position, last_sent.c.status, func.count()).group_by(
@@ -139,6 +168,8 @@ def sequence_results(
                 skipped=counts[DeliveryState.SKIPPED],
                 left={status: gone[status] for status in GONE},
                 drop_off=max(0.0, 1 - sent / before) if before else None,
+                opened=opened.get(step.id, 0),
+                clicked=clicked.get(step.id, 0),
             )
         )
     return SequenceResults(sequence.slug, sequence.title, readers, parts)

@@ -63,6 +63,7 @@ _LOAD = (
         _S.c.email,
         _S.c.first_name,
         _S.c.time_zone,
+        _S.c.send_hour,
         _S.c.status.label("subscriber_status"),
         _E.c.status.label("enrollment_status"),
         _E.c.started_at,
@@ -131,12 +132,18 @@ def _held(row: Row[Any], steps: dict[int, Step]) -> bool:
 
 
 def _reschedule_at(
-    step: Step, due_at: datetime, time_zone: str, now: datetime, policy: Policy
+    step: Step,
+    due_at: datetime,
+    time_zone: str,
+    send_hour: int | None,
+    now: datetime,
+    policy: Policy,
 ) -> datetime | None:
     """For a step outside its send window, or too late: when it should go instead.
 
     The catch-up rule: a step late by less than the grace goes now (inside the window); a later
-    one waits for the next window, so an outage never produces a burst of parts at once.
+    one waits for the next send time (the window's opening, or the reader's preferred hour),
+    so an outage never produces a burst of parts at once.
     Windows only exist with real days. The first part answers the person's own click on the
     confirmation link, so it goes at once whatever the hour.
     """
@@ -144,9 +151,9 @@ def _reschedule_at(
         return None
     window = step.sequence.window
     if not window.contains(now, time_zone):
-        return window.next_opening(now, time_zone)
+        return window.next_opening(now, time_zone, send_hour)
     if now - due_at > policy.catch_up_grace:
-        return window.next_opening(now, time_zone)
+        return window.next_opening(now, time_zone, send_hour)
     return None
 
 
@@ -216,7 +223,7 @@ def _job(
         # An admin asked for it now, like part 1 answering a click: no window, no follow-up.
         job.step, job.sequence = step, step.sequence
         return job
-    later = _reschedule_at(step, row.due_at, row.time_zone, now, policy)
+    later = _reschedule_at(step, row.due_at, row.time_zone, row.send_hour, now, policy)
     if later is not None:
         return later
     job.step, job.sequence = step, step.sequence
@@ -226,6 +233,7 @@ def _job(
         started_at=row.started_at or row.created_at,
         time_zone=row.time_zone,
         window=step.sequence.window,
+        send_hour=row.send_hour,
         step=step,
         steps=step.sequence.steps,
         had=had.get(row.enrollment_id, set()),

@@ -104,6 +104,7 @@ def _schedule_step(
         window=enrollment.sequence.window,
         day_seconds=day_seconds,
         previous_sent_at=previous_sent_at,
+        send_hour=enrollment.subscriber.send_hour,
     )
     return add_delivery(
         session,
@@ -163,6 +164,7 @@ class FollowUp:
     window: SendWindow
     next_step_id: int | None
     next_day_offset: int
+    send_hour: int | None = None  # the reader's preferred local hour, if they chose one
 
 
 def follow_up(
@@ -175,6 +177,7 @@ def follow_up(
     step: Step,
     steps: list[Step],
     had: Collection[int] = (),
+    send_hour: int | None = None,
 ) -> FollowUp:
     """The FollowUp of a step delivery, given its sequence's live steps in order.
 
@@ -191,6 +194,7 @@ def follow_up(
         window=window,
         next_step_id=following.id if following else None,
         next_day_offset=following.day_offset if following else 0,
+        send_hour=send_hour,
     )
 
 
@@ -275,6 +279,7 @@ def schedule_next(
             window=follow.window,
             day_seconds=day_seconds,
             previous_sent_at=sent_at,
+            send_hour=follow.send_hour,
         )
         following.append(
             {

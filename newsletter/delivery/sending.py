@@ -60,7 +60,9 @@ def _build(composer: Composer, job: Job, now: datetime) -> Outgoing:
         return composer.wire(rendered, job.addressee, now, message_id=job.message_id)
     step, sequence = job.step, job.sequence
     assert step is not None and sequence is not None
-    return composer.part(job.addressee, step, sequence, now, message_id=job.message_id)
+    return composer.part(
+        job.addressee, step, sequence, now, message_id=job.message_id, delivery_id=job.delivery_id
+    )
 
 
 @dataclass

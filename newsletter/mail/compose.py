@@ -8,7 +8,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import format_datetime, make_msgid, parseaddr
 from importlib.resources import files
@@ -41,6 +41,9 @@ from newsletter.mail.sandbox import (
     fill_values,
     token_value,
 )
+from newsletter.mail.tracking import CLICK, OPEN_STANDIN, click_standin, normalised, open_url
+from newsletter.mail.tracking import body_links as _body_links
+from newsletter.mail.tracking import step_links as _step_links
 from newsletter.models import Sequence, Step
 from newsletter.tokens import Tokens
 
@@ -58,6 +61,7 @@ STEP_CACHE_SIZE = 256
 _NAME_TOKEN = "NLSUBSTFIRSTNAME7d1c"
 _URL_TOKEN = "NLSUBSTUNSUBURL7d1c"
 _READER_TOKEN = "NLSUBSTREADER7d1c"
+_PREFERENCES_TOKEN = "NLSUBSTPREFS7d1c"
 _MD_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 # The name's stand-in or an admin value's token: both filled in one pass, last. Written with
 # their common prefix outside the alternation, so that the regex engine looks for that literal
@@ -69,11 +73,16 @@ _PERSONAL = re.compile(
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "typographer": False})
 
 
-def body_html(source: str) -> str:
+# A link's address in a tracked mail (its stand-in), or None to leave it as it is.
+Rewrite = Callable[[str], str | None]
+
+
+def body_html(source: str, rewrite: Rewrite | None = None) -> str:
     """A Markdown body as HTML, its value tokens left in place for the caller to fill.
 
     A token in a link's or an image's address would let a subscriber's value choose where a
     click or a fetch goes, so that is refused (AdminTemplateError): values are text only.
+    `rewrite` gives a tracked mail's links their stand-in addresses.
     """
     tokens = _MARKDOWN.parse(source)
     if TOKEN_START in source:
@@ -83,6 +92,12 @@ def body_html(source: str) -> str:
                 raise AdminTemplateError(
                     "a personal value cannot be part of a link or an image's address"
                 )
+    # After the check, so that it always sees the addresses as written.
+    if rewrite is not None:
+        for link in _body_links(tokens):
+            tracked = rewrite(str(link.attrGet("href") or ""))
+            if tracked is not None:
+                link.attrSet("href", tracked)
     return str(_MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {}))
 
 
@@ -110,11 +125,11 @@ def _inline_tokens(tokens: list[Token]) -> Iterator[Token]:
             yield from _inline_tokens(token.children)
 
 
-def markdown_to_text(source: str) -> str:
+def markdown_to_text(source: str, rewrite: Rewrite | None = None) -> str:
     """Readable plain text from Markdown: headings underlined, lists as dashes, links numbered.
 
     A link reads "its text [1]" in the flow, and the URLs follow as a numbered list, so the
-    text part stays readable and every address is there to copy.
+    text part stays readable and every address is there to copy. `rewrite` as in body_html.
     """
     lines: list[str] = []
     urls: list[str] = []
@@ -139,6 +154,8 @@ def markdown_to_text(source: str) -> str:
         lines.append(line)
     text = "\n".join(lines).strip() + "\n"
     if urls:
+        if rewrite is not None:
+            urls = [rewrite(normalised(url)) or url for url in urls]
         text += "\nLinks:\n" + "".join(f"[{i}] {url}\n" for i, url in enumerate(urls, 1))
     return text
 
@@ -153,6 +170,8 @@ class _Draft:
 
     rendered: Rendered
     values: bool
+    # Its links and open image are stand-ins for a delivery's tracking tokens.
+    tracked: bool = False
 
 
 def _fill_personal(text: str, name: str, values: bool, convert: Callable[[str], str]) -> str:
@@ -169,13 +188,45 @@ def _html_text(value: str) -> str:
     return str(escape(value))
 
 
-def _fill(draft: _Draft, name: str, url: str, reader: str) -> Rendered:
+@dataclass(frozen=True)
+class _Tracking:
+    """One delivery's tracking tokens, for a tracked draft's stand-ins."""
+
+    tokens: Tokens
+    delivery_id: int
+    # Each link's token is signed once per mail: the HTML and the text part share it.
+    signed: dict[str, str] = field(default_factory=dict)
+
+    def click(self, match: re.Match[str]) -> str:
+        token = self.signed.get(match.group(1))
+        if token is None:
+            token = self.tokens.click_token(self.delivery_id, int(match.group(1)))
+            self.signed[match.group(1)] = token
+        return token
+
+    def fill(self, html: str, text: str) -> tuple[str, str]:
+        html = html.replace(OPEN_STANDIN, self.tokens.open_token(self.delivery_id))
+        return CLICK.sub(self.click, html), CLICK.sub(self.click, text)
+
+
+def _fill(
+    draft: _Draft,
+    name: str,
+    url: str,
+    reader: str,
+    preferences: str,
+    tracking: _Tracking | None = None,
+) -> Rendered:
     """One subscriber's copy of a draft: values escaped in the HTML, as they are in the text."""
     # The links first: they are ours and hold no stand-ins. The name and values last, so
     # nothing a subscriber typed is scanned again.
     html = draft.rendered.html.replace(_URL_TOKEN, str(escape(url)))
     text = draft.rendered.text.replace(_URL_TOKEN, url)
     html, text = html.replace(_READER_TOKEN, reader), text.replace(_READER_TOKEN, reader)
+    html = html.replace(_PREFERENCES_TOKEN, preferences)
+    text = text.replace(_PREFERENCES_TOKEN, preferences)
+    if tracking is not None:
+        html, text = tracking.fill(html, text)
     return Rendered(
         subject=draft.rendered.subject,
         html=_fill_personal(html, name, draft.values, _html_text),
@@ -272,6 +323,11 @@ class Composer:
             f"{self.settings.site_url}/unsubscribe/{self.tokens.unsubscribe_token(subscriber_id)}"
         )
 
+    def preferences_url(self, subscriber_id: int) -> str:
+        """The link to a subscriber's preferences page."""
+        token = self.tokens.preferences_token(subscriber_id)
+        return f"{self.settings.site_url}/preferences/{token}"
+
     def reader_url(self, subscriber_id: int, step_id: int | None = None) -> str:
         """The web archive of a subscriber's received parts, or one part in it."""
         base = f"{self.settings.site_url}/read/{self.tokens.reader_token(subscriber_id)}"
@@ -317,6 +373,7 @@ class Composer:
         *,
         unsubscribe_url: str | None = None,
         cache: bool = True,
+        delivery_id: int | None = None,
     ) -> Rendered:
         """One part of a series, with its Part k of N header, teaser and closing resources.
 
@@ -325,30 +382,41 @@ class Composer:
         Steps whose text uses template tags are rendered per subscriber, their values as
         tokens that are filled in the same way. Either way the name is text, never markup.
         `cache=False` is for a step that is not a stored row (a draft being edited): its id
-        and update time say nothing about its text.
+        and update time say nothing about its text. A mail of a delivery (`delivery_id`) of a
+        sequence that tracks gets tracked links and the open image; nothing else does.
         """
         url = unsubscribe_url or self.unsubscribe_url(subscriber.id)
         name = subscriber.first_name or ""
         reader = self.tokens.reader_token(subscriber.id)
+        tracked = bool(sequence.tracking) and delivery_id is not None
         if _is_templated(step) or not cache:
-            draft = self._render_step(step, sequence, total, name)
+            draft = self._render_step(step, sequence, total, name, tracked=tracked)
         else:
-            key = (step.id, step.updated_at, total, sequence.title, bool(name))
+            key = (step.id, step.updated_at, total, sequence.title, bool(name), tracked)
             cached = self._step_cache.get(key)
             if cached is None:
                 if len(self._step_cache) >= STEP_CACHE_SIZE:
                     self._step_cache.clear()
-                cached = self._render_step(step, sequence, total, name)
+                cached = self._render_step(step, sequence, total, name, tracked=tracked)
                 self._step_cache[key] = cached
             draft = cached
-        return _fill(draft, name, url, reader)
+        tracking = (
+            _Tracking(self.tokens, delivery_id)
+            if draft.tracked and delivery_id is not None
+            else None
+        )
+        return _fill(
+            draft, name, url, reader, self.tokens.preferences_token(subscriber.id), tracking
+        )
 
     def web_page(self, subscriber: Recipient, step: Step, sequence: Sequence) -> str:
         """A received part as a web page (the archive), without the "view in browser" link."""
         name = subscriber.first_name or ""
         draft = self._render_step(step, sequence, len(sequence.steps), name, in_browser=True)
         url = self.unsubscribe_url(subscriber.id)
-        return _fill(draft, name, url, self.tokens.reader_token(subscriber.id)).html
+        reader = self.tokens.reader_token(subscriber.id)
+        preferences = self.tokens.preferences_token(subscriber.id)
+        return _fill(draft, name, url, reader, preferences).html
 
     def _render_step(
         self,
@@ -358,15 +426,22 @@ class Composer:
         name: str,
         *,
         in_browser: bool = False,
+        tracked: bool = False,
     ) -> _Draft:
         """A step with stand-ins for the name and personal links, admin values as tokens.
 
         `name` fills the admin text (a templated step is rendered per subscriber); the
         layout's greeting gets a stand-in, so the returned draft holds no subscriber text.
+        `tracked`: the step's own links (never ours) and an open image get stand-ins too.
         """
         body_md = self._marked(step.body_md, name)
         subject = self._marked(step.subject, name)
         resources = [dict(r) for r in (step.resources or [])]
+        rewrite = click_standin(_step_links(step), self.settings.site_url) if tracked else None
+        if rewrite is not None:
+            for resource in resources:
+                url = resource.get("url") or ""
+                resource["url"] = rewrite(url) or url
         for resource in resources:
             if not resource.get("url"):
                 log.warning(
@@ -384,20 +459,23 @@ class Composer:
             "sequence_title": sequence.title,
             "part": step.position,
             "total": total,
-            "body_html": Markup(body_html(body_md)),
-            "body_text": markdown_to_text(body_md),
+            "body_html": Markup(body_html(body_md, rewrite)),
+            "body_text": markdown_to_text(body_md, rewrite),
             "teaser": step.teaser,
             "resources": resources,
             "resources_intro": step.resources_intro,
             "unsubscribe_url": _URL_TOKEN,
             "view_url": f"{self.settings.site_url}/read/{_READER_TOKEN}/{step.id}",
             "archive_url": f"{self.settings.site_url}/read/{_READER_TOKEN}",
+            "preferences_url": f"{self.settings.site_url}/preferences/{_PREFERENCES_TOKEN}",
             "in_browser": in_browser,
+            "tracking": tracked,
+            "open_url": open_url(self.settings.site_url) if tracked else None,
         }
         html, text = self._page("layouts/step", context)
         # The subject is a header, not HTML: its values go in as they are.
         rendered = Rendered(subject=fill_values(subject), text=text, html=html)
-        return _Draft(rendered, values=TOKEN_START in html or TOKEN_START in text)
+        return _Draft(rendered, values=TOKEN_START in html or TOKEN_START in text, tracked=tracked)
 
     def part(
         self,
@@ -410,14 +488,24 @@ class Composer:
         subject_prefix: str = "",
         total: int | None = None,
         cache: bool = True,
+        delivery_id: int | None = None,
     ) -> Outgoing:
         """One part of a series as wire bytes, with its List-Id and one-click unsubscribe.
 
-        `total` is the number of parts when it is not the live sequence's (a draft's step).
+        `total` is the number of parts when it is not the live sequence's (a draft's step);
+        `delivery_id` names the delivery a tracked mail counts opens and clicks for.
         """
         url = self.unsubscribe_url(recipient.id)
         count = len(sequence.steps) if total is None else total
-        rendered = self.step(recipient, step, sequence, count, unsubscribe_url=url, cache=cache)
+        rendered = self.step(
+            recipient,
+            step,
+            sequence,
+            count,
+            unsubscribe_url=url,
+            cache=cache,
+            delivery_id=delivery_id,
+        )
         if subject_prefix:
             rendered = replace(rendered, subject=subject_prefix + rendered.subject)
         return self.wire(

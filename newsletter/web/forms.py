@@ -6,8 +6,17 @@ import re
 from collections.abc import Mapping
 
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, StringField
+from wtforms import (
+    EmailField,
+    HiddenField,
+    RadioField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.validators import DataRequired, Length, Optional
+
+from newsletter.audience.subscriptions import LEAVING_DETAIL_MAX, LEAVING_REASONS
 
 
 class SignupForm(FlaskForm):  # type: ignore[misc]
@@ -72,5 +81,44 @@ class UnsubscribeForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential."""
 
 
+class LeavingReasonForm(FlaskForm):  # type: ignore[misc]
+    """Why someone left: one of the offered reasons, and their own words if they like."""
+
+    reason = RadioField(
+        "Why did you leave? (optional)",
+        choices=list(LEAVING_REASONS.items()),
+        validators=[DataRequired(message="Choose one of the reasons.")],
+    )
+    detail = TextAreaField(
+        "Anything you would like to add? (optional)",
+        validators=[Optional(), Length(max=LEAVING_DETAIL_MAX)],
+    )
+
+
 class ConfirmForm(FlaskForm):  # type: ignore[misc]
     """A button; the token in the URL is the credential, the click is the consent."""
+
+
+class TimingForm(FlaskForm):  # type: ignore[misc]
+    """The reader's time zone and preferred send hour ("" for when the window opens)."""
+
+    time_zone = SelectField("Time zone", validate_choice=False)
+    send_hour = SelectField("Preferred send hour", validate_choice=False)
+
+
+class CourseForm(FlaskForm):  # type: ignore[misc]
+    """A button acting on one of the reader's series (pause, resume, restart)."""
+
+    enrollment = HiddenField()
+    mode = HiddenField()  # resume: "left-off" or "catch-up"
+
+
+class SequenceForm(FlaskForm):  # type: ignore[misc]
+    """Another series to join, or to switch to from one of theirs (`leaving`)."""
+
+    sequence = SelectField("Series", validate_choice=False)
+    leaving = HiddenField()
+
+
+class ButtonForm(FlaskForm):  # type: ignore[misc]
+    """A button; the token in the URL is the credential (leave, download, delete)."""

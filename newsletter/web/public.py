@@ -7,15 +7,16 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 
 from newsletter import clock
-from newsletter.audience import subscriptions
+from newsletter.audience import reading, subscriptions
+from newsletter.content.overview import overview
 from newsletter.content.sequences import sequence_for
 from newsletter.db import db
 from newsletter.extensions import csrf
-from newsletter.models import Sequence, Subscriber
+from newsletter.models import Subscriber
 from newsletter.runtime import runtime
 from newsletter.tasks import kick
 from newsletter.tokens import TokenError
-from newsletter.web import signups
+from newsletter.web import errors, signups
 from newsletter.web.defences import (
     HONEYPOT_FIELD,
     limit_per_ip_and_address,
@@ -25,12 +26,14 @@ from newsletter.web.defences import (
 )
 from newsletter.web.forms import (
     ConfirmForm,
+    LeavingReasonForm,
     ResendForm,
     SignupForm,
     UnsubscribeForm,
     signup_link_args,
 )
 from newsletter.web.timing import answer_floor
+from newsletter.web.when import when
 
 bp = Blueprint("public", __name__)
 
@@ -38,9 +41,19 @@ UNSUBSCRIBE_LIMIT_PER_IP = "300 per minute"
 UNSUBSCRIBE_LIMIT_PER_LINK = "10 per minute"
 
 
-def _sequence(slug: str | None) -> Sequence | None:
+def _nameless(source: str) -> str:
+    """Admin text as a reader without a first name gets it (the mail's own renderer)."""
+    return runtime().composer.admin_text.render(source, first_name="") if "{" in source else source
+
+
+def _page(form: SignupForm, link: dict[str, str]) -> str:
+    """The signup page for the series the link names (or the default one)."""
     with db.session() as session:
-        return sequence_for(session, slug)
+        sequence = sequence_for(session, link.get("sequence"))
+        about = overview(sequence, _nameless) if sequence else None
+        return render_template(
+            "signup.html", form=form, sequence=sequence, overview=about, link=link
+        )
 
 
 def _bad_signup_link(error: ValueError) -> tuple[str, int]:
@@ -57,10 +70,7 @@ def signup_page() -> str | tuple[str, int]:
         link = signup_link_args(request.args)
     except ValueError as exc:
         return _bad_signup_link(exc)
-    form = SignupForm(stamp=new_stamp())
-    return render_template(
-        "signup.html", form=form, sequence=_sequence(link.get("sequence")), link=link
-    )
+    return _page(SignupForm(stamp=new_stamp()), link)
 
 
 @bp.post("/")
@@ -84,9 +94,7 @@ def _signup() -> ResponseReturnValue:
     if form.validate_on_submit() and signups.submit(form, link, "signup-page"):
         # One response whatever the address's state, so the form reveals nothing.
         return redirect(url_for("public.thanks"), code=303)
-    sequence = _sequence(link.get("sequence"))
-    page = render_template("signup.html", form=form, sequence=sequence, link=link)
-    return page, 400
+    return _page(form, link), 400
 
 
 @bp.get("/thanks")
@@ -159,7 +167,23 @@ def confirm(token: str) -> str | tuple[str, int]:
     if subscriber is None:
         return _bad_link(NO_LONGER_VALID)
     kick()
-    return render_template("confirmed.html")
+    now = clock.now()
+    with db.session() as session:
+        upcoming = reading.after_the_first(
+            session, subscriber_id, now, rt.settings.drip_day_seconds
+        )
+    follows = (
+        when(upcoming.due, now, upcoming.time_zone, rt.settings.drip_day_seconds)
+        if upcoming
+        else None
+    )
+    token = rt.tokens.preferences_token(subscriber.id)
+    return render_template(
+        "confirmed.html",
+        upcoming=upcoming,
+        follows=follows,
+        preferences_url=url_for("preferences.page", token=token),
+    )
 
 
 def _unsubscribe_target(token: str) -> int:
@@ -206,21 +230,38 @@ def unsubscribe(token: str) -> str:
     subscriptions.wait_while_mid_send(
         db.session, subscriber_id, clock.now, settings.unsubscribe_wait_seconds
     )
-    return render_template("unsubscribed.html")
+    return render_template("unsubscribed.html", form=LeavingReasonForm(), token=token)
+
+
+@bp.post("/unsubscribe/<token>/reason")
+def leaving_reason(token: str) -> ResponseReturnValue:
+    """Keep why someone left (optional, after the fact); a person still subscribed is asked
+    nothing and nothing is kept."""
+    subscriber_id = _unsubscribe_target(token)
+    form = LeavingReasonForm()
+    if not form.validate_on_submit():
+        return render_template("unsubscribed.html", form=form, token=token), 400
+    with db.transaction() as session:
+        kept = subscriptions.record_leaving_reason(
+            session, subscriber_id, form.reason.data, form.detail.data or "", clock.now()
+        )
+    if not kept:
+        abort(404)
+    return render_template(
+        "message.html",
+        title="Thank you",
+        message="Your answer helps the writer make the course better. Nothing more will be sent.",
+        show_signup=False,
+    )
 
 
 @bp.app_errorhandler(RateLimitExceeded)
 def too_many_requests(error: RateLimitExceeded) -> ResponseReturnValue:
-    """Over a rate limit: our page (or, for the embedded form's script, a short JSON answer).
-
-    App-wide, for every public form (the admin's sign-in has its own)."""
-    message = "Too many requests from here or for this address. Wait a while and try again."
+    """Over a rate limit: the 429 page of every error (or, for the embedded form's script,
+    the same words as JSON). The admin's sign-in answers its own first."""
     if wants_json():
-        return {"ok": False, "message": message}, 429
-    page = render_template(
-        "message.html", title="Too many requests", message=message, show_signup=False
-    )
-    return page, 429
+        return {"ok": False, "message": errors.PAGES[429][1]}, 429
+    return errors.error_page(error)
 
 
 @bp.get("/healthz")

@@ -31,18 +31,18 @@ def archive(token: str) -> str:
     subscriber = _subscriber(token)
     composer = runtime().composer
     with db.session() as session:
-        steps = reading.received_steps(session, subscriber.id)
-        parts = [
-            (
-                step.id,
-                step.sequence.title,
-                step.position,
-                len(step.sequence.steps),
-                composer.personalise(step.subject, subscriber),
-            )
-            for step in steps
-        ]
-    return render_template("archive.html", token=token, parts=parts)
+        courses = reading.courses(session, subscriber.id)
+    shown = [
+        (
+            course,
+            [
+                (step_id, position, composer.personalise(subject, subscriber))
+                for step_id, position, subject in course.parts
+            ],
+        )
+        for course in courses
+    ]
+    return render_template("archive.html", token=token, courses=shown)
 
 
 @bp.get("/read/<token>/<int:step_id>")

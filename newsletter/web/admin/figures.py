@@ -196,6 +196,7 @@ def funnel(sequence_id: int) -> ResponseReturnValue:
             session, sequence, period, now, recount=lambda: _ask_recount(sequence_id, period)
         )
         title = sequence.title
+        tracking = sequence.tracking
     results = cached.value
     page = render_template(
         "admin/funnel.html",
@@ -204,6 +205,8 @@ def funnel(sequence_id: int) -> ResponseReturnValue:
         cached=cached,
         now=now,
         results=results,
+        # Shown while the sequence tracks, and after, as long as the cohort has any.
+        tracked=tracking or any(part.opened or part.clicked for part in results.parts),
         readers=[(s.value, results.readers.get(s, 0)) for s in EnrollmentStatus],
         gone=GONE,
         chart=_funnel_chart(results, PERIOD_LABELS[period]),

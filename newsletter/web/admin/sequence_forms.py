@@ -72,7 +72,7 @@ class ImportForm(FlaskForm):  # type: ignore[misc]
 
 
 class SettingsForm(FlaskForm):  # type: ignore[misc]
-    """The title and the send window."""
+    """The title, the send window and whether its mails count opens and clicks."""
 
     title = StringField(
         "Title", validators=[DataRequired(message="Enter a title."), Length(max=TITLE_MAX)]
@@ -96,6 +96,7 @@ class SettingsForm(FlaskForm):  # type: ignore[misc]
         widget=ListWidget(prefix_label=False),
         option_widget=CheckboxInput(),
     )
+    tracking = BooleanField("Track clicks and opens")
 
 
 class TestSendForm(FlaskForm):  # type: ignore[misc]

@@ -249,9 +249,9 @@ def _window(form: SettingsForm) -> dict[str, Any]:
 @bp.route("/sequences/<int:sequence_id>/settings", methods=["GET", "POST"])
 @editor_required
 def sequence_settings(sequence_id: int) -> ResponseReturnValue:
-    """The title, and the send window (hours and weekdays, in each subscriber's zone).
+    """The title, the send window (hours and weekdays, in each subscriber's zone) and tracking.
 
-    The title changes at once; the window is part of the draft, published with it.
+    The title and tracking change at once; the window is part of the draft, published with it.
     """
     with db.session() as session:
         seq = sequence_or_404(session, sequence_id)
@@ -261,6 +261,7 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
             "send_hour": view.settings.get("send_hour", seq.send_hour),
             "send_end_hour": view.settings.get("send_end_hour", seq.send_end_hour),
             "send_days": [int(d) for d in view.settings.get("send_days", seq.send_days)],
+            "tracking": seq.tracking,
         }
         form = SettingsForm(data=None if request.method == "POST" else shown)
         context = {"sequence": seq, "button": ButtonForm(), "draft": view.draft}
@@ -282,6 +283,16 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
                     target=target_of(seq),
                     before={"title": before},
                     after={"title": after},
+                )
+            was, now = catalogue.set_tracking(session, seq, bool(form.tracking.data))
+            if was != now:
+                audit.record(
+                    session,
+                    actor=current_admin(),
+                    action="sequence.tracking",
+                    target=target_of(seq),
+                    before={"tracking": was},
+                    after={"tracking": now},
                 )
             if window != before_window:
                 drafts.update_settings(session, drafts.draft_of(session, seq), **window)
