@@ -10,7 +10,6 @@ docs/screenshots/embed-phone.png.
 from __future__ import annotations
 
 import html
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -29,13 +28,11 @@ from newsletter.db import db
 from newsletter.models import Subscriber
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import FAILING_IMPACTS, violations
-from tests.helpers.env import ROOT
 from tests.helpers.ports import free_port
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 FAILED = "The form could not be sent from this page. Try again later."
 
 
@@ -81,7 +78,14 @@ def _page_with(snippet: str) -> bytes:
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # The other site's own look (its style sheet, not ours): the snippet takes it on.
+        "<style>body{font:17px/1.6 Georgia,serif;margin:0;background:#eef3f1;color:#233}"
+        "main{max-width:36rem;margin:0 auto;padding:1.5rem}h1{color:#24594a}"
+        "form{background:#fff;border-radius:8px;padding:1rem;display:grid;gap:.4rem}"
+        "input{font:inherit;padding:.5rem;border:1px solid #789}"
+        "button{font:inherit;padding:.6rem;background:#24594a;color:#fff;border:0}</style>"
         "<title>A blog</title></head><body><main><h1>A blog about feelings</h1>"
+        "<p>This week: why distance grows, and what brings people back.</p>"
         f"<p>Get the course by mail:</p>{snippet}</main></body></html>"
     ).encode()
 
@@ -112,15 +116,6 @@ def sites(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[Site
         allowed.stop()
         refused.stop()
         db.dispose()
-
-
-@pytest.fixture
-def screenshot_dir(tmp_path: Path) -> Path:
-    """docs/screenshots/ with UPDATE_SCREENSHOTS=1, else the test's own folder."""
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS
-    return tmp_path
 
 
 def signed_up() -> list[tuple[str, str | None]]:
@@ -170,9 +165,9 @@ def test_without_script_a_refused_site_changes_nothing(
 
 
 def test_with_script_an_allowed_site_shows_the_answer_in_place(
-    sites: Sites, new_page: Callable[..., Page]
+    sites: Sites, new_page: Callable[..., Page], screenshot_dir: Path
 ) -> None:
-    page = new_page()
+    page = new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2)
     page.goto(sites.allowed)
     page.get_by_label("First name (optional)").fill("Pat")
     page.locator("#nl-email").fill("reader@example.org")
@@ -180,6 +175,7 @@ def test_with_script_an_allowed_site_shows_the_answer_in_place(
     expect(page.locator("form")).to_have_attribute("data-newsletter-state", "sent")
     expect(page.get_by_role("status")).to_contain_text("Check your inbox")
     assert page.url == sites.allowed  # the reader never left the other site
+    page.screenshot(path=str(screenshot_dir / "embed-foreign-phone.png"), full_page=True)
     assert signed_up() == [("reader@example.org", "embed")]
     # An address the browser lets through and we refuse: the reason, in place.
     page.locator("#nl-email").fill("reader@nowhere.test")
