@@ -658,3 +658,18 @@ def test_catching_up_never_brings_a_part_before_its_day(
         DeliveryState.SCHEDULED,
         datetime(2026, 6, 12, 9, tzinfo=UTC),
     )
+
+
+def test_one_link_hammered_is_limited_and_another_readers_is_not(
+    app: Flask, smtp_sink: SmtpSink
+) -> None:
+    """Per link: a script working on one reader's page gets our 429 page after 60 requests a
+    minute; another reader's page, from the same client, still opens."""
+    _, path = reader_with_part_one(app, smtp_sink)
+    client = app.test_client()
+    statuses = [client.get(path).status_code for _ in range(61)]
+    assert statuses == [200] * 60 + [429]
+    page = client.get(path).get_data(as_text=True)
+    assert "<h1>Too many requests</h1>" in page
+    _, other = reader_with_part_one(app, smtp_sink, "other@example.org")
+    assert client.get(other).status_code == 200

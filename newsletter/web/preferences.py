@@ -24,6 +24,7 @@ from newsletter.runtime import runtime
 from newsletter.schedule import known_time_zones, valid_time_zone
 from newsletter.tasks import kick
 from newsletter.tokens import TokenError
+from newsletter.web.defences import limit_per_ip_and_address
 from newsletter.web.forms import (
     ButtonForm,
     CourseForm,
@@ -33,6 +34,20 @@ from newsletter.web.forms import (
 )
 
 bp = Blueprint("preferences", __name__, url_prefix="/preferences")
+
+# A reader looks and changes a few things now and then; a script working through links, or
+# hammering one, is cut off (a 429 page). Per link: the token names one reader.
+LIMIT_PER_IP = "120 per minute; 1200 per hour"
+LIMIT_PER_LINK = "60 per minute; 300 per hour"
+
+
+def _link() -> str:
+    return str((request.view_args or {}).get("token", ""))[:500]
+
+
+_limited = limit_per_ip_and_address(
+    LIMIT_PER_IP, LIMIT_PER_LINK, scope="preferences", address=_link
+)
 
 # What a page says after a change; keyed, so nothing from the query string is shown.
 DONE = {
@@ -102,6 +117,7 @@ def _page(
 
 
 @bp.get("/<token>")
+@_limited
 def page(token: str) -> ResponseReturnValue:
     """The reader's settings, series and choices; showing it changes nothing."""
     return _page(token, _reader(token))
@@ -141,6 +157,7 @@ def _course_change(token: str, done: str, move: Callable[..., None]) -> Response
 
 
 @bp.post("/<token>/timing")
+@_limited
 def timing(token: str) -> ResponseReturnValue:
     """Set the time zone and the preferred send hour; the waiting part moves at once."""
     subscriber_id = _reader(token)
@@ -164,6 +181,7 @@ def timing(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/pause")
+@_limited
 def pause(token: str) -> ResponseReturnValue:
     """Pause one series: its waiting part is held."""
     return _course_change(
@@ -172,6 +190,7 @@ def pause(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/resume")
+@_limited
 def resume(token: str) -> ResponseReturnValue:
     """Resume one series, where the reader left off or catching up (`mode`)."""
     if request.form.get("mode") not in RESUME_MODES:
@@ -187,6 +206,7 @@ def resume(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/restart")
+@_limited
 def restart(token: str) -> ResponseReturnValue:
     """Start one series over from part 1."""
     return _course_change(
@@ -195,6 +215,7 @@ def restart(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/sequence")
+@_limited
 def sequence(token: str) -> ResponseReturnValue:
     """Join another public series, or switch one of theirs (`leaving`) to it."""
     subscriber_id = _reader(token)
@@ -221,6 +242,7 @@ def sequence(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/leave")
+@_limited
 def leave(token: str) -> ResponseReturnValue:
     """Unsubscribe (the same as the unsubscribe link), after any part on the wire."""
     subscriber_id = _reader(token)
@@ -242,6 +264,7 @@ def leave(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/data")
+@_limited
 def data(token: str) -> Response:
     """Everything held about the reader, as a JSON download (the admin's export)."""
     subscriber_id = _reader(token)
@@ -257,6 +280,7 @@ def data(token: str) -> Response:
 
 
 @bp.get("/<token>/delete")
+@_limited
 def delete_page(token: str) -> ResponseReturnValue:
     """Ask for the confirming click; showing it deletes nothing."""
     subscriber_id = _reader(token)
@@ -267,6 +291,7 @@ def delete_page(token: str) -> ResponseReturnValue:
 
 
 @bp.post("/<token>/delete")
+@_limited
 def delete(token: str) -> ResponseReturnValue:
     """Erase the reader (the admin's erase): their data gone, the address's hash suppressed."""
     subscriber_id = _reader(token)
