@@ -164,10 +164,11 @@ def test_send_test_sends_each_part_as_subscribers_get_it(app: Flask, smtp_sink: 
     # A proof's personal links belong to nobody: they find nothing, never someone's data.
     client = app.test_client(use_cookies=False)
     links = re.findall(r'href="https://news\.example\.test(/[^"]+)"', html_of(received[1]))
-    assert {link.split("/")[1] for link in links} == {"read", "unsubscribe"}
+    assert {link.split("/")[1] for link in links} == {"read", "preferences", "unsubscribe"}
     for link in links:
         assert client.get(link).status_code == 404, link
-    one_click = client.post(links[-1], data={"List-Unsubscribe": "One-Click"})
+    unsubscribe = next(link for link in links if link.startswith("/unsubscribe/"))
+    one_click = client.post(unsubscribe, data={"List-Unsubscribe": "One-Click"})
     assert one_click.status_code == 404
 
 
