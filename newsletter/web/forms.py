@@ -14,6 +14,7 @@ from wtforms import (
     StringField,
     TextAreaField,
 )
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length, Optional
 
 from newsletter.audience.subscriptions import LEAVING_DETAIL_MAX, LEAVING_REASONS
@@ -86,7 +87,7 @@ class LeavingReasonForm(FlaskForm):  # type: ignore[misc]
 
     reason = RadioField(
         "Why did you leave? (optional)",
-        choices=list(LEAVING_REASONS.items()),
+        choices=[SelectChoice(key, label) for key, label in LEAVING_REASONS.items()],
         validators=[DataRequired(message="Choose one of the reasons.")],
     )
     detail = TextAreaField(
