@@ -110,6 +110,24 @@ def test_the_timeline_explains_and_escapes(app: Flask) -> None:
     assert client.get("/admin/subscribers/99999").status_code == 404
 
 
+def test_the_timeline_shows_the_send_hour_a_reader_chose(app: Flask) -> None:
+    client = editor(app)
+    subscriber_id = person(hostile=False)
+
+    def send_hour() -> str:
+        page = client.get(f"/admin/subscribers/{subscriber_id}").get_data(as_text=True)
+        found = re.search(r"<dt>Send hour</dt><dd>(.*?)</dd>", page, re.S)
+        assert found
+        return re.sub(r"<[^>]+>", "", found.group(1))
+
+    assert send_hour() == "the series' send window"
+    with db.transaction() as session:
+        chosen = session.get(Subscriber, subscriber_id)
+        assert chosen is not None
+        chosen.send_hour = 7
+    assert send_hour() == "07:00 in their zone (chosen on their preferences page)"
+
+
 def test_unsubscribe_needs_its_token_and_is_audited(app: Flask) -> None:
     client = editor(app)
     subscriber_id = person()
