@@ -10,7 +10,6 @@ written to docs/screenshots/, at 1280 px wide.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,6 @@ import pyotp
 import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
-from werkzeug.serving import make_server
 
 from newsletter.admins import accounts, audit
 from newsletter.content.sequences import ensure_seed
@@ -29,6 +27,7 @@ from tests.helpers.admin import PASSWORD, create_admin, sign_in_page
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
 from tests.helpers.ports import free_port
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -45,13 +44,8 @@ def served(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[tup
     app = make_app(base_env(tmp_path, sqlite_url, smtp_sink, SITE_URL=url))
     with db.transaction() as session:
         ensure_seed(session)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="admin-http", daemon=True)
-    thread.start()
-    yield url, app
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(app, port):
+        yield url, app
     db.dispose()
 
 

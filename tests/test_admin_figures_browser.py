@@ -6,14 +6,12 @@ README's pictures (docs/screenshots/admin-dashboard.png, admin-funnel.png), 1280
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
-from werkzeug.serving import make_server
 
 from newsletter import clock
 from newsletter.content.sequences import ensure_seed
@@ -24,6 +22,7 @@ from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
 from tests.helpers.ports import free_port
 from tests.helpers.rows import realistic_list
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -42,15 +41,10 @@ def site(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[str]:
         realistic_list(session, now)
         heartbeat.beat(session, heartbeat.DISPATCH, now)
     create_admin(app, "editor@example.org", role="editor")
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serving(app, free_port()) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         db.dispose()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,6 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from newsletter import clock
 from newsletter.content.sequences import ensure_seed
@@ -33,6 +31,7 @@ from tests.helpers.axe import assert_accessible
 from tests.helpers.env import ROOT
 from tests.helpers.people import seed_steps, signed_up
 from tests.helpers.ports import free_port
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 from tests.helpers.workers import WorkerProcess
 
@@ -50,13 +49,8 @@ def serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Flask]]:
     app = make_app(env)
     with db.transaction() as session:
         ensure_seed(session)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="people-http", daemon=True)
-    thread.start()
-    yield env["SITE_URL"], app
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(app, port):
+        yield env["SITE_URL"], app
     db.dispose()
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import mailbox
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -21,7 +21,6 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
 from sqlalchemy import func, select
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from newsletter import mailcatcher
 from newsletter.content.sequences import ensure_seed
@@ -40,6 +39,7 @@ from tests.helpers.env import ROOT
 from tests.helpers.mailparse import html_of
 from tests.helpers.ports import free_port
 from tests.helpers.sending import send_part_one
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 from tests.helpers.workers import WorkerProcess
 
@@ -70,7 +70,7 @@ def start_site(
 
     SITE_URL is the server's own address, so the links in mail lead back to it.
     """
-    servers: list[tuple[BaseWSGIServer, threading.Thread]] = []
+    servers = ExitStack()
 
     def _start(**extra: str) -> Site:
         port = free_port()
@@ -86,17 +86,11 @@ def start_site(
         app = make_app(env)
         with db.transaction() as session:
             ensure_seed(session)
-        server = make_server("127.0.0.1", port, app, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-        thread.start()
-        servers.append((server, thread))
+        servers.enter_context(serving(app, port))
         return Site(url, env, app)
 
-    yield _start
-    for server, thread in servers:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with servers:
+        yield _start
     db.dispose()
 
 

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
@@ -29,6 +28,7 @@ from newsletter.models import Subscriber
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import FAILING_IMPACTS, violations
 from tests.helpers.ports import free_port
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -100,19 +100,14 @@ def sites(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[Site
     app = make_app(env)
     with db.transaction() as session:
         ensure_seed(session)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     embed_page = app.test_client().get("/embed").get_data(as_text=True)
     match = re.search(r'<pre class="snippet"[^>]*><code>(.*?)</code></pre>', embed_page, re.S)
     assert match, "no snippet on /embed"
     allowed.page = refused.page = _page_with(html.unescape(match.group(1)))
     try:
-        yield Sites(ours=ours, allowed=f"{allowed.origin}/", refused=f"{refused.origin}/")
+        with serving(app, port):
+            yield Sites(ours=ours, allowed=f"{allowed.origin}/", refused=f"{refused.origin}/")
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         allowed.stop()
         refused.stop()
         db.dispose()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +21,6 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
@@ -34,6 +32,7 @@ from tests.helpers.env import ROOT
 from tests.helpers.mailparse import text_of
 from tests.helpers.ports import free_port
 from tests.helpers.sending import send_part_one
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -54,13 +53,8 @@ def site(
     app = make_app(base_env(tmp_path, sqlite_url, smtp_sink, SITE_URL=url))
     with db.transaction() as session:
         ensure_seed(session)
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
-    yield url, app
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    with serving(app, port):
+        yield url, app
     db.dispose()
 
 

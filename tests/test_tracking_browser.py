@@ -5,7 +5,6 @@ pages pass axe-core.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import pytest
 from flask import Flask
 from playwright.sync_api import Page, expect
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from newsletter.content.sequences import ensure_seed
 from newsletter.db import db
@@ -22,6 +20,7 @@ from tests.helpers.admin import create_admin, sign_in_page
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
 from tests.helpers.ports import free_port
+from tests.helpers.serving import serving
 from tests.helpers.smtp import SmtpSink
 
 pytestmark = pytest.mark.browser
@@ -34,15 +33,10 @@ def site(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[str]:
     with db.transaction() as session:
         ensure_seed(session)
     create_admin(app, "editor@example.org", role="editor")
-    server = make_server("127.0.0.1", free_port(), app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
-    thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serving(app, free_port()) as url:
+            yield url
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
         db.dispose()
 
 
