@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from newsletter import clock
 from newsletter.audience import csv_import, directory
@@ -233,6 +233,52 @@ def test_a_second_run_of_one_import_stops_where_the_first_is_ahead(app: Flask) -
             assert entry is not None and entry.status is ImportStatus.RUNNING
             assert session.scalar(select(func.count(Subscriber.id))) == 0
         assert (imports_folder() / entry.stored_name).exists(), "the other run still reads it"
+
+
+@pytest.mark.postgres
+def test_an_address_that_signs_up_during_its_batch_is_an_existing_subscriber(
+    tmp_path: Path, postgres_url: str, smtp_sink: SmtpSink
+) -> None:
+    """Carl signs up (another connection, committed) after the batch looked at the list and
+    before it inserts him: the batch is looked at again and he is counted as already there."""
+    app = make_app(base_env(tmp_path, postgres_url, smtp_sink))
+    with db.transaction() as session:
+        ensure_seed(session)
+    raced: list[str] = []
+
+    def carl_signs_up(session: Any, *_: Any) -> None:
+        if raced or not any(
+            isinstance(o, Subscriber) and o.email == "carl@example.org" for o in session.new
+        ):
+            return
+        raced.append("carl")
+        with db.transaction() as other:
+            add_person(other, "carl@example.org", clock.now(), first_name="Signed up")
+
+    def sessions() -> Any:
+        session = db.session()
+        event.listen(session, "before_flush", carl_signs_up)
+        return session
+
+    try:
+        with app.app_context():
+            import_id = upload(SAMPLE)
+            start(import_id)
+            status = csv_import.run(
+                sessions, import_id, imports_folder(), clock.now, 86400, batch_rows=500
+            )
+        assert status is ImportStatus.DONE and raced == ["carl"]
+        with db.session() as session:
+            entry = session.get(SubscriberImport, import_id)
+            assert entry is not None
+            carl = session.scalars(
+                select(Subscriber).where(Subscriber.email == "carl@example.org")
+            ).one()
+        assert carl.first_name == "Signed up"  # theirs, left as it is
+        assert (entry.added, entry.duplicates) == (5, 2)  # without the race: (6, 1)
+        assert {p["line"]: p["kind"] for p in entry.problems}[7] == "existing"
+    finally:
+        db.dispose()
 
 
 def test_an_import_that_raises_ends_failed_saying_where(app: Flask) -> None:

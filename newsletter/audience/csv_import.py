@@ -468,10 +468,10 @@ def run(
                     continue  # committed before the worker that read it died
                 batch.append((line, cells))
                 if len(batch) >= batch_rows:
-                    _commit(sessions, import_id, batch, zones, clock(), day_seconds, done)
+                    _commit_batch(sessions, import_id, batch, zones, clock(), day_seconds, done)
                     done += len(batch)
                     batch = []
-            _commit(sessions, import_id, batch, zones, clock(), day_seconds, done, last=True)
+            _commit_batch(sessions, import_id, batch, zones, clock(), day_seconds, done, last=True)
         status: ImportStatus | None = ImportStatus.DONE
     except _Overtaken:
         # Another delivery of the task is ahead: it carries on, and it removes the file.
@@ -513,26 +513,6 @@ def _fail(
     return ImportStatus.FAILED
 
 
-def _commit(
-    sessions: Callable[[], Session],
-    import_id: int,
-    batch: list[tuple[int, list[str]]],
-    zones: frozenset[str],
-    now: datetime,
-    day_seconds: float,
-    offset: int,
-    *,
-    last: bool = False,
-) -> None:
-    """Commit a batch; once more if an address of it signed up meanwhile."""
-    try:
-        _commit_batch(sessions, import_id, batch, zones, now, day_seconds, offset, last=last)
-    except IntegrityError:
-        # Someone signed up between the batch's look at the list and its insert: looked at
-        # again, they are an existing subscriber, left as they are.
-        _commit_batch(sessions, import_id, batch, zones, now, day_seconds, offset, last=last)
-
-
 def _commit_batch(
     sessions: Callable[[], Session],
     import_id: int,
@@ -544,23 +524,34 @@ def _commit_batch(
     *,
     last: bool = False,
 ) -> None:
-    """Add one batch, which starts after `offset` rows read, and the report so far."""
-    with sessions() as session, session.begin():
-        # Under the row's lock: two runs of one import never commit the same rows.
-        entry = session.get(SubscriberImport, import_id, with_for_update=True)
-        assert entry is not None
-        if entry.status is not ImportStatus.RUNNING or entry.rows_read != offset:
-            raise _Overtaken()
-        report = _Report(entry)
-        rows = []
-        for line, cells in batch:
-            report.counts["rows_read"] += 1
-            parsed = _parse(line, cells, entry.mapping, zones, report)
-            if parsed is not None:
-                rows.append(parsed)
-        if rows:
-            _add_batch(session, entry, rows, report, now, day_seconds)
-        report.write(entry)
-        if last:
-            entry.status = ImportStatus.DONE
-            entry.finished_at = now
+    """Add one batch, which starts after `offset` rows read, and the report so far.
+
+    Someone may sign up between the batch's look at the list and its insert (the unique
+    address refuses the insert): the batch is then looked at once more, and they are an
+    existing subscriber, left as they are.
+    """
+    for again in (False, True):
+        try:
+            with sessions() as session, session.begin():
+                # Under the row's lock: two runs of one import never commit the same rows.
+                entry = session.get(SubscriberImport, import_id, with_for_update=True)
+                assert entry is not None
+                if entry.status is not ImportStatus.RUNNING or entry.rows_read != offset:
+                    raise _Overtaken()
+                report = _Report(entry)
+                rows = []
+                for line, cells in batch:
+                    report.counts["rows_read"] += 1
+                    parsed = _parse(line, cells, entry.mapping, zones, report)
+                    if parsed is not None:
+                        rows.append(parsed)
+                if rows:
+                    _add_batch(session, entry, rows, report, now, day_seconds)
+                report.write(entry)
+                if last:
+                    entry.status = ImportStatus.DONE
+                    entry.finished_at = now
+            return
+        except IntegrityError:
+            if again:
+                raise
