@@ -116,6 +116,7 @@ def test_a_bad_address_without_the_script_gets_our_form_with_the_error(embed_app
     assert 'id="email-error"' in page and 'action="/"' in page
     assert 'value="&lt;b&gt;not&lt;/b&gt; an address"' in page  # text, escaped
     assert 'name="csrf_token"' in page  # our own form, sent to our own page from here on
+    assert "A free course by email in 4 parts" in page  # the signup page itself, in full
     assert subscribers() == []
 
 

@@ -123,8 +123,7 @@ def _signup() -> ResponseReturnValue:
     )
     for name, messages in errors.items():
         getattr(page_form, name).errors = messages
-    page = render_template("signup.html", form=page_form, sequence=None, link=link)
-    return page, 400
+    return signups.page(page_form, link), 400
 
 
 def _first(errors: dict[str, list[str]]) -> str:

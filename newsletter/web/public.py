@@ -8,8 +8,6 @@ from flask_limiter import RateLimitExceeded
 
 from newsletter import clock
 from newsletter.audience import reading, subscriptions
-from newsletter.content.overview import overview
-from newsletter.content.sequences import sequence_for
 from newsletter.db import db
 from newsletter.extensions import csrf
 from newsletter.models import Subscriber
@@ -41,21 +39,6 @@ UNSUBSCRIBE_LIMIT_PER_IP = "300 per minute"
 UNSUBSCRIBE_LIMIT_PER_LINK = "10 per minute"
 
 
-def _nameless(source: str) -> str:
-    """Admin text as a reader without a first name gets it (the mail's own renderer)."""
-    return runtime().composer.admin_text.render(source, first_name="") if "{" in source else source
-
-
-def _page(form: SignupForm, link: dict[str, str]) -> str:
-    """The signup page for the series the link names (or the default one)."""
-    with db.session() as session:
-        sequence = sequence_for(session, link.get("sequence"))
-        about = overview(sequence, _nameless) if sequence else None
-        return render_template(
-            "signup.html", form=form, sequence=sequence, overview=about, link=link
-        )
-
-
 def _bad_signup_link(error: ValueError) -> tuple[str, int]:
     page = render_template(
         "message.html", title="That signup link did not work", message=str(error)
@@ -70,7 +53,7 @@ def signup_page() -> str | tuple[str, int]:
         link = signup_link_args(request.args)
     except ValueError as exc:
         return _bad_signup_link(exc)
-    return _page(SignupForm(stamp=new_stamp()), link)
+    return signups.page(SignupForm(stamp=new_stamp()), link)
 
 
 @bp.post("/")
@@ -94,7 +77,7 @@ def _signup() -> ResponseReturnValue:
     if form.validate_on_submit() and signups.submit(form, link, "signup-page"):
         # One response whatever the address's state, so the form reveals nothing.
         return redirect(url_for("public.thanks"), code=303)
-    return _page(form, link), 400
+    return signups.page(form, link), 400
 
 
 @bp.get("/thanks")

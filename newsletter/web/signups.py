@@ -1,11 +1,14 @@
-"""One signup from a posted form, shared by the signup page and the embedded form."""
+"""The signup page and one signup from a posted form, shared by the signup page and the
+embedded form."""
 
 from __future__ import annotations
 
-from flask import request
+from flask import render_template, request
 
 from newsletter import clock
 from newsletter.audience import subscriptions
+from newsletter.content.overview import overview
+from newsletter.content.sequences import sequence_for
 from newsletter.db import db
 from newsletter.mail import addresses
 from newsletter.mail.deliverability import UNDELIVERABLE
@@ -55,3 +58,18 @@ def submit(form: SignupForm, link: dict[str, str], default_form: str) -> bool:
         return False
     kick()
     return True
+
+
+def _nameless(source: str) -> str:
+    """Admin text as a reader without a first name gets it (the mail's own renderer)."""
+    return runtime().composer.admin_text.render(source, first_name="") if "{" in source else source
+
+
+def page(form: SignupForm, link: dict[str, str]) -> str:
+    """The signup page for the series the link names (or the default one), with `form`."""
+    with db.session() as session:
+        sequence = sequence_for(session, link.get("sequence"))
+        about = overview(sequence, _nameless) if sequence else None
+        return render_template(
+            "signup.html", form=form, sequence=sequence, overview=about, link=link
+        )
