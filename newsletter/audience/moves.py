@@ -252,16 +252,7 @@ def move_to_step(
         if current is not None:
             current[0].state = DeliveryState.SKIPPED
             current[0].last_error = reason
-        delivery = planning.add_delivery(
-            session,
-            DeliveryKind.STEP,
-            enrollment.subscriber_id,
-            now,
-            now,
-            enrollment_id=enrollment.id,
-            step_id=step.id,
-            held=planning.paused(session, enrollment),
-        )
+        delivery = planning.add_part(session, enrollment, step.id, now, now)
     session.flush()
     holds.note(
         session,

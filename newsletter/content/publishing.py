@@ -730,16 +730,7 @@ def _move(
     made: int | None = None
     if placement.waiting_id is None and target is not None:
         due = placement.due_at or now
-        row = planning.add_delivery(
-            session,
-            DeliveryKind.STEP,
-            enrollment.subscriber_id,
-            due,
-            now,
-            enrollment_id=enrollment.id,
-            step_id=target.id,
-            held=planning.paused(session, enrollment),
-        )
+        row = planning.add_part(session, enrollment, target.id, due, now)
         session.flush()
         delivery_id = made = row.id
     if target is None:

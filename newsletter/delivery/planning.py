@@ -65,6 +65,23 @@ def add_delivery(
     return delivery
 
 
+def add_part(
+    session: Session, enrollment: Enrollment, step_id: int, due: datetime, now: datetime
+) -> Delivery:
+    """Add an enrollment's delivery of a step, due at `due`: held while the enrollment or its
+    sequence is paused (`paused`), else scheduled."""
+    return add_delivery(
+        session,
+        DeliveryKind.STEP,
+        enrollment.subscriber_id,
+        due,
+        now,
+        enrollment_id=enrollment.id,
+        step_id=step_id,
+        held=paused(session, enrollment),
+    )
+
+
 def paused(session: Session, enrollment: Enrollment) -> bool:
     """Whether the enrollment's parts wait: it, or its sequence, is paused.
 
@@ -106,16 +123,7 @@ def _schedule_step(
         previous_sent_at=previous_sent_at,
         send_hour=enrollment.subscriber.send_hour,
     )
-    return add_delivery(
-        session,
-        DeliveryKind.STEP,
-        enrollment.subscriber_id,
-        due,
-        now,
-        enrollment_id=enrollment.id,
-        step_id=step.id,
-        held=paused(session, enrollment),
-    )
+    return add_part(session, enrollment, step.id, due, now)
 
 
 def start_enrollment(
