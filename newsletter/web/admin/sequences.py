@@ -275,35 +275,12 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
             if not window["send_days"]:
                 raise CatalogueError("send_days", "Choose at least one day.")
             before, after = catalogue.retitle(session, seq, form.title.data or "")
-            if before != after:
-                audit.record(
-                    session,
-                    actor=current_admin(),
-                    action="sequence.retitle",
-                    target=target_of(seq),
-                    before={"title": before},
-                    after={"title": after},
-                )
+            _audit_change(session, seq, "sequence.retitle", {"title": before}, {"title": after})
             was, now = catalogue.set_tracking(session, seq, bool(form.tracking.data))
-            if was != now:
-                audit.record(
-                    session,
-                    actor=current_admin(),
-                    action="sequence.tracking",
-                    target=target_of(seq),
-                    before={"tracking": was},
-                    after={"tracking": now},
-                )
+            _audit_change(session, seq, "sequence.tracking", {"tracking": was}, {"tracking": now})
             if window != before_window:
                 drafts.update_settings(session, drafts.draft_of(session, seq), **window)
-                audit.record(
-                    session,
-                    actor=current_admin(),
-                    action="sequence.settings",
-                    target=target_of(seq),
-                    before=before_window,
-                    after=window,
-                )
+                _audit_change(session, seq, "sequence.settings", before_window, window)
     except (CatalogueError, DraftError) as exc:
         getattr(form, exc.field).errors.append(exc.message)
         return _answer("admin/sequences/settings.html", form, **context)
@@ -312,6 +289,21 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
     else:
         flash("Settings saved.", "info")
     return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
+
+
+def _audit_change(
+    session: Session, seq: Sequence, action: str, before: dict[str, Any], after: dict[str, Any]
+) -> None:
+    """The audit entry of a setting that changed; none for one saved unchanged."""
+    if before != after:
+        audit.record(
+            session,
+            actor=current_admin(),
+            action=action,
+            target=target_of(seq),
+            before=before,
+            after=after,
+        )
 
 
 STATUS_ACTIONS = ("activate", "pause", "resume")
