@@ -54,6 +54,7 @@ def navigation(is_owner: bool) -> list[tuple[str, str]]:
 from newsletter.web.admin import (  # noqa: E402,F401
     access,
     accounts,
+    article_import,
     audit,
     auth,
     figures,

@@ -1,4 +1,4 @@
-"""The sequence pages: the list, a new sequence, importing an article, settings, test sends.
+"""The sequence pages: the list, a new sequence, settings, status, the default, test sends.
 
 Thin views: each parses its form, calls the content room (catalogue, proposal, send_test,
 preview) in one transaction with the audit entry of what it changed, and answers. Bad input
@@ -13,18 +13,15 @@ from typing import Any
 from flask import abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from sqlalchemy.orm import Session
-from werkzeug.datastructures import FileStorage
 from wtforms.fields.choices import SelectChoice
 
 from newsletter import clock
 from newsletter.admins import audit
-from newsletter.content import catalogue, drafts, pausing, proposal, send_test
-from newsletter.content.article import ArticleError
+from newsletter.content import catalogue, drafts, pausing, send_test
 from newsletter.content.catalogue import CatalogueError
 from newsletter.content.drafts import DraftError
 from newsletter.content.editor import editor_view
 from newsletter.content.preview import StepFields
-from newsletter.content.sequences import slugify
 from newsletter.db import db
 from newsletter.delivery.holds import ActionRefused
 from newsletter.mail.transport import SendError
@@ -34,7 +31,6 @@ from newsletter.web.admin import bp
 from newsletter.web.admin.access import current_admin, editor_required
 from newsletter.web.admin.forms import ButtonForm
 from newsletter.web.admin.sequence_forms import (
-    ImportForm,
     NewSequenceForm,
     SettingsForm,
     TestSendForm,
@@ -54,7 +50,7 @@ def target_of(sequence: Sequence) -> str:
     return f"sequence:{sequence.slug}"
 
 
-def _answer(template: str, form: Any, **context: Any) -> ResponseReturnValue:
+def answer(template: str, form: Any, **context: Any) -> ResponseReturnValue:
     """The page again; 400 when a submitted form was refused."""
     status = 400 if request.method == "POST" else 200
     return render_template(template, form=form, **context), status
@@ -101,123 +97,7 @@ def sequence_new() -> ResponseReturnValue:
         else:
             flash("The sequence is created. Add its first part.", "info")
             return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
-    return _answer("admin/sequences/new.html", form)
-
-
-# -- importing an article ------------------------------------------------------------------------
-
-
-def _uploaded(form: ImportForm) -> str | None:
-    """The uploaded file as text, into the form's text field; None (with the error) if bad."""
-    upload = form.article.data
-    if not isinstance(upload, FileStorage) or not upload.filename:
-        return str(form.text.data or "")
-    data: bytes = upload.read(proposal.MAX_ARTICLE_CHARS * 4 + 1)
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        form.article.errors.append("The file is not UTF-8 text: save it as UTF-8 and upload it.")
-        return None
-    if upload.filename.lower().endswith((".md", ".markdown")):
-        form.markdown.data = True
-    form.text.data = text
-    return text
-
-
-@bp.route("/sequences/import", methods=["GET", "POST"])
-@editor_required
-def sequence_import() -> ResponseReturnValue:
-    """Upload or paste an article, see its proposed parts, change their number, save."""
-    form = ImportForm()
-    with db.session() as session:
-        targets = proposal.draft_targets(session)
-    form.into.choices = [SelectChoice(0, "Choose a sequence"), *(SelectChoice(*t) for t in targets)]
-    shown: proposal.Proposal | None = None
-    if not form.validate_on_submit():
-        return _answer("admin/sequences/import.html", form, proposal=None)
-    text = _uploaded(form)
-    if text is not None:
-        try:
-            shown = proposal.propose(
-                text,
-                markdown=bool(form.markdown.data),
-                parts=form.parts.data,
-                title=form.title.data,
-            )
-        except ArticleError as exc:
-            # The form bounds the parts and the title already: what is left is the article's.
-            form.text.errors.append(str(exc))
-    if shown is None:
-        return _answer("admin/sequences/import.html", form, proposal=None)
-    form.title.data = form.title.data or shown.title
-    form.slug.data = form.slug.data or slugify(shown.title)
-    action = request.form.get("action")
-    if action == "draft":
-        return _save_as_draft(form, text or "", shown)
-    if action != "save":
-        return render_template("admin/sequences/import.html", form=form, proposal=shown)
-    with db.transaction() as session:
-        problem = proposal.slug_problem(session, form.slug.data)
-        if problem is None:
-            report = proposal.save_new(
-                session,
-                text or "",
-                slug=form.slug.data,
-                markdown=bool(form.markdown.data),
-                parts=form.parts.data,
-                title=form.title.data,
-            )
-            audit.record(
-                session,
-                actor=current_admin(),
-                action="sequence.import",
-                target=target_of(report.sequence),
-                after={
-                    "title": report.sequence.title,
-                    "slug": report.sequence.slug,
-                    "parts": report.parts,
-                },
-            )
-            sequence_id = report.sequence.id
-    if problem is not None:
-        form.slug.errors.append(problem)
-        return _answer("admin/sequences/import.html", form, proposal=shown)
-    flash(f"Imported as {report.parts} parts.", "info")
-    if shown.links_without_url:
-        flash(
-            f"{shown.links_without_url} “Keep reading” links have no URL yet: fill them in "
-            "before publishing.",
-            "warning",
-        )
-    return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
-
-
-def _save_as_draft(form: ImportForm, text: str, shown: proposal.Proposal) -> ResponseReturnValue:
-    """The article as the draft of the chosen sequence; its editor shows the draft."""
-    if not form.into.data:
-        form.into.errors.append("Choose the sequence whose draft the article becomes.")
-        return _answer("admin/sequences/import.html", form, proposal=shown)
-    with db.transaction() as session:
-        sequence = sequence_or_404(session, form.into.data)
-        replaced = drafts.open_draft(session, sequence) is not None
-        parts = proposal.save_as_draft(
-            session, sequence, text, markdown=bool(form.markdown.data), parts=form.parts.data
-        )
-        audit.record(
-            session,
-            actor=current_admin(),
-            action="sequence.import_draft",
-            target=target_of(sequence),
-            after={"parts": parts, "replaced_draft": replaced},
-        )
-        sequence_id, title = sequence.id, sequence.title
-    flash(
-        f"The article is the draft of “{title}” now, in {parts} parts"
-        + (" (it replaced the draft's earlier edits)" if replaced else "")
-        + ": look at each part, then publish the draft with its dry run.",
-        "info",
-    )
-    return redirect(url_for("admin.sequence", sequence_id=sequence_id), code=303)
+    return answer("admin/sequences/new.html", form)
 
 
 # -- one sequence --------------------------------------------------------------------------------
@@ -266,7 +146,7 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
         form = SettingsForm(data=None if request.method == "POST" else shown)
         context = {"sequence": seq, "button": ButtonForm(), "draft": view.draft}
         if not form.validate_on_submit():
-            return _answer("admin/sequences/settings.html", form, **context)
+            return answer("admin/sequences/settings.html", form, **context)
     window = _window(form)
     before_window = {name: view.settings.get(name) for name in window}
     try:
@@ -283,7 +163,7 @@ def sequence_settings(sequence_id: int) -> ResponseReturnValue:
                 _audit_change(session, seq, "sequence.settings", before_window, window)
     except (CatalogueError, DraftError) as exc:
         getattr(form, exc.field).errors.append(exc.message)
-        return _answer("admin/sequences/settings.html", form, **context)
+        return answer("admin/sequences/settings.html", form, **context)
     if window != before_window:
         flash("The send window is saved in the draft: it applies once published.", "info")
     else:
@@ -385,9 +265,9 @@ def sequence_test_send(sequence_id: int) -> ResponseReturnValue:
         context = {"sequence": seq}
         if not steps:
             form.form_errors.append("This sequence has no parts yet.")
-            return _answer("admin/sequences/test_send.html", form, **context)
+            return answer("admin/sequences/test_send.html", form, **context)
         if not form.validate_on_submit():
-            return _answer("admin/sequences/test_send.html", form, **context)
+            return answer("admin/sequences/test_send.html", form, **context)
         keys = [step["key"] for step in steps]
         position = keys.index(form.step.data) + 1
         try:
@@ -408,12 +288,12 @@ def sequence_test_send(sequence_id: int) -> ResponseReturnValue:
                 form.step.errors.append(str(exc))
             else:
                 target.errors.append(message)
-            return _answer("admin/sequences/test_send.html", form, **context)
+            return answer("admin/sequences/test_send.html", form, **context)
     try:
         send_test.send_test_mails(rt.settings, [mail])
     except SendError as exc:
         form.form_errors.append(f"The mail server did not accept the test mail: {exc}")
-        return _answer("admin/sequences/test_send.html", form, **context)
+        return answer("admin/sequences/test_send.html", form, **context)
     with db.transaction() as session:
         audit.record(
             session,
