@@ -100,6 +100,19 @@ def test_the_taste_is_plain_text_of_the_opening(app: Flask) -> None:
     assert "<script>alert" not in page and "Closeness is alert(1)learned" in page
 
 
+def test_the_signup_page_follows_an_edit_of_part_one(app: Flask) -> None:
+    """The page keeps the series' overview between views, and counts it again after an edit."""
+    client = app.test_client()
+    assert "Emotional distance rarely comes out of nowhere." in client.get("/").get_data(
+        as_text=True
+    )
+    with db.transaction() as session:
+        session.scalars(select(Sequence)).one().steps[0].body_md = "Edited opening."
+    page = client.get("/").get_data(as_text=True)
+    assert "<blockquote><p>Edited opening.</p></blockquote>" in page
+    assert "rarely comes out of nowhere" not in page
+
+
 @pytest.mark.any_database
 def test_a_long_opening_is_cut_at_a_word(app: Flask) -> None:
     with db.transaction() as session:

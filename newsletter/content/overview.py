@@ -93,3 +93,22 @@ def overview(
         minutes_per_part=max(1, math.ceil(words / WORDS_PER_MINUTE / len(steps))),
         taste=_taste(opening),
     )
+
+
+# Overviews of the signup pages' series, by their steps' ids and edit times: parsing every
+# part's Markdown took more than a page view's other work, for text that rarely changes.
+_KEPT: dict[tuple[object, ...], Overview | None] = {}
+_KEPT_MAX = 64
+
+
+def kept_overview(
+    sequence: Sequence, nameless: Callable[[str], str] = _without_touches
+) -> Overview | None:
+    """`overview`, counted again only when the series' parts changed (an edit, a publish)."""
+    key = (sequence.id, tuple((step.id, step.updated_at) for step in sequence.steps))
+    if key not in _KEPT:
+        if len(_KEPT) >= _KEPT_MAX:
+            _KEPT.clear()
+        _KEPT[key] = overview(sequence, nameless)
+    return _KEPT[key]
+

@@ -7,7 +7,7 @@ from flask import render_template, request
 
 from newsletter import clock
 from newsletter.audience import subscriptions
-from newsletter.content.overview import overview
+from newsletter.content.overview import kept_overview
 from newsletter.content.sequences import sequence_for
 from newsletter.db import db
 from newsletter.mail import addresses
@@ -69,7 +69,7 @@ def page(form: SignupForm, link: dict[str, str]) -> str:
     """The signup page for the series the link names (or the default one), with `form`."""
     with db.session() as session:
         sequence = sequence_for(session, link.get("sequence"))
-        about = overview(sequence, _nameless) if sequence else None
+        about = kept_overview(sequence, _nameless) if sequence else None
         return render_template(
             "signup.html", form=form, sequence=sequence, overview=about, link=link
         )
