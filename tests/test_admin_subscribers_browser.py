@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +27,6 @@ from newsletter.models import Delivery, DeliveryKind, DeliveryState, Enrollment,
 from tests.helpers.admin import create_admin, sign_in_page
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import assert_accessible
-from tests.helpers.env import ROOT
 from tests.helpers.people import seed_steps, signed_up
 from tests.helpers.ports import free_port
 from tests.helpers.serving import serving
@@ -37,7 +35,6 @@ from tests.helpers.workers import WorkerProcess
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 WIDTH = 1280
 EDITOR = "ines.navarro@example.org"
 NAMES = ["Amira", "Bjørn", "Chen", "Dalia", "Emeka", "Fatima", "Giulia", "Hiro", "Ilse", "Jonas"]
@@ -58,13 +55,6 @@ def serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Flask]]:
 def served(tmp_path: Path, sqlite_url: str, smtp_sink: SmtpSink) -> Iterator[tuple[str, Flask]]:
     url = f"http://127.0.0.1:{free_port()}"
     yield from serve(tmp_path, base_env(tmp_path, sqlite_url, smtp_sink, SITE_URL=url))
-
-
-def screenshot_path(tmp_path: Path, name: str) -> Path:
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        return SCREENSHOTS / name
-    return tmp_path / name
 
 
 def a_reader_with_history() -> int:
@@ -149,7 +139,10 @@ def a_reader_with_history() -> int:
 
 
 def test_find_a_subscriber_read_the_timeline_and_export(
-    served: tuple[str, Flask], new_page: Callable[..., Page], tmp_path: Path
+    served: tuple[str, Flask],
+    new_page: Callable[..., Page],
+    tmp_path: Path,
+    screenshot_dir: Path,
 ) -> None:
     url, app = served
     create_admin(app, EDITOR, role="editor")
@@ -168,7 +161,7 @@ def test_find_a_subscriber_read_the_timeline_and_export(
     expect(page.locator(".sentences")).to_contain_text("Part 4 is due")
     assert page.url.endswith(f"/admin/subscribers/{lena_id}")
     assert_accessible(page)
-    page.screenshot(path=str(screenshot_path(tmp_path, "admin-timeline.png")), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "admin-timeline.png"), full_page=True)
 
     page.get_by_role("link", name="Erase…").click()
     expect(page.get_by_role("button", name="Erase for good")).to_be_visible()

@@ -10,7 +10,6 @@ written to docs/screenshots/preferences-phone.png.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -28,7 +27,6 @@ from newsletter.models import Delivery, DeliveryState, Subscriber, SubscriberSta
 from tests.helpers.apps import base_env, make_app
 from tests.helpers.axe import violations
 from tests.helpers.catalogue import other_sequence
-from tests.helpers.env import ROOT
 from tests.helpers.mailparse import text_of
 from tests.helpers.ports import free_port
 from tests.helpers.sending import send_part_one
@@ -38,7 +36,6 @@ from tests.helpers.smtp import SmtpSink
 pytestmark = pytest.mark.browser
 
 NOON = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 EMAIL = "reader@example.org"
 
 
@@ -228,7 +225,10 @@ def test_the_journey_with_the_keyboard_only(
 
 
 def test_a_phone_sized_screenshot_of_the_page(
-    site: tuple[str, Flask], smtp_sink: SmtpSink, new_page: Callable[..., Page], tmp_path: Path
+    site: tuple[str, Flask],
+    smtp_sink: SmtpSink,
+    new_page: Callable[..., Page],
+    screenshot_dir: Path,
 ) -> None:
     url, app = site
     other_sequence("Second Course")
@@ -238,8 +238,4 @@ def test_a_phone_sized_screenshot_of_the_page(
     accessible(page)
     # Nothing wider than the phone: no sideways scrolling.
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 375
-    folder = tmp_path
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        folder = SCREENSHOTS
-    page.screenshot(path=str(folder / "preferences-phone.png"), full_page=True)
+    page.screenshot(path=str(screenshot_dir / "preferences-phone.png"), full_page=True)
