@@ -111,4 +111,3 @@ def kept_overview(
             _KEPT.clear()
         _KEPT[key] = overview(sequence, nameless)
     return _KEPT[key]
-
